@@ -1,0 +1,546 @@
+//! The one error type of the bus, and its status (DESIGN §6).
+
+use std::any::Any;
+use std::borrow::Cow;
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+
+/// The source of an [`Error`]: any standard error, shared so that errors can be cloned.
+pub type Source = Arc<dyn StdError + Send + Sync + 'static>;
+
+/// What kind of failure an [`Error`] is.
+///
+/// `#[retry(on = [..])]` and `#[transactional(rollback_on = [..])]` name these, and the `axum`
+/// feature maps them to HTTP statuses.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[non_exhaustive]
+pub enum Status {
+    /// The message broke a field rule (HTTP 422).
+    Validation,
+    /// No principal travelled with the message (HTTP 401).
+    Unauthenticated,
+    /// The principal lacks a permission or role, or a resource policy refused (HTTP 403).
+    Forbidden,
+    /// Something the message refers to does not exist (HTTP 404).
+    NotFound,
+    /// The message clashes with the current state: a version, a unique key, an idempotency key
+    /// reused with another payload (HTTP 409).
+    Conflict,
+    /// The deadline passed before the handler finished (HTTP 504).
+    Timeout,
+    /// A dependency is temporarily unreachable; trying again later may succeed (HTTP 503).
+    Unavailable,
+    /// A bug or an unexpected failure, including a panicking handler (HTTP 500).
+    Internal,
+    /// Nobody handles this message (HTTP 500: the bus was built without its handler).
+    NoHandler,
+}
+
+impl Status {
+    /// Every status, in declaration order.
+    pub const ALL: [Status; 9] = [
+        Status::Validation,
+        Status::Unauthenticated,
+        Status::Forbidden,
+        Status::NotFound,
+        Status::Conflict,
+        Status::Timeout,
+        Status::Unavailable,
+        Status::Internal,
+        Status::NoHandler,
+    ];
+
+    /// The status as it appears in logs and metrics, e.g. `"not_found"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Status::Validation => "validation",
+            Status::Unauthenticated => "unauthenticated",
+            Status::Forbidden => "forbidden",
+            Status::NotFound => "not_found",
+            Status::Conflict => "conflict",
+            Status::Timeout => "timeout",
+            Status::Unavailable => "unavailable",
+            Status::Internal => "internal",
+            Status::NoHandler => "no_handler",
+        }
+    }
+
+    /// The HTTP status code this status maps to (DESIGN §6).
+    pub const fn http_status(self) -> u16 {
+        match self {
+            Status::Validation => 422,
+            Status::Unauthenticated => 401,
+            Status::Forbidden => 403,
+            Status::NotFound => 404,
+            Status::Conflict => 409,
+            Status::Timeout => 504,
+            Status::Unavailable => 503,
+            Status::Internal | Status::NoHandler => 500,
+        }
+    }
+
+    /// Whether trying again may succeed without changing the message (`Unavailable`,
+    /// `Conflict`, `Timeout`).
+    pub const fn is_transient(self) -> bool {
+        matches!(
+            self,
+            Status::Unavailable | Status::Conflict | Status::Timeout
+        )
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One failing field of a message that broke its validation rules.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FieldError {
+    /// The field's name (`address.city` for nested fields, `items[2]` for list items).
+    pub field: String,
+    /// A machine-readable code for the rule, e.g. `email` or `length`.
+    pub code: String,
+    /// A message for people.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A field error from its parts.
+    pub fn new(
+        field: impl Into<String>,
+        code: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        FieldError {
+            field: field.into(),
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The error of every dispatch and every handler.
+///
+/// Handlers build one with the constructors (`Error::not_found("user 42")`) or with `?` on any
+/// [`std::error::Error`], which gives [`Status::Internal`] (or a better status for errors the bus
+/// recognises: I/O and connection errors are `Unavailable`, `tokio`'s elapsed timer is `Timeout`,
+/// and with the database features, serialization failures and unique violations are `Conflict`)
+/// and keeps the original error as the [`source`](Error::source).
+///
+/// ```
+/// use cqrs_core::{Error, Status};
+///
+/// fn parse(input: &str) -> Result<u32, Error> {
+///     Ok(input.parse::<u32>()?) // ParseIntError -> Status::Internal, source kept
+/// }
+/// assert_eq!(parse("x").unwrap_err().status(), Status::Internal);
+/// assert!(parse("x").unwrap_err().source().is_some());
+///
+/// let e = Error::not_found("user 42");
+/// assert_eq!(e.status(), Status::NotFound);
+/// assert_eq!(e.to_string(), "not found: user 42");
+/// ```
+///
+/// Like `anyhow::Error`, this type does not implement [`std::error::Error`] itself (that would
+/// conflict with the blanket `From`); convert with `Box::<dyn std::error::Error + Send + Sync>::from(e)`
+/// where a standard error is needed.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum Error {
+    /// The message broke field rules; every failing field is listed.
+    Validation {
+        /// The failing fields, with their messages.
+        fields: Vec<FieldError>,
+    },
+    /// No principal.
+    Unauthenticated {
+        /// What was missing.
+        message: Cow<'static, str>,
+    },
+    /// The principal may not do this.
+    Forbidden {
+        /// What is missing (permission, role) or which policy refused.
+        message: Cow<'static, str>,
+    },
+    /// Something does not exist.
+    NotFound {
+        /// What was not found.
+        message: Cow<'static, str>,
+        /// The underlying error, if any.
+        source: Option<Source>,
+    },
+    /// A clash with the current state.
+    Conflict {
+        /// What clashed.
+        message: Cow<'static, str>,
+        /// The underlying error, if any.
+        source: Option<Source>,
+    },
+    /// The deadline passed.
+    Timeout {
+        /// Which deadline.
+        message: Cow<'static, str>,
+    },
+    /// A dependency is temporarily unreachable.
+    Unavailable {
+        /// What is unavailable.
+        message: Cow<'static, str>,
+        /// The underlying error, if any.
+        source: Option<Source>,
+    },
+    /// An unexpected failure.
+    Internal {
+        /// What failed.
+        message: Cow<'static, str>,
+        /// The underlying error, if any.
+        source: Option<Source>,
+    },
+    /// Nobody handles the message.
+    NoHandler {
+        /// Which message.
+        message: Cow<'static, str>,
+    },
+}
+
+impl Error {
+    /// An error of the given status with a message.
+    pub fn new(status: Status, message: impl Into<Cow<'static, str>>) -> Self {
+        let message = message.into();
+        match status {
+            Status::Validation => Error::Validation {
+                fields: vec![FieldError::new("", "invalid", message)],
+            },
+            Status::Unauthenticated => Error::Unauthenticated { message },
+            Status::Forbidden => Error::Forbidden { message },
+            Status::NotFound => Error::NotFound {
+                message,
+                source: None,
+            },
+            Status::Conflict => Error::Conflict {
+                message,
+                source: None,
+            },
+            Status::Timeout => Error::Timeout { message },
+            Status::Unavailable => Error::Unavailable {
+                message,
+                source: None,
+            },
+            Status::Internal => Error::Internal {
+                message,
+                source: None,
+            },
+            Status::NoHandler => Error::NoHandler { message },
+        }
+    }
+
+    /// A validation error listing every failing field.
+    pub fn validation(fields: impl IntoIterator<Item = FieldError>) -> Self {
+        Error::Validation {
+            fields: fields.into_iter().collect(),
+        }
+    }
+
+    /// No principal travelled with the message.
+    pub fn unauthenticated(message: impl Into<Cow<'static, str>>) -> Self {
+        Error::new(Status::Unauthenticated, message)
+    }
+
+    /// The principal may not do this.
+    pub fn forbidden(message: impl Into<Cow<'static, str>>) -> Self {
+        Error::new(Status::Forbidden, message)
+    }
+
+    /// Something does not exist.
+    pub fn not_found(message: impl Into<Cow<'static, str>>) -> Self {
+        Error::new(Status::NotFound, message)
+    }
+
+    /// A clash with the current state.
+    pub fn conflict(message: impl Into<Cow<'static, str>>) -> Self {
+        Error::new(Status::Conflict, message)
+    }
+
+    /// The deadline passed.
+    pub fn timeout(message: impl Into<Cow<'static, str>>) -> Self {
+        Error::new(Status::Timeout, message)
+    }
+
+    /// A dependency is temporarily unreachable.
+    pub fn unavailable(message: impl Into<Cow<'static, str>>) -> Self {
+        Error::new(Status::Unavailable, message)
+    }
+
+    /// An unexpected failure.
+    pub fn internal(message: impl Into<Cow<'static, str>>) -> Self {
+        Error::new(Status::Internal, message)
+    }
+
+    /// Nobody handles the message.
+    pub fn no_handler(message: impl Into<Cow<'static, str>>) -> Self {
+        Error::new(Status::NoHandler, message)
+    }
+
+    /// Keeps `source` as the underlying error (ignored by statuses that carry none:
+    /// `Validation`, `Unauthenticated`, `Forbidden`, `Timeout`, `NoHandler`).
+    pub fn with_source(mut self, source: impl StdError + Send + Sync + 'static) -> Self {
+        if let Some(slot) = self.source_slot() {
+            *slot = Some(Arc::new(source));
+        }
+        self
+    }
+
+    /// Wraps any standard error with an explicit status, keeping it as the source.
+    pub fn from_std(status: Status, error: impl StdError + Send + Sync + 'static) -> Self {
+        Error::new(status, error.to_string()).with_source(error)
+    }
+
+    /// The status of this error.
+    pub fn status(&self) -> Status {
+        match self {
+            Error::Validation { .. } => Status::Validation,
+            Error::Unauthenticated { .. } => Status::Unauthenticated,
+            Error::Forbidden { .. } => Status::Forbidden,
+            Error::NotFound { .. } => Status::NotFound,
+            Error::Conflict { .. } => Status::Conflict,
+            Error::Timeout { .. } => Status::Timeout,
+            Error::Unavailable { .. } => Status::Unavailable,
+            Error::Internal { .. } => Status::Internal,
+            Error::NoHandler { .. } => Status::NoHandler,
+        }
+    }
+
+    /// The message, without the status prefix (for validation errors, the fields joined).
+    pub fn message(&self) -> Cow<'_, str> {
+        match self {
+            Error::Validation { fields } => Cow::Owned(
+                fields
+                    .iter()
+                    .map(|f| {
+                        if f.field.is_empty() {
+                            f.message.clone()
+                        } else {
+                            format!("{}: {}", f.field, f.message)
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            Error::Unauthenticated { message }
+            | Error::Forbidden { message }
+            | Error::NotFound { message, .. }
+            | Error::Conflict { message, .. }
+            | Error::Timeout { message }
+            | Error::Unavailable { message, .. }
+            | Error::Internal { message, .. }
+            | Error::NoHandler { message } => Cow::Borrowed(message),
+        }
+    }
+
+    /// The failing fields of a validation error (empty for every other status).
+    pub fn fields(&self) -> &[FieldError] {
+        match self {
+            Error::Validation { fields } => fields,
+            _ => &[],
+        }
+    }
+
+    /// The underlying error, if this error wraps one.
+    pub fn source(&self) -> Option<&(dyn StdError + Send + Sync + 'static)> {
+        match self {
+            Error::NotFound { source, .. }
+            | Error::Conflict { source, .. }
+            | Error::Unavailable { source, .. }
+            | Error::Internal { source, .. } => source.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Looks for an error of type `E` in the source chain.
+    pub fn find_source<E: StdError + 'static>(&self) -> Option<&E> {
+        let mut next: Option<&(dyn StdError + 'static)> = self.source().map(|s| s as _);
+        while let Some(e) = next {
+            if let Some(found) = e.downcast_ref::<E>() {
+                return Some(found);
+            }
+            next = e.source();
+        }
+        None
+    }
+
+    fn source_slot(&mut self) -> Option<&mut Option<Source>> {
+        match self {
+            Error::NotFound { source, .. }
+            | Error::Conflict { source, .. }
+            | Error::Unavailable { source, .. }
+            | Error::Internal { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
+    /// Adds context in front of the message: `"loading user 42: <message>"`.
+    pub fn context(mut self, context: impl fmt::Display) -> Self {
+        match &mut self {
+            Error::Validation { .. } => {}
+            Error::Unauthenticated { message }
+            | Error::Forbidden { message }
+            | Error::NotFound { message, .. }
+            | Error::Conflict { message, .. }
+            | Error::Timeout { message }
+            | Error::Unavailable { message, .. }
+            | Error::Internal { message, .. }
+            | Error::NoHandler { message } => {
+                *message = Cow::Owned(format!("{context}: {message}"));
+            }
+        }
+        self
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let label = match self.status() {
+            Status::Validation => "validation failed",
+            Status::Unauthenticated => "unauthenticated",
+            Status::Forbidden => "forbidden",
+            Status::NotFound => "not found",
+            Status::Conflict => "conflict",
+            Status::Timeout => "timeout",
+            Status::Unavailable => "unavailable",
+            Status::Internal => "internal error",
+            Status::NoHandler => "no handler",
+        };
+        write!(f, "{label}: {}", self.message())
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("status", &self.status());
+        match self {
+            Error::Validation { fields } => d.field("fields", fields),
+            _ => d.field("message", &self.message()),
+        };
+        if let Some(source) = self.source() {
+            d.field("source", &source);
+        }
+        d.finish()
+    }
+}
+
+impl<E> From<E> for Error
+where
+    E: StdError + Send + Sync + 'static,
+{
+    fn from(error: E) -> Self {
+        let status = classify(&error);
+        Error::new(status, error.to_string()).with_source(error)
+    }
+}
+
+/// A standard error carrying a cqrs [`Error`], for APIs that need `std::error::Error`.
+#[derive(Debug, Clone)]
+pub struct StdErrorAdapter(pub Error);
+
+impl fmt::Display for StdErrorAdapter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl StdError for StdErrorAdapter {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.0.source().map(|s| s as _)
+    }
+}
+
+impl From<Error> for Box<dyn StdError + Send + Sync + 'static> {
+    fn from(error: Error) -> Self {
+        Box::new(StdErrorAdapter(error))
+    }
+}
+
+impl From<Error> for Box<dyn StdError + 'static> {
+    fn from(error: Error) -> Self {
+        Box::new(StdErrorAdapter(error))
+    }
+}
+
+/// Picks the status of a foreign error: the first recognised error along its source chain.
+fn classify(error: &(dyn StdError + 'static)) -> Status {
+    let mut next: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(e) = next {
+        if let Some(status) = classify_one(e) {
+            return status;
+        }
+        next = e.source();
+    }
+    Status::Internal
+}
+
+fn classify_one(e: &(dyn StdError + 'static)) -> Option<Status> {
+    if let Some(adapter) = e.downcast_ref::<StdErrorAdapter>() {
+        return Some(adapter.0.status());
+    }
+    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        use std::io::ErrorKind::*;
+        return match io.kind() {
+            ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected | BrokenPipe
+            | AddrNotAvailable | TimedOut | Interrupted | WouldBlock | UnexpectedEof
+            | HostUnreachable | NetworkUnreachable | NetworkDown => Some(Status::Unavailable),
+            NotFound => Some(Status::NotFound),
+            _ => None,
+        };
+    }
+    if e.downcast_ref::<tokio::time::error::Elapsed>().is_some() {
+        return Some(Status::Timeout);
+    }
+    crate::persistence::classify_error(e)
+}
+
+/// Turns a caught panic payload into an `Internal` error naming what panicked.
+pub(crate) fn from_panic(what: &str, payload: Box<dyn Any + Send>) -> Error {
+    let detail = payload
+        .downcast_ref::<&'static str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned());
+    Error::internal(format!("{what} panicked: {detail}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_are_unavailable() {
+        let e: Error = std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into();
+        assert_eq!(e.status(), Status::Unavailable);
+        assert!(e.find_source::<std::io::Error>().is_some());
+    }
+
+    #[test]
+    fn adapter_round_trips_status() {
+        let boxed: Box<dyn StdError + Send + Sync> = Error::conflict("v2 != v3").into();
+        let back = Error::from(StdErrorAdapter(Error::conflict("again")));
+        assert_eq!(back.status(), Status::Conflict);
+        assert!(boxed.to_string().contains("v2 != v3"));
+    }
+
+    #[test]
+    fn validation_message_lists_fields() {
+        let e = Error::validation([
+            FieldError::new("email", "email", "not an email"),
+            FieldError::new("password", "length", "too short"),
+        ]);
+        assert_eq!(
+            e.to_string(),
+            "validation failed: email: not an email; password: too short"
+        );
+    }
+}

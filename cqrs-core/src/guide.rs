@@ -1,0 +1,314 @@
+//! # The guide: from a first command to a transactional, cached, authorized service
+//!
+//! Every example below compiles and runs as a test (`cargo test --doc -p cqrs-core`).
+//!
+//! ## 1. A command and its handler
+//!
+//! A command is a request to change state. Derive [`Command`](crate::Command) on a struct (or
+//! an enum); `output` is what the handler answers (`()` by default). The handler is a struct
+//! with `#[command_handler(..)]` and an `impl CommandHandler<..>`:
+//!
+//! ```
+//! use cqrs_core::prelude::*;
+//!
+//! #[derive(Command, Debug, Clone, serde::Serialize, serde::Deserialize)]
+//! #[command(output = u64)]
+//! pub struct OpenAccount { pub owner: String }
+//!
+//! #[command_handler(OpenAccount)]
+//! pub struct OpenAccountHandler;
+//!
+//! impl CommandHandler<OpenAccount> for OpenAccountHandler {
+//!     async fn handle(&self, cmd: OpenAccount, _cx: &mut CommandContext) -> Result<u64, Error> {
+//!         if cmd.owner.is_empty() {
+//!             return Err(Error::conflict("an account needs an owner"));
+//!         }
+//!         Ok(42)
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // `Bus::builder()` finds every handler in the program by itself; `discover(false)` +
+//! // `register` builds a bus with exactly the handlers you name (handy in tests).
+//! let bus = Bus::builder().discover(false).register::<OpenAccountHandler>().build()?;
+//! assert_eq!(bus.send(OpenAccount { owner: "ada".into() }).await?, 42);
+//! assert_eq!(
+//!     bus.send(OpenAccount { owner: "".into() }).await.unwrap_err().status(),
+//!     Status::Conflict
+//! );
+//! # Ok(()) }
+//! ```
+//!
+//! ## 2. Queries, events, and dependencies
+//!
+//! A query reads; its handler gets a [`QueryContext`](crate::QueryContext), which cannot send
+//! commands or emit events. An event is a fact; a command handler emits it with `cx.emit`, and
+//! every `#[event_handler]` of its type receives it once the command has succeeded. Handler
+//! fields are dependencies, resolved by type from `.provide(..)` when the bus is built;
+//! `#[inject(default)]` falls back to `Default`.
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use std::sync::{Arc, Mutex};
+//! use cqrs_core::prelude::*;
+//!
+//! #[derive(Default)]
+//! pub struct Accounts(Mutex<HashMap<u64, String>>);
+//!
+//! #[derive(Command, Debug, Clone, serde::Serialize, serde::Deserialize)]
+//! #[command(output = u64)]
+//! pub struct OpenAccount { pub owner: String }
+//!
+//! #[derive(Event, Debug, Clone, serde::Serialize, serde::Deserialize)]
+//! pub struct AccountOpened { pub id: u64, pub owner: String }
+//!
+//! #[derive(Query, Debug, Clone, Hash, PartialEq, Eq)]
+//! #[query(output = Option<String>)]
+//! pub struct AccountOwner { pub id: u64 }
+//!
+//! #[command_handler(OpenAccount, emits = [AccountOpened])]
+//! pub struct OpenAccountHandler { accounts: Arc<Accounts> }
+//!
+//! impl CommandHandler<OpenAccount> for OpenAccountHandler {
+//!     async fn handle(&self, cmd: OpenAccount, cx: &mut CommandContext) -> Result<u64, Error> {
+//!         let mut accounts = self.accounts.0.lock().unwrap();
+//!         let id = accounts.len() as u64 + 1;
+//!         accounts.insert(id, cmd.owner.clone());
+//!         cx.emit(AccountOpened { id, owner: cmd.owner });
+//!         Ok(id)
+//!     }
+//! }
+//!
+//! #[query_handler(AccountOwner)]
+//! pub struct AccountOwnerHandler { accounts: Arc<Accounts> }
+//!
+//! impl QueryHandler<AccountOwner> for AccountOwnerHandler {
+//!     async fn handle(&self, q: AccountOwner, _cx: &QueryContext) -> Result<Option<String>, Error> {
+//!         Ok(self.accounts.0.lock().unwrap().get(&q.id).cloned())
+//!     }
+//! }
+//!
+//! #[event_handler(AccountOpened)]
+//! pub struct CountOpenings {
+//!     #[inject(default)]
+//!     opened: Arc<std::sync::atomic::AtomicU64>,
+//! }
+//!
+//! impl EventHandler<AccountOpened> for CountOpenings {
+//!     async fn handle(&self, _e: &AccountOpened, _cx: &mut EventContext) -> Result<(), Error> {
+//!         self.opened.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let opened = Arc::new(std::sync::atomic::AtomicU64::new(0));
+//! let bus = Bus::builder()
+//!     .discover(false)
+//!     .register::<OpenAccountHandler>()
+//!     .register::<AccountOwnerHandler>()
+//!     .register::<CountOpenings>()
+//!     .provide(Arc::new(Accounts::default()))
+//!     .provide(opened.clone())
+//!     .build()?;
+//! let id = bus.send(OpenAccount { owner: "ada".into() }).await?;
+//! assert_eq!(bus.query(AccountOwner { id }).await?, Some("ada".to_owned()));
+//! assert_eq!(opened.load(std::sync::atomic::Ordering::SeqCst), 1);
+//! println!("{}", bus.describe()); // message -> handler -> layers -> file:line
+//! # Ok(()) }
+//! ```
+//!
+//! A dependency nobody provided, or two handlers for one command, stop `build()` with every
+//! problem listed at once ([`BuildError`](crate::BuildError)), each with the `file:line` of the
+//! handler and how to fix it.
+//!
+//! ## 3. Decorators: authorize, validate, cache, retry, time out
+//!
+//! Cross-cutting concerns are attributes on the handler struct, in any order; the pipeline runs
+//! them in a fixed order ([`pipeline_order`](crate::pipeline_order)). Field rules come from the
+//! [`validator`](https://docs.rs/validator) crate. The caller's identity travels in the
+//! [`Envelope`](crate::Envelope).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use cqrs_core::prelude::*;
+//! use validator::Validate;
+//!
+//! #[derive(Command, Validate, Debug, Clone, serde::Serialize, serde::Deserialize)]
+//! pub struct RenameProduct {
+//!     pub id: u64,
+//!     #[validate(length(min = 3, max = 60))]
+//!     pub name: String,
+//! }
+//!
+//! #[derive(Query, Debug, Clone, Hash, PartialEq, Eq)]
+//! #[query(output = String)]
+//! pub struct ProductName { pub id: u64 }
+//!
+//! #[command_handler(RenameProduct, timeout = "2s", invalidates = [ProductName])]
+//! #[authorize(permissions = ["product:write"], admin_override)]
+//! #[retry(max_attempts = 3, delay = "10ms", backoff = 2.0, on = [Unavailable])]
+//! pub struct RenameProductHandler { names: Arc<std::sync::Mutex<String>> }
+//!
+//! impl CommandHandler<RenameProduct> for RenameProductHandler {
+//!     async fn handle(&self, cmd: RenameProduct, _cx: &mut CommandContext) -> Result<(), Error> {
+//!         *self.names.lock().unwrap() = cmd.name;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! #[query_handler(ProductName)]
+//! #[cached_query(ttl = "5m", vary_by = [id])]
+//! pub struct ProductNameHandler { names: Arc<std::sync::Mutex<String>>, reads: Arc<AtomicU32> }
+//!
+//! impl QueryHandler<ProductName> for ProductNameHandler {
+//!     async fn handle(&self, _q: ProductName, _cx: &QueryContext) -> Result<String, Error> {
+//!         self.reads.fetch_add(1, Ordering::SeqCst);
+//!         Ok(self.names.lock().unwrap().clone())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let reads = Arc::new(AtomicU32::new(0));
+//! let bus = Bus::builder()
+//!     .discover(false)
+//!     .register::<RenameProductHandler>()
+//!     .register::<ProductNameHandler>()
+//!     .provide(Arc::new(std::sync::Mutex::new("tea".to_owned())))
+//!     .provide(reads.clone())
+//!     .build()?;
+//!
+//! let editor = Principal::new("eve").with_permissions(["product:write"]);
+//! let rename = |name: &str| RenameProduct { id: 1, name: name.to_owned() };
+//!
+//! // No principal: 401-style `Unauthenticated`; a principal without the permission: `Forbidden`.
+//! assert_eq!(bus.send(rename("green tea")).await.unwrap_err().status(), Status::Unauthenticated);
+//! let nobody = Principal::new("mallory");
+//! let err = bus.send(Envelope::new(rename("green tea")).principal(nobody)).await.unwrap_err();
+//! assert_eq!(err.status(), Status::Forbidden); // "... requires permission `product:write` ..."
+//!
+//! // A name that breaks the rules never reaches the handler.
+//! let err = bus.send(Envelope::new(rename("x")).principal(editor.clone())).await.unwrap_err();
+//! assert_eq!(err.fields()[0].field, "name");
+//!
+//! // The second query is answered from the cache; the rename drops the cached answer.
+//! assert!(!bus.query_with_report(ProductName { id: 1 }).await?.cache_hit);
+//! assert!(bus.query_with_report(ProductName { id: 1 }).await?.cache_hit);
+//! bus.send(Envelope::new(rename("green tea")).principal(editor)).await?;
+//! assert_eq!(bus.query(ProductName { id: 1 }).await?, "green tea");
+//! assert_eq!(reads.load(Ordering::SeqCst), 2);
+//! # Ok(()) }
+//! ```
+//!
+//! Mistakes in these attributes are compile errors on the offending token: an unknown option
+//! (with the list of known ones), `vary_by` naming a field the query lacks, `#[cached_query]` on
+//! a command handler, `max_attempts = 0`, `ttl = "5 minutes"`.
+//!
+//! ## 4. Idempotency
+//!
+//! A command sent with an idempotency key runs once per key: a repeat with the same payload gets
+//! the first reply (and emits nothing), a repeat with another payload is a `Conflict`, and
+//! concurrent repeats wait for the first. Keys are kept in memory, or in the database when the
+//! bus has one.
+//!
+//! ```
+//! # use cqrs_core::prelude::*;
+//! # #[derive(Command, Debug, Clone, serde::Serialize, serde::Deserialize)]
+//! # #[command(output = u64)]
+//! # pub struct Pay { pub cents: u64 }
+//! # #[command_handler(Pay)] pub struct PayHandler;
+//! # impl CommandHandler<Pay> for PayHandler {
+//! #     async fn handle(&self, cmd: Pay, _cx: &mut CommandContext) -> Result<u64, Error> { Ok(cmd.cents) }
+//! # }
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let bus = Bus::builder().discover(false).register::<PayHandler>().build()?;
+//! let first = bus.send_with_report(Envelope::new(Pay { cents: 500 }).idempotency_key("pay-1")).await?;
+//! let again = bus.send_with_report(Envelope::new(Pay { cents: 500 }).idempotency_key("pay-1")).await?;
+//! assert_eq!((first.output, again.output), (500, 500));
+//! assert!(again.replayed);
+//! let other = bus.send(Envelope::new(Pay { cents: 9 }).idempotency_key("pay-1")).await;
+//! assert_eq!(other.unwrap_err().status(), Status::Conflict);
+//! # Ok(()) }
+//! ```
+//!
+//! ## 5. Transactions and the outbox (features `sqlite`, `postgres`)
+//!
+//! Give the bus a database, create its tables with [`Bus::migrate`](crate::Bus::migrate), and a
+//! `#[transactional]` handler runs in a transaction it reaches with `cx.tx::<DB>()`: its SQL,
+//! the events it emits (written to the outbox) and its idempotent reply commit together, or not
+//! at all. Events are delivered after commit, at least once, even across a crash.
+//!
+#![cfg_attr(feature = "sqlite", doc = "```")]
+#![cfg_attr(not(feature = "sqlite"), doc = "```ignore")]
+//! use cqrs_core::prelude::*;
+//! use cqrs_core::sqlx;
+//!
+//! #[derive(Command, Debug, Clone, serde::Serialize, serde::Deserialize)]
+//! pub struct AddNote { pub text: String, pub fail: bool }
+//!
+//! #[derive(Event, Debug, Clone, serde::Serialize, serde::Deserialize)]
+//! pub struct NoteAdded { pub text: String }
+//!
+//! #[command_handler(AddNote, emits = [NoteAdded])]
+//! #[transactional(isolation = "serializable")]
+//! pub struct AddNoteHandler;
+//!
+//! impl CommandHandler<AddNote> for AddNoteHandler {
+//!     async fn handle(&self, cmd: AddNote, cx: &mut CommandContext) -> Result<(), Error> {
+//!         sqlx::query("INSERT INTO notes (text) VALUES (?)")
+//!             .bind(&cmd.text)
+//!             .execute(&mut **cx.tx::<sqlx::Sqlite>()?)
+//!             .await?;
+//!         cx.emit(NoteAdded { text: cmd.text });
+//!         if cmd.fail {
+//!             return Err(Error::unavailable("changed my mind")); // rolls back the insert and the event
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = cqrs_core::sqlite_pool("sqlite::memory:").await?;
+//! sqlx::query("CREATE TABLE notes (text TEXT)").execute(&pool).await?;
+//! let bus = Bus::builder().discover(false).register::<AddNoteHandler>().sqlite(pool.clone()).build()?;
+//! bus.migrate().await?;
+//!
+//! bus.send(AddNote { text: "kept".into(), fail: false }).await?;
+//! bus.send(AddNote { text: "dropped".into(), fail: true }).await.unwrap_err();
+//! let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM notes").fetch_one(&pool).await?;
+//! assert_eq!(n, 1);
+//! assert_eq!(bus.pending_events().await?, 0); // the kept note's event was delivered
+//! # Ok(()) }
+//! ```
+//!
+//! ## 6. Event sourcing
+//!
+//! An [`Aggregate`](crate::Aggregate) is state rebuilt from its events. `cx.load` replays it
+//! (from its latest snapshot), `record` applies and keeps new events, `cx.save` appends them at
+//! the version it loaded, failing with `Conflict` when someone else appended first, which
+//! `#[retry(on = [Conflict])]` turns into reload-and-retry. See the example on
+//! [`Aggregate`](crate::Aggregate)'s module, and [`testing::AggregateTest`](crate::testing::AggregateTest)
+//! for given/when/then tests.
+//!
+//! ## 7. Testing your handlers
+//!
+//! [`testing`](crate::testing) builds a bus per test, replaces handlers with stubs
+//! (`override_handler`), records every event published and delivered, and tests aggregates
+//! given/when/then.
+//!
+//! ## 8. HTTP (feature `axum`)
+//!
+//! [`Error`](crate::Error) is an axum response in the `application/problem+json` form, and the
+//! helpers of the `http` module take a route from request to `bus.send` in one line, with the
+//! caller from a bearer token and the `Idempotency-Key` header in the envelope.
+//!
+//! ## Features
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `validator` (default) | field rules on messages |
+//! | `sqlite` | transactions, outbox, idempotency keys, event store on SQLite |
+//! | `postgres` | the same on PostgreSQL |
+//! | `axum` | problem+json responses, extractors, route helpers |
+//! | `metrics` | dispatch counters and latency histograms through the `metrics` facade |

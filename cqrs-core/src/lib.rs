@@ -1,0 +1,146 @@
+//! # cqrs-core
+//!
+//! Commands, queries and events declared with derive and attribute macros; handlers found by
+//! themselves, their dependencies injected, and a decorated pipeline per handler
+//! (authorization, validation, idempotency, caching, retries, timeouts, transactions, events
+//! after commit) assembled once at startup and checked before anything runs.
+//!
+//! ```standalone_crate
+//! use cqrs_core::prelude::*;
+//!
+//! #[derive(Command, Debug, Clone, serde::Serialize, serde::Deserialize)]
+//! #[command(output = u64)]
+//! pub struct OpenAccount { pub owner: String }
+//!
+//! #[derive(Event, Debug, Clone, serde::Serialize, serde::Deserialize)]
+//! pub struct AccountOpened { pub id: u64, pub owner: String }
+//!
+//! #[command_handler(OpenAccount)]
+//! pub struct OpenAccountHandler;
+//!
+//! impl CommandHandler<OpenAccount> for OpenAccountHandler {
+//!     async fn handle(&self, cmd: OpenAccount, cx: &mut CommandContext) -> Result<u64, Error> {
+//!         cx.emit(AccountOpened { id: 7, owner: cmd.owner });
+//!         Ok(7)
+//!     }
+//! }
+//!
+//! #[event_handler(AccountOpened)]
+//! pub struct Welcome;
+//!
+//! impl EventHandler<AccountOpened> for Welcome {
+//!     async fn handle(&self, e: &AccountOpened, _cx: &mut EventContext) -> Result<(), Error> {
+//!         println!("welcome, {}", e.owner);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let bus = Bus::builder().build()?;          // finds every handler in the program
+//! let id = bus.send(OpenAccount { owner: "ada".into() }).await?;
+//! assert_eq!(id, 7);
+//! # Ok(()) }
+//! ```
+//!
+//! Start with [the guide](crate::guide): it walks from a first command to a transactional,
+//! cached, authorized handler. The pipeline's layers and their order are in
+//! [`pipeline_order`].
+
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+#![deny(unsafe_code)]
+
+mod bus;
+mod context;
+mod di;
+mod envelope;
+mod error;
+mod events;
+pub mod guide;
+mod handler;
+#[cfg(feature = "axum")]
+pub mod http;
+mod message;
+mod metrics;
+mod persistence;
+mod pipeline;
+mod registry;
+pub mod testing;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
+pub use cqrs_macros::{
+    Command, Event, Query, authorize, cached_query, command_handler, event_handler, query_handler,
+    retry, timeout, transactional,
+};
+
+pub use crate::bus::{
+    BuildError, BuildProblem, Bus, BusBuilder, Description, HandlerDescription, MessageDescription,
+    QueryBus, Report,
+};
+pub use crate::context::{CommandContext, EventContext, QueryContext};
+pub use crate::di::{Dependencies, Injectable, Resolver};
+pub use crate::envelope::{AggregateVersion, Envelope, IntoEnvelope, Metadata, Principal};
+pub use crate::error::{Error, FieldError, Source, Status, StdErrorAdapter};
+pub use crate::events::HandlerFailure;
+pub use crate::handler::{CommandHandler, EventHandler, Handler, QueryHandler};
+pub use crate::message::{Command, Event, Message, MessageInfo, MessageKind, Query};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use crate::persistence::AnyTx;
+pub use crate::persistence::event_store::{
+    Aggregate, AggregateRoot, EventStore, MemoryEventStore, RecordedEvent, Session, Snapshot,
+    Stream,
+};
+#[cfg(feature = "postgres")]
+pub use crate::persistence::migrate_postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use crate::persistence::sql::{events::SqlEventStore, idempotency::SqlIdempotencyStore};
+#[cfg(feature = "sqlite")]
+pub use crate::persistence::{migrate_sqlite, sqlite_pool};
+pub use crate::pipeline::Decorator;
+pub use crate::pipeline::authorize::{AuthorizeLayer, ResourcePolicy, ResourceRequest};
+pub use crate::pipeline::cache::{
+    CacheFuture, CacheRegion, CacheSpec, CachedValue, MemoryCache, QueryCache, Representation,
+};
+pub use crate::pipeline::idempotency::{
+    Claim, IdempotencyKey, IdempotencyStore, MemoryIdempotencyStore,
+};
+pub use crate::pipeline::middleware::{
+    AuditLog, AuditRecord, AuditState, Dispatch, Middleware, Next,
+};
+pub use crate::pipeline::retry::RetryLayer;
+pub use crate::pipeline::transaction::{Isolation, TransactionLayer};
+pub use crate::registry::{HandlerRegistration, Location};
+/// The `sqlx` this crate is built with (features `sqlite`, `postgres`): use it for the SQL your
+/// handlers write in `cx.tx()`.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use sqlx;
+
+/// The pipeline's layers, in order (outermost first). See also the `pipeline` module's source.
+///
+/// | # | layer | from | does |
+/// |---|---|---|---|
+/// | 1 | trace | always | one `tracing` span per dispatch; metrics with the `metrics` feature |
+/// | 2 | middleware | [`BusBuilder::middleware`] | global around-style hooks, in registration order |
+/// | 3 | timeout | `timeout = ".."` / `#[timeout("..")]` / [`Envelope::deadline`] | overall deadline including retries → `Timeout` |
+/// | 4 | authorize | `#[authorize(..)]` | no principal → `Unauthenticated`; missing permission, role or resource policy → `Forbidden` |
+/// | 5 | validate | `#[validate(..)]` on message fields | → `Error::Validation { fields }` |
+/// | 6 | idempotency | [`Envelope::idempotency_key`] (commands) | same key + payload → stored reply; other payload → `Conflict` |
+/// | 7 | cache | `#[cached_query(..)]` (queries) | hit returns the stored answer; concurrent misses run the handler once |
+/// | 8 | retry | `#[retry(..)]` | re-runs the inner layers on the listed statuses |
+/// | 9 | transaction | `#[transactional(..)]` (commands) | begin; handler; commit on `Ok`, roll back on `Err` |
+/// | 10 | handler | | a panic becomes `Internal` |
+/// | after | publish | | emitted events to event handlers after commit; `invalidates = [..]` caches dropped |
+pub mod pipeline_order {}
+
+/// Everything a handler module needs: `use cqrs_core::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        AuditLog, Bus, BusBuilder, Command, CommandContext, CommandHandler, Envelope, Error, Event,
+        EventContext, EventHandler, Message, Metadata, Middleware, Principal, Query, QueryBus,
+        QueryContext, QueryHandler, Report, Status, authorize, cached_query, command_handler,
+        event_handler, query_handler, retry, timeout, transactional,
+    };
+}

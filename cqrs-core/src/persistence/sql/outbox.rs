@@ -1,0 +1,215 @@
+//! The outbox: events of a transactional handler are written in its transaction, delivered
+//! after commit, and marked delivered; the relay delivers what is left (after a crash, after a
+//! failed delivery) at startup and periodically.
+//!
+//! A row written by a dispatch is *claimed* by it (`locked_until_ms` = now + lease), so the relay
+//! leaves it alone while the dispatch delivers it inline. If the process dies before delivering,
+//! the claim runs out and the relay of any process sharing the database delivers it. A failed
+//! delivery gives the row back with a growing back-off. Delivery is therefore at least once;
+//! event handlers get the event id (`cx.event_id()`) to recognise a redelivery.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::{Database, Tx, now_ms};
+use crate::bus::BusInner;
+use crate::envelope::Metadata;
+use crate::events::{EmittedEvent, ErasedEvent};
+use crate::persistence::event_store::StoredMetadata;
+use crate::pipeline::publish;
+use crate::{Error, Status};
+
+/// How the outbox behaves.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OutboxSettings {
+    /// Deliver right after commit, in the dispatch (otherwise only the relay delivers).
+    pub(crate) inline: bool,
+    /// Run the relay in the background.
+    pub(crate) relay: bool,
+    /// How often the relay looks for pending events.
+    pub(crate) interval: Duration,
+    /// How long a claim protects a row being delivered.
+    pub(crate) lease: Duration,
+    /// The most rows the relay takes at once.
+    pub(crate) batch: i64,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        OutboxSettings {
+            inline: true,
+            relay: true,
+            interval: Duration::from_secs(2),
+            lease: Duration::from_secs(30),
+            batch: 100,
+        }
+    }
+}
+
+/// A row to write.
+pub(crate) struct OutboxRow {
+    pub(crate) id: Uuid,
+    pub(crate) event_name: &'static str,
+    pub(crate) payload: String,
+    pub(crate) metadata: String,
+    pub(crate) created_at_ms: i64,
+}
+
+/// A row the relay claimed.
+pub(crate) struct ClaimedRow {
+    pub(crate) id: Uuid,
+    pub(crate) event_name: String,
+    pub(crate) payload: String,
+    pub(crate) metadata: String,
+    #[allow(dead_code)] // kept for ordering and diagnostics
+    pub(crate) created_at_ms: i64,
+    pub(crate) attempts: i64,
+}
+
+fn json_error(e: serde_json::Error) -> Error {
+    Error::from_std(Status::Internal, e).context("serializing an event for the outbox")
+}
+
+/// Writes the events not yet stored into the outbox, inside `tx`, claimed by this dispatch.
+pub(crate) async fn write(
+    tx: &mut Tx,
+    events: &mut [EmittedEvent],
+    parent: &Metadata,
+    settings: &OutboxSettings,
+) -> Result<(), Error> {
+    let now = now_ms();
+    let stored = StoredMetadata::of_child(parent);
+    let plain = serde_json::to_string(&stored).map_err(json_error)?;
+    let claim = settings
+        .inline
+        .then(|| now + settings.lease.as_millis() as i64);
+    for event in events.iter_mut().filter(|e| !e.stored) {
+        let metadata = match &event.aggregate {
+            None => plain.clone(),
+            Some(origin) => serde_json::to_string(&StoredMetadata {
+                aggregate: Some((**origin).clone()),
+                ..stored.clone()
+            })
+            .map_err(json_error)?,
+        };
+        let row = OutboxRow {
+            id: event.id,
+            event_name: event.name(),
+            payload: event.event.to_json().map_err(json_error)?.to_string(),
+            metadata,
+            created_at_ms: now,
+        };
+        match tx {
+            #[cfg(feature = "sqlite")]
+            Tx::Sqlite(tx) => super::sqlite::outbox_insert(tx, &row, claim).await?,
+            #[cfg(feature = "postgres")]
+            Tx::Postgres(tx) => super::postgres::outbox_insert(tx, &row, claim).await?,
+        }
+        event.stored = true;
+    }
+    Ok(())
+}
+
+/// Marks delivered rows.
+pub(crate) async fn mark_delivered(db: &Database, ids: &[Uuid]) -> Result<(), Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    match db {
+        #[cfg(feature = "sqlite")]
+        Database::Sqlite(pool) => super::sqlite::outbox_mark_delivered(pool, ids).await,
+        #[cfg(feature = "postgres")]
+        Database::Postgres(pool) => super::postgres::outbox_mark_delivered(pool, ids).await,
+    }
+}
+
+/// Gives a row back to the relay after a failed delivery, to retry after a back-off that grows
+/// with its attempts (1 s, 2 s, 4 s, … up to 5 minutes).
+pub(crate) async fn defer(
+    db: &Database,
+    id: Uuid,
+    attempts: i64,
+    error: &str,
+) -> Result<(), Error> {
+    let backoff_ms = 1000i64
+        .saturating_mul(1 << attempts.clamp(0, 8))
+        .min(300_000);
+    let until = now_ms() + backoff_ms;
+    match db {
+        #[cfg(feature = "sqlite")]
+        Database::Sqlite(pool) => super::sqlite::outbox_defer(pool, id, until, error).await,
+        #[cfg(feature = "postgres")]
+        Database::Postgres(pool) => super::postgres::outbox_defer(pool, id, until, error).await,
+    }
+}
+
+/// The number of events not yet delivered.
+pub(crate) async fn pending(db: &Database) -> Result<u64, Error> {
+    match db {
+        #[cfg(feature = "sqlite")]
+        Database::Sqlite(pool) => super::sqlite::outbox_pending(pool).await,
+        #[cfg(feature = "postgres")]
+        Database::Postgres(pool) => super::postgres::outbox_pending(pool).await,
+    }
+}
+
+/// Delivers one batch of pending events; returns how many rows it handled.
+pub(crate) async fn relay_once(
+    bus: &BusInner,
+    db: &Database,
+    settings: &OutboxSettings,
+) -> Result<usize, Error> {
+    let now = now_ms();
+    let lease_until = now + settings.lease.as_millis() as i64;
+    let rows = match db {
+        #[cfg(feature = "sqlite")]
+        Database::Sqlite(pool) => {
+            super::sqlite::outbox_claim(pool, now, lease_until, settings.batch).await?
+        }
+        #[cfg(feature = "postgres")]
+        Database::Postgres(pool) => {
+            super::postgres::outbox_claim(pool, now, lease_until, settings.batch).await?
+        }
+    };
+    let mut rows = rows;
+    rows.sort_by_key(|r| r.created_at_ms);
+    let handled = rows.len();
+    let mut delivered = Vec::with_capacity(rows.len());
+    for row in rows {
+        match deliver_row(bus, &row).await {
+            Ok(()) => delivered.push(row.id),
+            Err(error) => {
+                tracing::warn!(target: "cqrs::outbox", event = %row.event_name, event_id = %row.id, attempts = row.attempts, %error, "outbox delivery failed; will retry");
+                defer(db, row.id, row.attempts, &error.to_string()).await?;
+            }
+        }
+    }
+    mark_delivered(db, &delivered).await?;
+    Ok(handled)
+}
+
+async fn deliver_row(bus: &BusInner, row: &ClaimedRow) -> Result<(), Error> {
+    let Some(decode) = bus.event_decoder(&row.event_name) else {
+        // No handler of this event in this process: nothing to deliver.
+        return Ok(());
+    };
+    let payload: serde_json::Value = serde_json::from_str(&row.payload)?;
+    let event: Box<dyn ErasedEvent> = decode(payload).map_err(|e| {
+        Error::from_std(Status::Internal, e)
+            .context(format!("decoding outbox event `{}`", row.event_name))
+    })?;
+    let stored: StoredMetadata = serde_json::from_str(&row.metadata)?;
+    let metadata = stored.into_metadata(row.id);
+    let failures = publish::deliver(bus, &*event, &metadata).await;
+    match failures.first() {
+        None => Ok(()),
+        Some((handler, error)) => Err(Error::new(
+            error.status(),
+            format!(
+                "{} handler(s) failed, first `{handler}`: {error}",
+                failures.len()
+            ),
+        )),
+    }
+}

@@ -1,0 +1,598 @@
+//! Layer 7: cached query answers, with single flight.
+//!
+//! `#[cached_query(ttl = "5m", vary_by = [user_id], cache_none = false, max_entries = 10000)]`
+//! on a query handler. The key is the query's name and a 128-bit SipHash of the `vary_by` fields
+//! (of the whole query when `vary_by` is not given). On a miss, concurrent callers with the same
+//! key wait for the one that runs the handler (single flight), then share its answer. Errors are
+//! never stored; `None` only with `cache_none = true`.
+//!
+//! Storage is behind [`QueryCache`]: the bus asks it for one [`CacheRegion`] per cached query at
+//! startup. The default, [`MemoryCache`], keeps answers in process on `moka`; its lookups finish
+//! without awaiting anything, so a hit costs no allocation. A shared backend (Redis) implements
+//! the same traits with serialized values.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use tokio::sync::watch;
+
+use crate::Error;
+use crate::message::Query;
+
+/// The configuration of `#[cached_query(..)]`.
+#[derive(Clone, Copy)]
+pub struct CacheSpec {
+    ttl: Duration,
+    max_entries: u64,
+    cache_none: bool,
+    vary_by: &'static [&'static str],
+    key: fn(&(dyn Any + Send + Sync), &mut dyn Hasher),
+    is_none: fn(&(dyn Any + Send + Sync)) -> bool,
+}
+
+impl CacheSpec {
+    /// The default number of entries kept per query.
+    pub const DEFAULT_MAX_ENTRIES: u64 = 10_000;
+
+    /// A cache of answers kept `ttl`, keyed by what `key` hashes; `is_none` tells whether an
+    /// answer is `None` (the macro generates both functions).
+    pub const fn new(
+        ttl: Duration,
+        key: fn(&(dyn Any + Send + Sync), &mut dyn Hasher),
+        is_none: fn(&(dyn Any + Send + Sync)) -> bool,
+    ) -> Self {
+        CacheSpec {
+            ttl,
+            max_entries: Self::DEFAULT_MAX_ENTRIES,
+            cache_none: false,
+            vary_by: &[],
+            key,
+            is_none,
+        }
+    }
+
+    /// Keep at most this many answers (least recently used go first).
+    pub const fn max_entries(mut self, max: u64) -> Self {
+        self.max_entries = max;
+        self
+    }
+
+    /// Whether `None` answers are cached too.
+    pub const fn cache_none(mut self, cache_none: bool) -> Self {
+        self.cache_none = cache_none;
+        self
+    }
+
+    /// The fields the key is made of (for `describe()`; `key` does the hashing).
+    pub const fn vary_by(mut self, fields: &'static [&'static str]) -> Self {
+        self.vary_by = fields;
+        self
+    }
+
+    /// How long an answer is kept.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The most answers kept.
+    pub fn max_entries_limit(&self) -> u64 {
+        self.max_entries
+    }
+}
+
+impl fmt::Display for CacheSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cache(ttl={}", super::describe::duration(self.ttl))?;
+        if !self.vary_by.is_empty() {
+            write!(f, ", vary_by={}", super::describe::list(self.vary_by))?;
+        }
+        if self.cache_none {
+            write!(f, ", cache_none")?;
+        }
+        write!(f, ", max_entries={})", self.max_entries)
+    }
+}
+
+impl fmt::Debug for CacheSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Hashes a cache key with a fixed-key SipHash-1-3 (stable across processes, so a shared cache
+/// sees the same key from every instance of the service).
+pub(crate) fn cache_key(hash: impl FnOnce(&mut dyn Hasher)) -> u128 {
+    let mut hasher = siphasher::sip128::SipHasher13::new_with_keys(0x6371_7273, 0x0063_6163_6865);
+    hash(&mut hasher);
+    siphasher::sip128::Hasher128::finish128(&hasher).as_u128()
+}
+
+/// A cached answer, as a backend stores it.
+#[derive(Clone)]
+pub enum CachedValue {
+    /// The answer itself, shared (in-process backends).
+    Shared(Arc<dyn Any + Send + Sync>),
+    /// The answer as JSON (backends shared between processes).
+    Json(Vec<u8>),
+}
+
+impl fmt::Debug for CachedValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CachedValue::Shared(_) => f.write_str("CachedValue::Shared(..)"),
+            CachedValue::Json(bytes) => write!(f, "CachedValue::Json({} bytes)", bytes.len()),
+        }
+    }
+}
+
+/// Which form a [`CacheRegion`] stores answers in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Representation {
+    /// [`CachedValue::Shared`].
+    Shared,
+    /// [`CachedValue::Json`].
+    Json,
+}
+
+/// A cache operation that may already be finished: in-process backends answer synchronously
+/// (`CacheFuture::ready`) and cost no allocation; remote backends return a boxed future.
+pub enum CacheFuture<'a, T> {
+    /// Already done.
+    Ready(Option<Result<T, Error>>),
+    /// Still to be awaited.
+    Pending(BoxFuture<'a, Result<T, Error>>),
+}
+
+impl<T> CacheFuture<'_, T> {
+    /// A finished operation.
+    pub fn ready(result: Result<T, Error>) -> Self {
+        CacheFuture::Ready(Some(result))
+    }
+}
+
+impl<T: Unpin> Future for CacheFuture<'_, T> {
+    type Output = Result<T, Error>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            CacheFuture::Ready(result) => {
+                Poll::Ready(result.take().unwrap_or_else(|| {
+                    Err(Error::internal("cache future polled after completion"))
+                }))
+            }
+            CacheFuture::Pending(fut) => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<T> fmt::Debug for CacheFuture<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CacheFuture::Ready(_) => "CacheFuture::Ready",
+            CacheFuture::Pending(_) => "CacheFuture::Pending",
+        })
+    }
+}
+
+/// Where cached answers live: a factory of one [`CacheRegion`] per cached query.
+pub trait QueryCache: Send + Sync + 'static {
+    /// The region for `query` (called once per cached query handler, in `build()`).
+    fn region(&self, query: &'static str, spec: &CacheSpec) -> Arc<dyn CacheRegion>;
+}
+
+/// The cached answers of one query.
+pub trait CacheRegion: Send + Sync + 'static {
+    /// The form answers are stored in.
+    fn representation(&self) -> Representation;
+    /// The answer stored under `key`, if any and not expired.
+    fn get(&self, key: u128) -> CacheFuture<'_, Option<CachedValue>>;
+    /// Stores an answer.
+    fn insert(&self, key: u128, value: CachedValue) -> CacheFuture<'_, ()>;
+    /// Drops every answer of this query.
+    fn invalidate_all(&self) -> CacheFuture<'_, ()>;
+}
+
+/// The in-process [`QueryCache`], on `moka` (TinyLFU admission, LRU eviction, per-region TTL and
+/// size limit). It is the bus's default.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryCache;
+
+impl MemoryCache {
+    /// The in-process cache.
+    pub fn new() -> Self {
+        MemoryCache
+    }
+}
+
+struct MemoryRegion {
+    entries: moka::sync::Cache<u128, Arc<dyn Any + Send + Sync>, KeyIsAHash>,
+}
+
+/// The keys are already SipHash outputs: hash them again with nothing more than a fold.
+#[derive(Clone, Default)]
+struct KeyIsAHash;
+
+impl std::hash::BuildHasher for KeyIsAHash {
+    type Hasher = FoldHasher;
+    fn build_hasher(&self) -> FoldHasher {
+        FoldHasher(0)
+    }
+}
+
+struct FoldHasher(u64);
+
+impl Hasher for FoldHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(word);
+        }
+    }
+    fn write_u128(&mut self, value: u128) {
+        self.0 ^= (value as u64) ^ ((value >> 64) as u64);
+    }
+}
+
+impl QueryCache for MemoryCache {
+    fn region(&self, _query: &'static str, spec: &CacheSpec) -> Arc<dyn CacheRegion> {
+        Arc::new(MemoryRegion {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(spec.max_entries)
+                .time_to_live(spec.ttl)
+                .build_with_hasher(KeyIsAHash),
+        })
+    }
+}
+
+impl CacheRegion for MemoryRegion {
+    fn representation(&self) -> Representation {
+        Representation::Shared
+    }
+    fn get(&self, key: u128) -> CacheFuture<'_, Option<CachedValue>> {
+        CacheFuture::ready(Ok(self.entries.get(&key).map(CachedValue::Shared)))
+    }
+    fn insert(&self, key: u128, value: CachedValue) -> CacheFuture<'_, ()> {
+        match value {
+            CachedValue::Shared(value) => {
+                self.entries.insert(key, value);
+                CacheFuture::ready(Ok(()))
+            }
+            CachedValue::Json(_) => CacheFuture::ready(Err(Error::internal(
+                "the in-process cache stores values, not JSON",
+            ))),
+        }
+    }
+    fn invalidate_all(&self) -> CacheFuture<'_, ()> {
+        self.entries.invalidate_all();
+        CacheFuture::ready(Ok(()))
+    }
+}
+
+/// A query's region that counts its invalidations (`invalidates = [..]`, `bus.invalidate`), so
+/// that an answer computed before one is not stored after it, and a caller who asks after one
+/// does not wait for a computation that started before it.
+pub(crate) struct Invalidated {
+    region: Arc<dyn CacheRegion>,
+    epoch: AtomicU64,
+}
+
+impl Invalidated {
+    pub(crate) fn new(region: Arc<dyn CacheRegion>) -> Arc<Self> {
+        Arc::new(Invalidated {
+            region,
+            epoch: AtomicU64::new(0),
+        })
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+}
+
+impl CacheRegion for Invalidated {
+    fn representation(&self) -> Representation {
+        self.region.representation()
+    }
+    fn get(&self, key: u128) -> CacheFuture<'_, Option<CachedValue>> {
+        self.region.get(key)
+    }
+    fn insert(&self, key: u128, value: CachedValue) -> CacheFuture<'_, ()> {
+        self.region.insert(key, value)
+    }
+    fn invalidate_all(&self) -> CacheFuture<'_, ()> {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.region.invalidate_all()
+    }
+}
+
+/// A computation in progress, and the invalidation epoch it started in.
+struct Flight<T> {
+    epoch: u64,
+    answer: watch::Receiver<Option<Result<T, Error>>>,
+}
+
+/// The cache layer of one query handler.
+pub(crate) struct CacheLayer<Q: Query> {
+    spec: CacheSpec,
+    region: Arc<Invalidated>,
+    in_flight: Mutex<HashMap<u128, Flight<Q::Output>>>,
+}
+
+impl<Q: Query> CacheLayer<Q> {
+    pub(crate) fn new(spec: CacheSpec, region: Arc<Invalidated>) -> Self {
+        CacheLayer {
+            spec,
+            region,
+            in_flight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn key(&self, query: &Q) -> u128 {
+        cache_key(|h| (self.spec.key)(query, h))
+    }
+
+    async fn lookup(&self, key: u128) -> Option<Q::Output> {
+        let found = match self.region.get(key).await {
+            Ok(found) => found?,
+            Err(error) => {
+                tracing::warn!(target: "cqrs", query = Q::NAME, %error, "cache lookup failed; running the handler");
+                return None;
+            }
+        };
+        match found {
+            CachedValue::Shared(value) => value.downcast_ref::<Q::Output>().cloned(),
+            CachedValue::Json(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(value) => Some(value),
+                Err(error) => {
+                    tracing::warn!(target: "cqrs", query = Q::NAME, %error, "cached answer does not decode; running the handler");
+                    None
+                }
+            },
+        }
+    }
+
+    /// Stores an answer computed in invalidation epoch `epoch`, unless the query's answers were
+    /// invalidated since (the answer may predate the change that invalidated them).
+    async fn store(&self, key: u128, output: &Q::Output, epoch: u64) {
+        if !self.spec.cache_none && (self.spec.is_none)(output) {
+            return;
+        }
+        if self.region.epoch() != epoch {
+            return;
+        }
+        let value = match self.region.representation() {
+            Representation::Shared => CachedValue::Shared(Arc::new(output.clone())),
+            Representation::Json => match serde_json::to_vec(output) {
+                Ok(bytes) => CachedValue::Json(bytes),
+                Err(error) => {
+                    tracing::warn!(target: "cqrs", query = Q::NAME, %error, "answer does not serialize; not cached");
+                    return;
+                }
+            },
+        };
+        if let Err(error) = self.region.insert(key, value).await {
+            tracing::warn!(target: "cqrs", query = Q::NAME, %error, "cache insert failed");
+        }
+        // Invalidated between the check and the insert: drop what may be a stale answer.
+        if self.region.epoch() != epoch
+            && let Err(error) = self.region.invalidate_all().await
+        {
+            tracing::warn!(target: "cqrs", query = Q::NAME, %error, "cache invalidation failed");
+        }
+    }
+
+    /// Answers from the cache, or runs `compute` once for all concurrent callers with this key.
+    pub(crate) async fn run<F, Fut>(
+        &self,
+        query: &Q,
+        cache_hit: &mut bool,
+        compute: F,
+    ) -> Result<Q::Output, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Q::Output, Error>>,
+    {
+        let key = self.key(query);
+        if let Some(hit) = self.lookup(key).await {
+            *cache_hit = true;
+            return Ok(hit);
+        }
+        let mut compute = Some(compute);
+        loop {
+            let epoch = self.region.epoch();
+            let role = {
+                let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                match in_flight.get(&key) {
+                    Some(flight) if flight.epoch == epoch => Err(flight.answer.clone()),
+                    // None, or one that started before an invalidation: its answer may be stale.
+                    _ => {
+                        let (sender, answer) = watch::channel(None);
+                        in_flight.insert(key, Flight { epoch, answer });
+                        Ok(sender)
+                    }
+                }
+            };
+            match role {
+                Ok(sender) => {
+                    let _landing = Landing {
+                        layer: self,
+                        key,
+                        epoch,
+                    };
+                    // Another leader may have stored the answer between our miss and our claim.
+                    if let Some(hit) = self.lookup(key).await {
+                        *cache_hit = true;
+                        sender.send_replace(Some(Ok(hit.clone())));
+                        return Ok(hit);
+                    }
+                    let Some(compute) = compute.take() else {
+                        return Err(Error::internal("single-flight leader ran twice"));
+                    };
+                    let result = compute().await;
+                    if let Ok(output) = &result {
+                        self.store(key, output, epoch).await;
+                    }
+                    sender.send_replace(Some(result.clone()));
+                    return result;
+                }
+                Err(mut flight) => {
+                    // Wait for the leader; if it is dropped (cancelled, timed out) without an
+                    // answer, take over.
+                    loop {
+                        if let Some(result) = flight.borrow_and_update().clone() {
+                            *cache_hit = result.is_ok();
+                            return result;
+                        }
+                        if flight.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                    if let Some(result) = flight.borrow().clone() {
+                        *cache_hit = result.is_ok();
+                        return result;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops every cached answer of this query.
+    pub(crate) async fn invalidate(&self) -> Result<(), Error> {
+        self.region.invalidate_all().await
+    }
+}
+
+/// Removes the in-flight entry when the leader finishes or is dropped (unless a leader of a
+/// later epoch has replaced it).
+struct Landing<'a, Q: Query> {
+    layer: &'a CacheLayer<Q>,
+    key: u128,
+    epoch: u64,
+}
+
+impl<Q: Query> Drop for Landing<'_, Q> {
+    fn drop(&mut self) {
+        let mut in_flight = self
+            .layer
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if in_flight
+            .get(&self.key)
+            .is_some_and(|f| f.epoch == self.epoch)
+        {
+            in_flight.remove(&self.key);
+        }
+    }
+}
+
+/// Hashes the whole query (the default key, when `vary_by` is not given).
+pub fn hash_whole<Q: Hash + 'static>(query: &(dyn Any + Send + Sync), mut hasher: &mut dyn Hasher) {
+    if let Some(q) = query.downcast_ref::<Q>() {
+        q.hash(&mut hasher);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Message, MessageKind};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(Clone, Hash)]
+    struct Q(u32);
+    impl Message for Q {
+        const NAME: &'static str = "Q";
+        const KIND: MessageKind = MessageKind::Query;
+        fn __slot() -> usize {
+            0
+        }
+    }
+    impl Query for Q {
+        type Output = Option<u32>;
+    }
+
+    fn layer(cache_none: bool) -> Arc<CacheLayer<Q>> {
+        let spec = CacheSpec::new(Duration::from_secs(60), hash_whole::<Q>, |v| {
+            v.downcast_ref::<Option<u32>>().is_some_and(Option::is_none)
+        })
+        .cache_none(cache_none);
+        Arc::new(CacheLayer::new(
+            spec,
+            Invalidated::new(MemoryCache.region("Q", &spec)),
+        ))
+    }
+
+    #[tokio::test]
+    async fn hits_misses_and_none() {
+        let l = layer(false);
+        let mut hit = false;
+        let v = l
+            .run(&Q(1), &mut hit, || async { Ok(Some(10)) })
+            .await
+            .unwrap();
+        assert_eq!((v, hit), (Some(10), false));
+        let v = l
+            .run(&Q(1), &mut hit, || async { Ok(Some(99)) })
+            .await
+            .unwrap();
+        assert_eq!((v, hit), (Some(10), true));
+        let mut hit = false;
+        l.run(&Q(2), &mut hit, || async { Ok(None) }).await.unwrap();
+        let v = l
+            .run(&Q(2), &mut hit, || async { Ok(Some(5)) })
+            .await
+            .unwrap();
+        assert_eq!((v, hit), (Some(5), false), "None is not cached by default");
+        let mut hit = false;
+        l.run(&Q(3), &mut hit, || async { Err(Error::unavailable("x")) })
+            .await
+            .unwrap_err();
+        let v = l
+            .run(&Q(3), &mut hit, || async { Ok(Some(3)) })
+            .await
+            .unwrap();
+        assert_eq!((v, hit), (Some(3), false), "errors are not cached");
+        l.invalidate().await.unwrap();
+        let v = l
+            .run(&Q(1), &mut hit, || async { Ok(Some(11)) })
+            .await
+            .unwrap();
+        assert_eq!(v, Some(11));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_misses_run_once() {
+        let l = layer(true);
+        let runs = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..100 {
+            let (l, runs) = (l.clone(), runs.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut hit = false;
+                l.run(&Q(7), &mut hit, || async {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok(Some(7))
+                })
+                .await
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), Some(7));
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+}

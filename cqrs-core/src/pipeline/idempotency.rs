@@ -1,0 +1,424 @@
+//! Layer 6: commands sent with an idempotency key run at most once per key.
+//!
+//! The first send with a key claims it in the [`IdempotencyStore`], runs the inner layers, and
+//! stores the reply if they succeed (a failure releases the claim, so the key can be tried
+//! again). A repeat with the same key and the same payload gets the stored reply without running
+//! the handler (and without emitting events again); the same key with another payload is a
+//! `Conflict`. A send that finds the key claimed by one still running waits for its reply.
+//! The payload's fingerprint is a 128-bit SipHash of its JSON form. Keys expire after the bus's
+//! idempotency TTL (24 hours unless configured).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::Error;
+
+/// The default time a stored reply is kept.
+pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// The default time a claim protects a running execution before another sender may take over
+/// (when the first one crashed).
+pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+
+/// One idempotency key, as the store sees it.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    /// The command's name: keys are scoped by command.
+    pub scope: &'static str,
+    /// The key the caller gave.
+    pub key: String,
+    /// The fingerprint of the payload (32 hex digits).
+    pub fingerprint: String,
+    /// How long a stored reply is kept.
+    pub ttl: Duration,
+    /// How long a claim lasts without a reply.
+    pub lease: Duration,
+}
+
+/// What a store found when asked to claim a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The key was free; the caller now holds it and must complete or release it.
+    Acquired,
+    /// A reply is stored.
+    Completed {
+        /// The fingerprint of the payload that produced it.
+        fingerprint: String,
+        /// The reply, as JSON.
+        reply: Vec<u8>,
+    },
+    /// Another execution holds the key.
+    InProgress {
+        /// The fingerprint of its payload.
+        fingerprint: String,
+    },
+}
+
+/// Where idempotency keys and replies are kept: [`MemoryIdempotencyStore`] by default, the
+/// database with the `sqlite` and `postgres` features.
+pub trait IdempotencyStore: Send + Sync + 'static {
+    /// Claims the key for one execution, or reports what holds it.
+    fn claim(&self, key: &IdempotencyKey) -> impl Future<Output = Result<Claim, Error>> + Send;
+    /// Stores the reply of the execution that holds the claim.
+    fn complete(
+        &self,
+        key: &IdempotencyKey,
+        reply: &[u8],
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Gives up a claim whose execution failed, so the key can be used again.
+    fn release(&self, key: &IdempotencyKey) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+pub(crate) trait DynIdempotencyStore: Send + Sync {
+    fn claim_dyn<'a>(&'a self, key: &'a IdempotencyKey) -> BoxFuture<'a, Result<Claim, Error>>;
+    fn complete_dyn<'a>(
+        &'a self,
+        key: &'a IdempotencyKey,
+        reply: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), Error>>;
+    fn release_dyn<'a>(&'a self, key: &'a IdempotencyKey) -> BoxFuture<'a, Result<(), Error>>;
+}
+
+impl<S: IdempotencyStore> DynIdempotencyStore for S {
+    fn claim_dyn<'a>(&'a self, key: &'a IdempotencyKey) -> BoxFuture<'a, Result<Claim, Error>> {
+        Box::pin(self.claim(key))
+    }
+    fn complete_dyn<'a>(
+        &'a self,
+        key: &'a IdempotencyKey,
+        reply: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(self.complete(key, reply))
+    }
+    fn release_dyn<'a>(&'a self, key: &'a IdempotencyKey) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(self.release(key))
+    }
+}
+
+/// The in-process [`IdempotencyStore`]: keys live as long as the process (and their TTL).
+#[derive(Default)]
+pub struct MemoryIdempotencyStore {
+    entries: Mutex<MemoryEntries>,
+}
+
+#[derive(Default)]
+struct MemoryEntries {
+    map: HashMap<(&'static str, String), MemoryEntry>,
+    claims_since_sweep: usize,
+}
+
+struct MemoryEntry {
+    fingerprint: String,
+    reply: Option<Vec<u8>>,
+    expires: Instant,
+}
+
+impl MemoryIdempotencyStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        MemoryIdempotencyStore::default()
+    }
+}
+
+impl fmt::Debug for MemoryIdempotencyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.entries.lock().map(|e| e.map.len()).unwrap_or(0);
+        f.debug_struct("MemoryIdempotencyStore")
+            .field("keys", &n)
+            .finish()
+    }
+}
+
+impl IdempotencyStore for MemoryIdempotencyStore {
+    async fn claim(&self, key: &IdempotencyKey) -> Result<Claim, Error> {
+        let now = Instant::now();
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.claims_since_sweep += 1;
+        if entries.claims_since_sweep >= 1024 {
+            entries.claims_since_sweep = 0;
+            entries.map.retain(|_, e| e.expires > now);
+        }
+        let id = (key.scope, key.key.clone());
+        if let Some(entry) = entries.map.get(&id).filter(|e| e.expires > now) {
+            return Ok(match &entry.reply {
+                Some(reply) => Claim::Completed {
+                    fingerprint: entry.fingerprint.clone(),
+                    reply: reply.clone(),
+                },
+                None => Claim::InProgress {
+                    fingerprint: entry.fingerprint.clone(),
+                },
+            });
+        }
+        entries.map.insert(
+            id,
+            MemoryEntry {
+                fingerprint: key.fingerprint.clone(),
+                reply: None,
+                expires: now + key.lease,
+            },
+        );
+        Ok(Claim::Acquired)
+    }
+
+    async fn complete(&self, key: &IdempotencyKey, reply: &[u8]) -> Result<(), Error> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.map.insert(
+            (key.scope, key.key.clone()),
+            MemoryEntry {
+                fingerprint: key.fingerprint.clone(),
+                reply: Some(reply.to_vec()),
+                expires: Instant::now() + key.ttl,
+            },
+        );
+        Ok(())
+    }
+
+    async fn release(&self, key: &IdempotencyKey) -> Result<(), Error> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let id = (key.scope, key.key.clone());
+        if entries.map.get(&id).is_some_and(|e| e.reply.is_none()) {
+            entries.map.remove(&id);
+        }
+        Ok(())
+    }
+}
+
+/// The fingerprint of a payload: SipHash-1-3 (128 bits) of its JSON form, in hex.
+pub(crate) fn fingerprint<T: Serialize>(payload: &T) -> Result<String, Error> {
+    let json = serde_json::to_vec(payload).map_err(|e| {
+        Error::from_std(crate::Status::Internal, e).context("fingerprinting the payload")
+    })?;
+    Ok(format!(
+        "{:032x}",
+        super::cache::cache_key(|h| h.write(&json))
+    ))
+}
+
+/// The settings of the idempotency layer.
+#[derive(Clone)]
+pub(crate) struct IdempotencyLayer {
+    pub(crate) store: Arc<dyn DynIdempotencyStore>,
+    pub(crate) ttl: Duration,
+    pub(crate) lease: Duration,
+}
+
+/// How an idempotent execution ended.
+pub(crate) enum Outcome<T> {
+    /// The inner layers ran now.
+    Executed(T),
+    /// A stored reply was returned.
+    Replayed(T),
+}
+
+impl IdempotencyLayer {
+    pub(crate) fn key(
+        &self,
+        scope: &'static str,
+        key: &str,
+        fingerprint: String,
+        lease: Option<Duration>,
+    ) -> IdempotencyKey {
+        IdempotencyKey {
+            scope,
+            key: key.to_owned(),
+            fingerprint,
+            ttl: self.ttl,
+            lease: lease.map_or(self.lease, |l| l.max(self.lease)),
+        }
+    }
+
+    /// Runs `execute` once per key; `reply_of` picks the part of its result that is stored.
+    pub(crate) async fn run<R, T, F, Fut>(
+        &self,
+        key: &IdempotencyKey,
+        reply_of: impl Fn(&R) -> &T,
+        replay: impl FnOnce(T) -> R,
+        execute: F,
+    ) -> Result<Outcome<R>, Error>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<R, Error>>,
+    {
+        let mut wait = Duration::from_millis(2);
+        let mut execute = Some(execute);
+        let mut replay = Some(replay);
+        loop {
+            match self.store.claim_dyn(key).await? {
+                Claim::Acquired => {
+                    let release = ReleaseOnDrop {
+                        store: Some(self.store.clone()),
+                        key,
+                    };
+                    let Some(execute) = execute.take() else {
+                        return Err(Error::internal("idempotent execution ran twice"));
+                    };
+                    let result = execute().await;
+                    return match result {
+                        Ok(result) => {
+                            release.disarm();
+                            match serde_json::to_vec(reply_of(&result)) {
+                                Ok(bytes) => {
+                                    if let Err(error) = self.store.complete_dyn(key, &bytes).await {
+                                        tracing::error!(target: "cqrs", command = key.scope, key = %key.key, %error,
+                                            "the command succeeded but its reply could not be stored; a repeat may run it again");
+                                    }
+                                }
+                                Err(error) => {
+                                    tracing::error!(target: "cqrs", command = key.scope, %error,
+                                    "the command's reply does not serialize; it is not stored");
+                                    // Nothing will complete the claim: free the key rather than
+                                    // make every repeat wait for the lease to run out.
+                                    if let Err(error) = self.store.release_dyn(key).await {
+                                        tracing::warn!(target: "cqrs", command = key.scope, %error, "could not release the idempotency key");
+                                    }
+                                }
+                            }
+                            Ok(Outcome::Executed(result))
+                        }
+                        Err(error) => {
+                            let store = release.disarm();
+                            if let Err(release_error) = store.release_dyn(key).await {
+                                tracing::warn!(target: "cqrs", command = key.scope, error = %release_error, "could not release the idempotency key");
+                            }
+                            Err(error)
+                        }
+                    };
+                }
+                Claim::Completed { fingerprint, reply } => {
+                    check_fingerprint(key, &fingerprint)?;
+                    let stored: T = serde_json::from_slice(&reply).map_err(|e| {
+                        Error::from_std(crate::Status::Internal, e)
+                            .context(format!("decoding the stored reply of `{}`", key.scope))
+                    })?;
+                    let Some(replay) = replay.take() else {
+                        return Err(Error::internal("idempotent replay ran twice"));
+                    };
+                    return Ok(Outcome::Replayed(replay(stored)));
+                }
+                Claim::InProgress { fingerprint } => {
+                    check_fingerprint(key, &fingerprint)?;
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+}
+
+fn check_fingerprint(key: &IdempotencyKey, stored: &str) -> Result<(), Error> {
+    if stored == key.fingerprint {
+        Ok(())
+    } else {
+        Err(Error::conflict(format!(
+            "idempotency key `{}` was already used for `{}` with a different payload",
+            key.key, key.scope
+        )))
+    }
+}
+
+/// Releases the claim if the execution is dropped halfway (a timeout, a cancelled caller).
+struct ReleaseOnDrop<'a> {
+    store: Option<Arc<dyn DynIdempotencyStore>>,
+    key: &'a IdempotencyKey,
+}
+
+impl ReleaseOnDrop<'_> {
+    fn disarm(mut self) -> Arc<dyn DynIdempotencyStore> {
+        match self.store.take() {
+            Some(store) => store,
+            None => unreachable!("disarmed twice"),
+        }
+    }
+}
+
+impl Drop for ReleaseOnDrop<'_> {
+    fn drop(&mut self) {
+        let Some(store) = self.store.take() else {
+            return;
+        };
+        let key = self.key.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = store.release_dyn(&key).await;
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Status;
+
+    fn layer() -> IdempotencyLayer {
+        IdempotencyLayer {
+            store: Arc::new(MemoryIdempotencyStore::new()),
+            ttl: DEFAULT_TTL,
+            lease: DEFAULT_LEASE,
+        }
+    }
+
+    async fn send(
+        l: &IdempotencyLayer,
+        payload: u32,
+        runs: &mut u32,
+    ) -> Result<(u32, bool), Error> {
+        let key = l.key("Cmd", "k1", fingerprint(&payload).unwrap(), None);
+        let out = l
+            .run(
+                &key,
+                |r: &u32| r,
+                |t| t,
+                || async {
+                    *runs += 1;
+                    Ok(payload * 10)
+                },
+            )
+            .await?;
+        Ok(match out {
+            Outcome::Executed(v) => (v, false),
+            Outcome::Replayed(v) => (v, true),
+        })
+    }
+
+    #[tokio::test]
+    async fn replays_and_conflicts() {
+        let l = layer();
+        let mut runs = 0;
+        assert_eq!(send(&l, 4, &mut runs).await.unwrap(), (40, false));
+        assert_eq!(send(&l, 4, &mut runs).await.unwrap(), (40, true));
+        assert_eq!(runs, 1);
+        let err = send(&l, 5, &mut runs).await.unwrap_err();
+        assert_eq!(err.status(), Status::Conflict);
+    }
+
+    #[tokio::test]
+    async fn failures_release_the_key() {
+        let l = layer();
+        let key = l.key("Cmd", "k2", fingerprint(&1).unwrap(), None);
+        let err = l
+            .run(
+                &key,
+                |r: &u32| r,
+                |t| t,
+                || async { Err::<u32, _>(Error::unavailable("db down")) },
+            )
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.status(), Status::Unavailable);
+        let out = l
+            .run(&key, |r: &u32| r, |t| t, || async { Ok(7) })
+            .await
+            .unwrap();
+        assert!(matches!(out, Outcome::Executed(7)));
+    }
+}

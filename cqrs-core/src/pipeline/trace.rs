@@ -1,0 +1,73 @@
+//! Layer 1: one `tracing` span per dispatch, and metrics when the `metrics` feature is on.
+//!
+//! The span is `cqrs.dispatch` (target `cqrs`) at INFO, with the fields `kind`, `message`,
+//! `handler`, `message_id`, `correlation_id`, `causation_id`, `principal`, and, once the
+//! dispatch is over, `attempts`, `cache_hit` and `status`. The ids are only computed when a
+//! subscriber is interested in the span, so a service without tracing does not pay for them.
+
+use tracing::Span;
+use tracing::field::{Empty, display};
+
+use crate::Error;
+use crate::bus::report::DispatchStats;
+use crate::envelope::Metadata;
+use crate::message::MessageKind;
+
+/// The span of one dispatch.
+#[inline]
+pub(crate) fn span(
+    kind: MessageKind,
+    message: &'static str,
+    handler: &'static str,
+    metadata: &Metadata,
+) -> Span {
+    let span = tracing::info_span!(
+        target: "cqrs",
+        "cqrs.dispatch",
+        kind = kind.as_str(),
+        message,
+        handler,
+        message_id = Empty,
+        correlation_id = Empty,
+        causation_id = Empty,
+        principal = Empty,
+        attempts = Empty,
+        cache_hit = Empty,
+        status = Empty,
+    );
+    if !span.is_disabled() {
+        span.record("message_id", display(metadata.message_id()));
+        span.record("correlation_id", display(metadata.correlation_id()));
+        if let Some(causation) = metadata.causation_id() {
+            span.record("causation_id", display(causation));
+        }
+        if let Some(principal) = metadata.principal() {
+            span.record("principal", principal.id());
+        }
+    }
+    span
+}
+
+/// Records the outcome of a dispatch on its span (and in the metrics).
+#[inline]
+pub(crate) fn finish<T>(
+    span: &Span,
+    kind: MessageKind,
+    message: &'static str,
+    result: &Result<T, Error>,
+    stats: &DispatchStats,
+) {
+    let status = match result {
+        Ok(_) => "ok",
+        Err(e) => e.status().as_str(),
+    };
+    if !span.is_disabled() {
+        span.record("attempts", stats.attempts);
+        span.record("cache_hit", stats.cache_hit);
+        span.record("status", status);
+        if let Err(e) = result {
+            span.in_scope(|| tracing::debug!(target: "cqrs", error = %e, "dispatch failed"));
+        }
+    }
+    crate::metrics::record_dispatch(kind, message, status, stats);
+}

@@ -1,0 +1,146 @@
+//! The macros of `cqrs-core`. Use them through `cqrs_core` (its prelude re-exports them); the
+//! code they generate names only `::cqrs_core::__private` and `::core`.
+//!
+//! Every macro parses and checks its input, reports every mistake it finds on the offending
+//! token, and registers what it declares through `inventory`; the runtime in `cqrs-core` does
+//! the work.
+
+#![warn(missing_docs, unreachable_pub)]
+#![forbid(unsafe_code)]
+
+mod attr;
+mod duration;
+mod errors;
+mod expand;
+mod item;
+
+use proc_macro::TokenStream;
+
+use crate::expand::handler::HandlerKind;
+use crate::expand::message::MessageKind;
+
+/// Declares a command: implements `Command`, registers the type, and wires validation.
+///
+/// ```text
+/// #[derive(Command, Debug, Clone, serde::Serialize, serde::Deserialize)]
+/// #[command(output = UserId, name = "users.register")]
+/// pub struct RegisterUser { pub email: String }
+/// ```
+///
+/// Options, in `#[command(..)]`: `output = Type` (default `()`), `name = "users.register"`
+/// (default: the type's name; logs, metrics, caches and stores use it). A command is a struct
+/// or an enum, possibly generic. Field rules written with the `validator` crate
+/// (`#[derive(validator::Validate)]` and `#[validate(..)]`) are checked before the handler runs.
+#[proc_macro_derive(Command, attributes(command))]
+pub fn derive_command(input: TokenStream) -> TokenStream {
+    expand::message::derive(input.into(), MessageKind::Command)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Declares a query: `#[derive(Query)]` with `#[query(output = Option<UserView>)]`.
+///
+/// Options, in `#[query(..)]`: `output = Type` (default `()`), `name = ".."`. A cached query
+/// (`#[cached_query]` on its handler) is usually `Hash + Eq` too.
+#[proc_macro_derive(Query, attributes(query))]
+pub fn derive_query(input: TokenStream) -> TokenStream {
+    expand::message::derive(input.into(), MessageKind::Query)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Declares an event: `#[derive(Event)]`. Option, in `#[event(..)]`: `name = ".."`.
+#[proc_macro_derive(Event, attributes(event))]
+pub fn derive_event(input: TokenStream) -> TokenStream {
+    expand::message::derive(input.into(), MessageKind::Event)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Declares the handler of a command: `#[command_handler(RegisterUser)]` on a struct whose fields
+/// are injected from the bus's dependencies (`#[inject(default)]` falls back to `Default`).
+///
+/// ```text
+/// #[command_handler(RegisterUser, timeout = "15s", invalidates = [GetUser])]
+/// pub struct RegisterUserHandler { users: Arc<dyn UserRepository> }
+///
+/// impl CommandHandler<RegisterUser> for RegisterUserHandler { async fn handle(..) -> Result<UserId, Error> { .. } }
+/// ```
+///
+/// Options: `timeout = "15s"`, `invalidates = [GetUser, ListUsers]` (cached queries dropped when
+/// the command succeeds), `emits = [UserRegistered]` and `sends = [SendMail]` (for
+/// `describe()`), `reads_queries = "why"` (the documented exception that allows a `QueryBus`
+/// field). The struct is not generic (register a generic handler by hand with
+/// `Bus::builder().command_handler(..)`); a tuple or unit struct is fine. Decorators
+/// (`#[authorize]`, `#[retry]`, `#[timeout]`, `#[transactional]`) go above or below it.
+#[proc_macro_attribute]
+pub fn command_handler(args: TokenStream, input: TokenStream) -> TokenStream {
+    expand::handler::expand(args.into(), input.into(), HandlerKind::Command).into()
+}
+
+/// Declares the handler of a query: `#[query_handler(GetUser)]`. Option: `timeout = ".."`.
+///
+/// A query handler may hold a `QueryBus` but not the `Bus` (it would be able to send commands).
+/// Decorators: `#[cached_query]`, `#[authorize]`, `#[retry]`, `#[timeout]`.
+#[proc_macro_attribute]
+pub fn query_handler(args: TokenStream, input: TokenStream) -> TokenStream {
+    expand::handler::expand(args.into(), input.into(), HandlerKind::Query).into()
+}
+
+/// Declares a handler of an event (an event has any number): `#[event_handler(UserRegistered)]`.
+/// Options: `timeout = ".."`, `sends = [Command, ..]` (for `describe()`). Decorators:
+/// `#[retry]`, `#[timeout]`.
+#[proc_macro_attribute]
+pub fn event_handler(args: TokenStream, input: TokenStream) -> TokenStream {
+    expand::handler::expand(args.into(), input.into(), HandlerKind::Event).into()
+}
+
+/// Requires a principal, permissions, roles, or a resource policy's consent:
+/// `#[authorize(permissions = ["user:delete"], roles = ["admin"], resource = user_id, admin_override)]`.
+///
+/// On command and query handlers. `resource` names a field of the message whose `Display` is
+/// handed to the bus's resource policy.
+#[proc_macro_attribute]
+pub fn authorize(args: TokenStream, input: TokenStream) -> TokenStream {
+    expand::authorize::expand(args.into(), input.into()).into()
+}
+
+/// Caches a query handler's answers:
+/// `#[cached_query(ttl = "5m", vary_by = [user_id], cache_none = false, max_entries = 10000)]`.
+///
+/// On query handlers only. The key is the whole query (which must be `Hash`) unless `vary_by`
+/// names the fields that make it. `ttl` defaults to one minute.
+#[proc_macro_attribute]
+pub fn cached_query(args: TokenStream, input: TokenStream) -> TokenStream {
+    expand::cached_query::expand(args.into(), input.into()).into()
+}
+
+/// Retries transient failures:
+/// `#[retry(max_attempts = 3, delay = "50ms", backoff = 2.0, max_delay = "1s", jitter = true, on = [Conflict, Unavailable])]`.
+///
+/// `max_attempts` counts the first attempt (at least 1); `backoff` is at least 1.0; `jitter`
+/// is `true` (half of each delay random) or a fraction; `on` lists statuses (default
+/// `Conflict`, `Unavailable`), never `Validation` or `NoHandler`, which a retry cannot change.
+#[proc_macro_attribute]
+pub fn retry(args: TokenStream, input: TokenStream) -> TokenStream {
+    expand::retry::expand(args.into(), input.into()).into()
+}
+
+/// The handler's overall deadline, retries included: `#[timeout("2s")]`, the same as the
+/// handler attribute's `timeout = "2s"` (give one of them). Durations are an integer and a unit:
+/// `ms`, `s`, `m`, `h`, `d`, as in `"250ms"` or `"1m30s"`.
+#[proc_macro_attribute]
+pub fn timeout(args: TokenStream, input: TokenStream) -> TokenStream {
+    expand::timeout::expand(args.into(), input.into()).into()
+}
+
+/// Runs a command handler in a database transaction:
+/// `#[transactional(isolation = "serializable", rollback_on = [Conflict])]`.
+///
+/// On command handlers only. `isolation` is `"read_committed"`, `"repeatable_read"` or
+/// `"serializable"`; `rollback_on` lists the statuses whose errors roll back (default: every
+/// error).
+#[proc_macro_attribute]
+pub fn transactional(args: TokenStream, input: TokenStream) -> TokenStream {
+    expand::transactional::expand(args.into(), input.into()).into()
+}

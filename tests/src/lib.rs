@@ -1,0 +1,1 @@
+//! Behaviour and compile-fail tests of cqrs, through its public API.

@@ -1,0 +1,284 @@
+//! Durable idempotency across bus instances, and a database that goes away mid-handler.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use cqrs_core::prelude::*;
+use cqrs_core::sqlx;
+use serde::{Deserialize, Serialize};
+use support::{TestDb, insert_thing};
+use tokio::sync::Notify;
+
+#[derive(Command, Debug, Clone, Serialize, Deserialize)]
+#[command(output = Receipt)]
+struct PlaceOrder {
+    sku: String,
+    quantity: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Receipt {
+    order: String,
+    run: usize,
+}
+
+#[command_handler(PlaceOrder)]
+#[transactional]
+struct PlaceOrderHandler {
+    runs: Arc<AtomicUsize>,
+}
+
+impl CommandHandler<PlaceOrder> for PlaceOrderHandler {
+    async fn handle(&self, cmd: PlaceOrder, cx: &mut CommandContext) -> Result<Receipt, Error> {
+        let run = self.runs.fetch_add(1, Ordering::SeqCst) + 1;
+        let order = format!("{}x{}#{run}", cmd.quantity, cmd.sku);
+        insert_thing(cx, &order).await?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(Receipt { order, run })
+    }
+}
+
+fn bus(db: &TestDb, runs: &Arc<AtomicUsize>) -> Bus {
+    db.attach(Bus::builder().discover(false))
+        .register::<PlaceOrderHandler>()
+        .provide(runs.clone())
+        .build()
+        .unwrap()
+}
+
+fn order(key: &str, quantity: u32) -> Envelope<PlaceOrder> {
+    Envelope::new(PlaceOrder {
+        sku: "tea".into(),
+        quantity,
+    })
+    .idempotency_key(key)
+}
+
+async fn idempotency_survives_the_bus(db: &TestDb) {
+    db.execute("CREATE TABLE things (name TEXT PRIMARY KEY)")
+        .await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let first = bus(db, &runs);
+    first.migrate().await.unwrap();
+    let receipt = first.send(order("order-1", 2)).await.unwrap();
+    assert_eq!(
+        receipt,
+        Receipt {
+            order: "2xtea#1".into(),
+            run: 1
+        }
+    );
+    drop(first);
+
+    // Another process (another pool) on the same database: the stored reply, no second run.
+    let other_db = db.reopen().await;
+    let second = bus(&other_db, &runs);
+    let again = second.send_with_report(order("order-1", 2)).await.unwrap();
+    assert_eq!(again.output, receipt);
+    assert!(again.replayed);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM things").await,
+        1,
+        "one effect per key"
+    );
+
+    // The reply was stored with the effect.
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM cqrs_idempotency WHERE reply IS NOT NULL")
+            .await,
+        1
+    );
+
+    // Same key, other payload: Conflict, and nothing runs.
+    let err = second.send(order("order-1", 3)).await.unwrap_err();
+    assert_eq!(err.status(), Status::Conflict);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+
+    // Twenty concurrent sends with a new key: one run, twenty identical replies.
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let bus = second.clone();
+        tasks.push(tokio::spawn(
+            async move { bus.send(order("order-2", 1)).await },
+        ));
+    }
+    let mut replies = Vec::new();
+    for t in tasks {
+        replies.push(t.await.unwrap().unwrap());
+    }
+    assert!(replies.iter().all(|r| *r == replies[0]), "{replies:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    assert_eq!(db.count("SELECT COUNT(*) FROM things").await, 2);
+    drop(second);
+    other_db.close().await;
+}
+on_both!(
+    sqlite_idempotency_survives_the_bus,
+    postgres_idempotency_survives_the_bus,
+    idempotency_survives_the_bus
+);
+
+/// Blocks mid-transaction until the test has killed its connection.
+#[derive(Command, Debug, Clone, Serialize, Deserialize)]
+struct SlowInsert {
+    name: String,
+    pause: bool,
+}
+
+#[derive(Clone, Default)]
+struct Gate {
+    backend_pid: Arc<AtomicI32>,
+    inserted: Arc<Notify>,
+    killed: Arc<Notify>,
+}
+
+#[command_handler(SlowInsert)]
+#[transactional]
+struct SlowInsertHandler {
+    gate: Gate,
+}
+
+impl CommandHandler<SlowInsert> for SlowInsertHandler {
+    async fn handle(&self, cmd: SlowInsert, cx: &mut CommandContext) -> Result<(), Error> {
+        let tx = cx.tx::<sqlx::Postgres>()?;
+        let (pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
+            .fetch_one(&mut **tx)
+            .await?;
+        self.gate.backend_pid.store(pid, Ordering::SeqCst);
+        sqlx::query("INSERT INTO things (name) VALUES ($1)")
+            .bind(&cmd.name)
+            .execute(&mut **tx)
+            .await?;
+        if cmd.pause {
+            self.gate.inserted.notify_one();
+            self.gate.killed.notified().await;
+        }
+        sqlx::query("INSERT INTO things (name) VALUES ($1)")
+            .bind(format!("{}-second", cmd.name))
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: set CQRS_POSTGRES_URL"]
+async fn postgres_connection_killed_mid_handler() {
+    let db = TestDb::postgres().await;
+    db.execute("CREATE TABLE things (name TEXT PRIMARY KEY)")
+        .await;
+    let gate = Gate::default();
+    let bus = db
+        .attach(Bus::builder().discover(false))
+        .register::<SlowInsertHandler>()
+        .provide(gate.clone())
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+
+    let sending = {
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            bus.send(SlowInsert {
+                name: "a".into(),
+                pause: true,
+            })
+            .await
+        })
+    };
+    gate.inserted.notified().await;
+    let TestDb::Postgres { admin, .. } = &db else {
+        unreachable!()
+    };
+    let pid = gate.backend_pid.load(Ordering::SeqCst);
+    let (killed,): (bool,) = sqlx::query_as("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(admin)
+        .await
+        .unwrap();
+    assert!(killed);
+    gate.killed.notify_one();
+
+    let err = sending.await.unwrap().unwrap_err();
+    assert_eq!(err.status(), Status::Unavailable, "{err}");
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM things").await,
+        0,
+        "nothing partial was committed"
+    );
+
+    // The database is back (the pool replaces the dead connection): the bus serves again.
+    bus.send(SlowInsert {
+        name: "b".into(),
+        pause: false,
+    })
+    .await
+    .unwrap();
+    assert_eq!(db.count("SELECT COUNT(*) FROM things").await, 2);
+    drop(bus);
+    db.cleanup().await;
+}
+
+#[derive(Command, Debug, Clone, Serialize, Deserialize)]
+struct Insert {
+    name: String,
+}
+
+#[command_handler(Insert)]
+#[transactional]
+struct InsertHandler;
+
+impl CommandHandler<Insert> for InsertHandler {
+    async fn handle(&self, cmd: Insert, cx: &mut CommandContext) -> Result<(), Error> {
+        insert_thing(cx, &cmd.name).await
+    }
+}
+
+#[tokio::test]
+async fn sqlite_pool_closed_is_unavailable() {
+    let db = TestDb::sqlite().await;
+    db.execute("CREATE TABLE things (name TEXT PRIMARY KEY)")
+        .await;
+    let bus = db
+        .attach(Bus::builder().discover(false))
+        .register::<InsertHandler>()
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+    bus.send(Insert { name: "a".into() }).await.unwrap();
+    let TestDb::Sqlite { pool, .. } = &db else {
+        unreachable!()
+    };
+    pool.close().await;
+    let err = bus.send(Insert { name: "b".into() }).await.unwrap_err();
+    assert_eq!(err.status(), Status::Unavailable, "{err}");
+    let reopened = db.reopen().await;
+    assert_eq!(reopened.count("SELECT COUNT(*) FROM things").await, 1);
+    reopened.close().await;
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn sqlite_unique_violation_is_a_conflict() {
+    let db = TestDb::sqlite().await;
+    db.execute("CREATE TABLE things (name TEXT PRIMARY KEY)")
+        .await;
+    let bus = db
+        .attach(Bus::builder().discover(false))
+        .register::<InsertHandler>()
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+    bus.send(Insert { name: "dup".into() }).await.unwrap();
+    let err = bus.send(Insert { name: "dup".into() }).await.unwrap_err();
+    assert_eq!(err.status(), Status::Conflict, "{err}");
+    assert!(
+        err.find_source::<sqlx::Error>().is_some(),
+        "the database error is kept as the source"
+    );
+    db.cleanup().await;
+}

@@ -1,0 +1,15 @@
+use cqrs_core::prelude::*;
+
+#[derive(Command, Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct RegisterUser;
+
+struct RegisterUserHandler;
+
+#[command_handler(RegisterUser)]
+impl CommandHandler<RegisterUser> for RegisterUserHandler {
+    async fn handle(&self, _cmd: RegisterUser, _cx: &mut CommandContext) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+fn main() {}

@@ -1,0 +1,18 @@
+use cqrs_core::prelude::*;
+
+#[derive(Command, Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[command(output = u64)]
+struct RegisterUser {
+    email: String,
+}
+
+#[command_handler(RegisterUser)]
+struct RegisterUserHandler;
+
+impl CommandHandler<RegisterUser> for RegisterUserHandler {
+    async fn handle(&self, cmd: RegisterUser, _cx: &mut CommandContext) -> Result<String, Error> {
+        Ok(cmd.email)
+    }
+}
+
+fn main() {}

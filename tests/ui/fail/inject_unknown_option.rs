@@ -1,0 +1,22 @@
+use std::sync::Arc;
+
+use cqrs_core::prelude::*;
+
+#[derive(Command, Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct RegisterUser;
+
+struct Mailer;
+
+#[command_handler(RegisterUser)]
+struct RegisterUserHandler {
+    #[inject(bogus)]
+    mailer: Arc<Mailer>,
+}
+
+impl CommandHandler<RegisterUser> for RegisterUserHandler {
+    async fn handle(&self, _cmd: RegisterUser, _cx: &mut CommandContext) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+fn main() {}

@@ -1,0 +1,20 @@
+use cqrs_core::prelude::*;
+
+#[derive(Command, Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[command(output = u64)]
+struct RegisterUser {
+    email: String,
+}
+
+struct NotAQuery;
+
+#[command_handler(RegisterUser, invalidates = [NotAQuery])]
+struct RegisterUserHandler;
+
+impl CommandHandler<RegisterUser> for RegisterUserHandler {
+    async fn handle(&self, _cmd: RegisterUser, _cx: &mut CommandContext) -> Result<u64, Error> {
+        Ok(1)
+    }
+}
+
+fn main() {}
