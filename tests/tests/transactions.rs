@@ -439,3 +439,174 @@ on_both!(
     postgres_migrate_then_any_tx,
     migrate_without_a_bus_then_any_tx
 );
+
+// ---- isolation levels ------------------------------------------------------------------------
+
+/// The isolation level the running transaction really has (PostgreSQL), or `None` on SQLite.
+async fn running_isolation(cx: &mut CommandContext) -> Result<Option<String>, Error> {
+    match cx.any_tx()? {
+        cqrs_core::AnyTx::Postgres(conn) => {
+            let (level,): (String,) = cqrs_core::sqlx::query_as("SHOW transaction_isolation")
+                .fetch_one(conn)
+                .await?;
+            Ok(Some(level))
+        }
+        _ => Ok(None),
+    }
+}
+
+#[derive(Command, Debug, Clone, Serialize, Deserialize)]
+#[command(output = Option<String>)]
+struct IsolationDefault;
+
+#[command_handler(IsolationDefault)]
+#[transactional]
+struct IsolationDefaultHandler;
+
+impl CommandHandler<IsolationDefault> for IsolationDefaultHandler {
+    async fn handle(
+        &self,
+        _: IsolationDefault,
+        cx: &mut CommandContext,
+    ) -> Result<Option<String>, Error> {
+        running_isolation(cx).await
+    }
+}
+
+#[derive(Command, Debug, Clone, Serialize, Deserialize)]
+#[command(output = Option<String>)]
+struct IsolationRepeatable;
+
+#[command_handler(IsolationRepeatable)]
+#[transactional(isolation = "repeatable_read")]
+struct IsolationRepeatableHandler;
+
+impl CommandHandler<IsolationRepeatable> for IsolationRepeatableHandler {
+    async fn handle(
+        &self,
+        _: IsolationRepeatable,
+        cx: &mut CommandContext,
+    ) -> Result<Option<String>, Error> {
+        running_isolation(cx).await
+    }
+}
+
+#[derive(Command, Debug, Clone, Serialize, Deserialize)]
+#[command(output = Option<String>)]
+struct IsolationSerializable;
+
+#[command_handler(IsolationSerializable)]
+#[transactional(isolation = "serializable")]
+struct IsolationSerializableHandler;
+
+impl CommandHandler<IsolationSerializable> for IsolationSerializableHandler {
+    async fn handle(
+        &self,
+        _: IsolationSerializable,
+        cx: &mut CommandContext,
+    ) -> Result<Option<String>, Error> {
+        running_isolation(cx).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: set CQRS_POSTGRES_URL"]
+async fn postgres_runs_each_isolation_level() {
+    let db = TestDb::postgres().await;
+    let bus = db
+        .attach(Bus::builder().discover(false))
+        .register::<IsolationDefaultHandler>()
+        .register::<IsolationRepeatableHandler>()
+        .register::<IsolationSerializableHandler>()
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+    assert_eq!(
+        bus.send(IsolationDefault).await.unwrap().as_deref(),
+        Some("read committed")
+    );
+    assert_eq!(
+        bus.send(IsolationRepeatable).await.unwrap().as_deref(),
+        Some("repeatable read")
+    );
+    assert_eq!(
+        bus.send(IsolationSerializable).await.unwrap().as_deref(),
+        Some("serializable")
+    );
+    drop(bus);
+    db.cleanup().await;
+}
+
+/// Holds its transaction open, without writing, until the test lets it go.
+#[derive(Command, Debug, Clone, Serialize, Deserialize)]
+struct HoldTransaction;
+
+#[derive(Clone, Default)]
+struct Hold {
+    begun: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Notify>,
+}
+
+#[command_handler(HoldTransaction)]
+#[transactional]
+struct HoldTransactionHandler {
+    hold: Hold,
+}
+
+impl CommandHandler<HoldTransaction> for HoldTransactionHandler {
+    async fn handle(&self, _: HoldTransaction, cx: &mut CommandContext) -> Result<(), Error> {
+        cx.any_tx()?;
+        self.hold.begun.notify_one();
+        self.hold.release.notified().await;
+        Ok(())
+    }
+}
+
+/// On SQLite a transactional handler takes the write lock when its transaction begins (`BEGIN
+/// IMMEDIATE`), before its first write: another writer cannot start until it ends, and then can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_transaction_takes_the_write_lock_when_it_begins() {
+    use cqrs_core::sqlx::Connection;
+    use cqrs_core::sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+
+    let db = TestDb::sqlite().await;
+    let hold = Hold::default();
+    let bus = db
+        .attach(Bus::builder().discover(false))
+        .register::<HoldTransactionHandler>()
+        .provide(hold.clone())
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+
+    let sending = {
+        let bus = bus.clone();
+        tokio::spawn(async move { bus.send(HoldTransaction).await })
+    };
+    hold.begun.notified().await;
+
+    // Another writer that does not wait (busy timeout 0).
+    let TestDb::Sqlite { path, .. } = &db else {
+        unreachable!()
+    };
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .busy_timeout(Duration::ZERO);
+    let mut other = SqliteConnection::connect_with(&options).await.unwrap();
+    let busy = cqrs_core::sqlx::raw_sql("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap_err();
+    let busy = Error::from(busy);
+    assert_eq!(busy.status(), Status::Unavailable, "{busy}");
+
+    hold.release.notify_one();
+    sending.await.unwrap().unwrap();
+    cqrs_core::sqlx::raw_sql("BEGIN IMMEDIATE; ROLLBACK")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    other.close().await.unwrap();
+    drop(bus);
+    db.cleanup().await;
+}

@@ -62,7 +62,6 @@ pub(crate) struct ClaimedRow {
     pub(crate) event_name: String,
     pub(crate) payload: String,
     pub(crate) metadata: String,
-    #[allow(dead_code)] // kept for ordering and diagnostics
     pub(crate) created_at_ms: i64,
     pub(crate) attempts: i64,
 }
@@ -172,8 +171,10 @@ pub(crate) async fn relay_once(
             super::postgres::outbox_claim(pool, now, lease_until, settings.batch).await?
         }
     };
+    // In the order they were written: ids are UUID v7, monotonic within a process, so they
+    // order the events of one millisecond (`RETURNING` gives rows in no particular order).
     let mut rows = rows;
-    rows.sort_by_key(|r| r.created_at_ms);
+    rows.sort_by_key(|r| (r.created_at_ms, r.id));
     let handled = rows.len();
     let mut delivered = Vec::with_capacity(rows.len());
     for row in rows {

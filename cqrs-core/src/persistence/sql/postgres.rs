@@ -114,7 +114,7 @@ pub(crate) async fn outbox_claim(
          WHERE id IN (
              SELECT id FROM cqrs_outbox
              WHERE delivered_at_ms IS NULL AND (locked_until_ms IS NULL OR locked_until_ms <= $2)
-             ORDER BY created_at_ms LIMIT $3
+             ORDER BY created_at_ms, id LIMIT $3
              FOR UPDATE SKIP LOCKED)
          RETURNING id, event_name, payload::text, metadata::text, created_at_ms, attempts",
     )

@@ -115,7 +115,7 @@ pub(crate) async fn outbox_claim(
          WHERE id IN (
              SELECT id FROM cqrs_outbox
              WHERE delivered_at_ms IS NULL AND (locked_until_ms IS NULL OR locked_until_ms <= ?)
-             ORDER BY created_at_ms LIMIT ?)
+             ORDER BY created_at_ms, id LIMIT ?)
          RETURNING id, event_name, payload, metadata, created_at_ms, attempts",
     )
     .bind(lease_until_ms)
