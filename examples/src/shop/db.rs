@@ -18,7 +18,7 @@ use std::str::FromStr;
 
 use cqrs_core::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use cqrs_core::sqlx::{self, PgConnection, PgPool, SqliteConnection, SqlitePool};
-use cqrs_core::{BusBuilder, CommandContext, Error};
+use cqrs_core::{AnyTx, BusBuilder, CommandContext, Error};
 
 /// One thing in its SQLite form or its PostgreSQL form: a pool ([`Db`]) or a connection
 /// ([`Conn`]).
@@ -49,13 +49,14 @@ macro_rules! on_db {
 }
 pub(crate) use on_db;
 
-/// The running transaction of a `#[transactional]` command handler, whichever the database.
+/// The running transaction of a `#[transactional]` command handler, whichever the database
+/// (`cx.any_tx()`, in the shape `on_db!` takes).
 pub fn tx(cx: &mut CommandContext) -> Result<Conn<'_>, Error> {
-    // Ask for the SQLite transaction first without keeping the borrow, then take the right one.
-    if cx.tx::<sqlx::Sqlite>().is_ok() {
-        return Ok(Backend::Sqlite(&mut **cx.tx::<sqlx::Sqlite>()?));
+    match cx.any_tx()? {
+        AnyTx::Sqlite(c) => Ok(Backend::Sqlite(c)),
+        AnyTx::Postgres(c) => Ok(Backend::Postgres(c)),
+        _ => Err(Error::internal("the shop runs on SQLite or PostgreSQL")),
     }
-    Ok(Backend::Postgres(&mut **cx.tx::<sqlx::Postgres>()?))
 }
 
 impl Db {
@@ -82,14 +83,16 @@ impl Db {
         }
     }
 
-    /// Creates the shop's tables if they do not exist (the bus's own `cqrs_*` tables come from
-    /// [`migrate`](super::migrate)).
+    /// Creates the bus's tables (`cqrs_*`, with `cqrs_core::migrate_sqlite` or
+    /// `migrate_postgres`: no bus needed) and the shop's, if they do not exist.
     pub async fn create_tables(&self) -> Result<(), Error> {
         match self {
             Db::Sqlite(pool) => {
+                cqrs_core::migrate_sqlite(pool).await?;
                 sqlx::raw_sql(SQLITE_SCHEMA).execute(pool).await?;
             }
             Db::Postgres(pool) => {
+                cqrs_core::migrate_postgres(pool).await?;
                 sqlx::raw_sql(POSTGRES_SCHEMA).execute(pool).await?;
             }
         }

@@ -69,13 +69,9 @@ pub fn build_bus(db: &Db) -> Result<Bus, BuildError> {
 }
 
 /// Creates the bus's tables (`cqrs_*`) and the shop's, if they do not exist: run it at every
-/// start, before [`build_bus`].
-///
-/// Before, because a bus starts its outbox relay when it is built, and the relay would not find
-/// its table. `Bus::migrate` needs a bus, so this builds one that only migrates (no relay).
+/// start, before [`build_bus`] (a bus starts its outbox relay when it is built, and the relay
+/// waits for its table).
 pub async fn migrate(db: &Db) -> Result<(), Error> {
-    let bus = bus_builder(db).outbox_relay(false).build()?;
-    bus.migrate().await?;
     db.create_tables().await
 }
 
