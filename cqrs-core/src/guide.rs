@@ -288,7 +288,7 @@
 //! (from its latest snapshot), `record` applies and keeps new events, `cx.save` appends them at
 //! the version it loaded, failing with `Conflict` when someone else appended first, which
 //! `#[retry(on = [Conflict])]` turns into reload-and-retry. See the example on
-//! [`Aggregate`](crate::Aggregate)'s module, and [`testing::AggregateTest`](crate::testing::AggregateTest)
+//! [`Aggregate`](crate::Aggregate), and [`testing::AggregateTest`](crate::testing::AggregateTest)
 //! for given/when/then tests.
 //!
 //! ## 7. Testing your handlers

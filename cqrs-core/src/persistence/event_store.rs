@@ -1,48 +1,5 @@
 //! Event sourcing (seed `000`): aggregates rebuilt from their events, saved with optimistic
 //! concurrency, snapshotted every N events.
-//!
-//! ```
-//! use cqrs_core::prelude::*;
-//! use cqrs_core::{Aggregate, AggregateRoot};
-//! use serde::{Deserialize, Serialize};
-//!
-//! #[derive(Event, Debug, Clone, Serialize, Deserialize)]
-//! pub enum CounterEvent { Incremented { by: u64 } }
-//!
-//! #[derive(Debug, Default, Serialize, Deserialize)]
-//! pub struct Counter { pub value: u64 }
-//!
-//! impl Aggregate for Counter {
-//!     const NAME: &'static str = "counter";
-//!     const SNAPSHOT_EVERY: u64 = 100;
-//!     type Event = CounterEvent;
-//!     fn apply(&mut self, event: &CounterEvent) {
-//!         match event { CounterEvent::Incremented { by } => self.value += by }
-//!     }
-//! }
-//!
-//! #[derive(Command, Debug, Clone, Serialize, Deserialize)]
-//! #[command(output = u64)]
-//! pub struct Increment { pub id: String }
-//!
-//! #[command_handler(Increment)]
-//! #[retry(max_attempts = 5, on = [Conflict])]      // a version clash reloads and retries
-//! pub struct IncrementHandler;
-//!
-//! impl CommandHandler<Increment> for IncrementHandler {
-//!     async fn handle(&self, cmd: Increment, cx: &mut CommandContext) -> Result<u64, Error> {
-//!         let mut counter = cx.load::<Counter>(&cmd.id).await?;   // replay (or snapshot + rest)
-//!         counter.record(CounterEvent::Incremented { by: 1 });     // decide: apply + remember
-//!         cx.save(&mut counter).await?;                            // append at the expected version
-//!         Ok(counter.value)
-//!     }
-//! }
-//! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let bus = Bus::builder().discover(false).register::<IncrementHandler>().build().unwrap();
-//! assert_eq!(bus.send(Increment { id: "c-1".into() }).await.unwrap(), 1);
-//! assert_eq!(bus.send(Increment { id: "c-1".into() }).await.unwrap(), 2);
-//! # }
-//! ```
 
 use std::collections::HashMap;
 use std::fmt;
@@ -67,6 +24,55 @@ use crate::{Error, Status};
 /// `apply` must not fail and must not look at anything but the event: it runs on replay too.
 /// Decisions (which may fail) belong in methods that look at the state and return the events to
 /// record.
+///
+/// `cx.load::<A>(id)` replays it (from its latest snapshot, if any), `record` applies and keeps
+/// new events, `cx.save(&mut a)` appends them at the version it loaded: a clash is a `Conflict`,
+/// which `#[retry(on = [Conflict])]` turns into reload-and-retry. Without a database the events
+/// live in memory; with `.sqlite(pool)` or `.postgres(pool)` in `cqrs_events`, and saved events
+/// also go through the outbox to event handlers.
+///
+/// ```
+/// use cqrs_core::prelude::*;
+/// use cqrs_core::{Aggregate, AggregateRoot};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Event, Debug, Clone, Serialize, Deserialize)]
+/// pub enum CounterEvent { Incremented { by: u64 } }
+///
+/// #[derive(Debug, Default, Serialize, Deserialize)]
+/// pub struct Counter { pub value: u64 }
+///
+/// impl Aggregate for Counter {
+///     const NAME: &'static str = "counter";
+///     const SNAPSHOT_EVERY: u64 = 100;
+///     type Event = CounterEvent;
+///     fn apply(&mut self, event: &CounterEvent) {
+///         match event { CounterEvent::Incremented { by } => self.value += by }
+///     }
+/// }
+///
+/// #[derive(Command, Debug, Clone, Serialize, Deserialize)]
+/// #[command(output = u64)]
+/// pub struct Increment { pub id: String }
+///
+/// #[command_handler(Increment)]
+/// #[retry(max_attempts = 5, on = [Conflict])]      // a version clash reloads and retries
+/// pub struct IncrementHandler;
+///
+/// impl CommandHandler<Increment> for IncrementHandler {
+///     async fn handle(&self, cmd: Increment, cx: &mut CommandContext) -> Result<u64, Error> {
+///         let mut counter = cx.load::<Counter>(&cmd.id).await?;   // replay (or snapshot + rest)
+///         counter.record(CounterEvent::Incremented { by: 1 });     // decide: apply + remember
+///         cx.save(&mut counter).await?;                            // append at the expected version
+///         Ok(counter.value)
+///     }
+/// }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let bus = Bus::builder().discover(false).register::<IncrementHandler>().build().unwrap();
+/// assert_eq!(bus.send(Increment { id: "c-1".into() }).await.unwrap(), 1);
+/// assert_eq!(bus.send(Increment { id: "c-1".into() }).await.unwrap(), 2);
+/// # }
+/// ```
 pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The aggregate type's stable name: it keys the event store, so renaming it is a data
     /// migration.
