@@ -282,3 +282,55 @@ async fn sqlite_unique_violation_is_a_conflict() {
     );
     db.cleanup().await;
 }
+
+/// SQLite's form of "the database is unavailable": another process holds the write lock longer
+/// than the busy timeout. The caller gets `Unavailable`, nothing is written, and once the lock
+/// is released the same bus serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_locked_database_is_unavailable_then_serves_again() {
+    use cqrs_core::sqlx::Connection;
+    use cqrs_core::sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqlitePoolOptions};
+
+    let db = TestDb::sqlite().await;
+    db.execute("CREATE TABLE things (name TEXT PRIMARY KEY)")
+        .await;
+    let TestDb::Sqlite { path, .. } = &db else {
+        unreachable!()
+    };
+    // The bus's pool gives up on a busy database quickly (the default waits 5 s).
+    let impatient = SqlitePoolOptions::new()
+        .max_connections(2)
+        .connect_with(
+            SqliteConnectOptions::new()
+                .filename(path)
+                .busy_timeout(Duration::from_millis(50)),
+        )
+        .await
+        .unwrap();
+    let bus = Bus::builder()
+        .discover(false)
+        .sqlite(impatient.clone())
+        .register::<InsertHandler>()
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+
+    let mut other = SqliteConnection::connect(path.to_str().unwrap())
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN EXCLUSIVE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let err = bus.send(Insert { name: "a".into() }).await.unwrap_err();
+    assert_eq!(err.status(), Status::Unavailable, "{err}");
+
+    sqlx::raw_sql("ROLLBACK").execute(&mut other).await.unwrap();
+    other.close().await.unwrap();
+    assert_eq!(db.count("SELECT COUNT(*) FROM things").await, 0);
+    bus.send(Insert { name: "b".into() }).await.unwrap();
+    assert_eq!(db.count("SELECT COUNT(*) FROM things").await, 1);
+    drop(bus);
+    impatient.close().await;
+    db.cleanup().await;
+}
