@@ -298,9 +298,20 @@ pub const fn whole_query_key<Q: WholeQueryKey>() -> fn(&(dyn Any + Send + Sync),
     hash_whole::<Q>
 }
 
+/// A message with `#[validate(..)]` rules, which `validator::Validate` checks.
+#[cfg(feature = "validator")]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has `#[validate(..)]` rules but does not derive `validator::Validate`",
+    label = "its rules cannot be checked",
+    note = "add `validator::Validate` to the message's derives, e.g. `#[derive(Command, validator::Validate, ..)]`"
+)]
+pub trait HasValidationRules: validator::Validate {}
+#[cfg(feature = "validator")]
+impl<T: validator::Validate> HasValidationRules for T {}
+
 /// `Command::validate_message` through the `validator` crate.
 #[cfg(feature = "validator")]
-pub fn validate_with_validator<T: validator::Validate>(message: &T) -> Result<(), Error> {
+pub fn validate_with_validator<T: HasValidationRules>(message: &T) -> Result<(), Error> {
     validator::Validate::validate(message)
         .map_err(|e| crate::pipeline::validate::from_validator(&e))
 }

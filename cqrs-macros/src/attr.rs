@@ -456,6 +456,57 @@ fn near_miss(input: ParseStream<'_>, spec: &Spec, errors: &mut Errors) -> Option
             errors.spanned(&token, message);
             Some(parsed.ok().map(|d| Value::Duration(d, token.span())))
         }
+        Kind::Ident if input.peek(LitStr) => {
+            // `resource = "owner_id"`: a field is named, not quoted.
+            let fork = input.fork();
+            let lit = fork.parse::<LitStr>().ok()?;
+            if !ends(&fork) {
+                return None;
+            }
+            input.parse::<LitStr>().ok()?;
+            let written = lit.value();
+            let ident = syn::parse_str::<Ident>(&written).ok().map(|mut i| {
+                i.set_span(lit.span());
+                i
+            });
+            let message = match &ident {
+                Some(_) => format!("write the field name without quotes: `{name} = {written}`"),
+                None => format!("`{name}` takes {}", spec.kind.expected()),
+            };
+            errors.spanned(&lit, message);
+            Some(ident.map(Value::Ident))
+        }
+        Kind::Idents if input.peek(syn::token::Bracket) => {
+            // `vary_by = ["user_id"]`: names are written without quotes.
+            let fork = input.fork();
+            let span = fork.span();
+            let strings = bracketed(&fork, |i| i.parse::<LitStr>()).ok()?;
+            if strings.is_empty() || !ends(&fork) {
+                return None;
+            }
+            let group = input.parse::<TokenTree>().ok()?;
+            let names: Option<Vec<Ident>> = strings
+                .iter()
+                .map(|s| {
+                    syn::parse_str::<Ident>(&s.value()).ok().map(|mut i| {
+                        i.set_span(s.span());
+                        i
+                    })
+                })
+                .collect();
+            let message = match &names {
+                Some(names) => {
+                    let list: Vec<String> = names.iter().map(ToString::to_string).collect();
+                    format!(
+                        "write the names without quotes: `{name} = [{}]`",
+                        list.join(", ")
+                    )
+                }
+                None => format!("`{name}` takes {}", spec.kind.expected()),
+            };
+            errors.spanned(&group, message);
+            Some(names.map(|n| Value::Idents(n, span)))
+        }
         Kind::Idents | Kind::Types | Kind::Strs if !input.peek(syn::token::Bracket) => {
             let fork = input.fork();
             let value = match spec.kind {
@@ -640,6 +691,7 @@ mod tests {
         opt("admin_override", Kind::Flag),
         opt("output", Kind::Type),
         opt("permissions", Kind::Strs),
+        opt("resource", Kind::Ident),
     ];
 
     fn run(tokens: TokenStream, leading: Leading) -> (Args, Vec<String>) {
@@ -699,6 +751,22 @@ mod tests {
             Leading::Nothing,
         );
         assert_eq!(errors.len(), 3, "{errors:?}");
+        let (mut quoted, errors) = run(
+            quote!(resource = "owner_id", on = ["Conflict", "Timeout"]),
+            Leading::Nothing,
+        );
+        assert_eq!(
+            errors,
+            [
+                "write the field name without quotes: `resource = owner_id`",
+                "write the names without quotes: `on = [Conflict, Timeout]`",
+            ]
+        );
+        assert_eq!(
+            quoted.ident("resource").map(|i| i.to_string()),
+            Some("owner_id".to_owned())
+        );
+        assert_eq!(quoted.idents("on").map(|on| on.len()), Some(2));
         assert_eq!(
             args.duration("delay").map(|(d, _)| d),
             Some(Duration::from_millis(50))
@@ -741,6 +809,8 @@ mod tests {
                 "a duration is a string with a unit: `delay = \"50ms\"`",
             ),
             (quote!(on = [1, 2]), "`on` takes a list of names"),
+            (quote!(on = ["not a name"]), "`on` takes a list of names"),
+            (quote!(resource = "2nd"), "`resource` takes a field name"),
             (quote!(backoff = "2"), "`backoff` takes a number"),
             (quote!(output = 5), "`output` takes a type"),
             (quote!(admin_override = 1), "`admin_override` takes nothing"),

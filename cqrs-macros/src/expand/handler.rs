@@ -182,13 +182,19 @@ fn check_segregation(
         match kind {
             HandlerKind::Command if !documented => {
                 if let Some(bus) = item::mentions(&field.ty, &["QueryBus", "Bus"]) {
+                    // The whole bus is also how one would send commands: say how to do that.
+                    let sends = if bus == "Bus" {
+                        ". To send commands, a handler needs no field: `cx.send(..)` sends them as children of this one"
+                    } else {
+                        ""
+                    };
                     errors.spanned(
                         &field.ty,
                         format!(
                             "a command handler must not ask queries, and field `{name}` holds a `{bus}`: \
                              load what the command needs in its transaction (a repository, the event store) or carry it in the command. \
                              If this handler must ask queries, say why: \
-                             `#[command_handler({command}, reads_queries = \"look up the user id by email\")]`"
+                             `#[command_handler({command}, reads_queries = \"look up the user id by email\")]`{sends}"
                         ),
                     );
                 }

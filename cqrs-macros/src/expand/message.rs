@@ -162,10 +162,12 @@ fn expand(
         }
     };
     let validate = if validated {
+        // Spanned on the message's name: rules without `#[derive(Validate)]` are reported there.
+        let check = quote_spanned!(ident.span()=> #p::validate_with_validator(self));
         quote! {
             const VALIDATED: ::core::primitive::bool = true;
             fn validate_message(&self) -> #p::Result<(), #p::Error> {
-                #p::validate_with_validator(self)
+                #check
             }
         }
     } else {
