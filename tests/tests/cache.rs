@@ -9,7 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cqrs_core::prelude::*;
-use cqrs_core::{Dispatch, MessageKind, Next};
+use cqrs_core::{
+    CacheFuture, CacheRegion, CacheSpec, CachedValue, Dispatch, MessageKind, Next, QueryCache,
+    Representation,
+};
 
 /// The "database" the handlers read, and how often they read it.
 #[derive(Default)]
@@ -689,4 +692,154 @@ async fn when_the_caller_computing_an_answer_gives_up_a_waiting_caller_takes_ove
             .unwrap()
             .cache_hit
     );
+}
+
+/// Per cached query: its TTL and entry limit, as the bus handed them over.
+type Regions = Arc<Mutex<Vec<(&'static str, Duration, u64)>>>;
+
+/// Answers as JSON, by query name and key.
+type JsonEntries = Arc<Mutex<std::collections::HashMap<(&'static str, u128), Vec<u8>>>>;
+
+/// A `QueryCache` that keeps answers as JSON and answers asynchronously, as a backend shared
+/// between processes (Redis) does. It records what `build()` configured for each query.
+#[derive(Default, Clone)]
+struct JsonBackend {
+    regions: Regions,
+    entries: JsonEntries,
+    invalidations: Arc<Mutex<Vec<&'static str>>>,
+}
+
+struct JsonRegion {
+    query: &'static str,
+    backend: JsonBackend,
+}
+
+impl QueryCache for JsonBackend {
+    fn region(&self, query: &'static str, spec: &CacheSpec) -> Arc<dyn CacheRegion> {
+        self.regions
+            .lock()
+            .unwrap()
+            .push((query, spec.ttl(), spec.max_entries_limit()));
+        Arc::new(JsonRegion {
+            query,
+            backend: self.clone(),
+        })
+    }
+}
+
+impl CacheRegion for JsonRegion {
+    fn representation(&self) -> Representation {
+        Representation::Json
+    }
+    fn get(&self, key: u128) -> CacheFuture<'_, Option<CachedValue>> {
+        CacheFuture::Pending(Box::pin(async move {
+            tokio::task::yield_now().await;
+            let entries = self.backend.entries.lock().unwrap();
+            Ok(entries
+                .get(&(self.query, key))
+                .cloned()
+                .map(CachedValue::Json))
+        }))
+    }
+    fn insert(&self, key: u128, value: CachedValue) -> CacheFuture<'_, ()> {
+        CacheFuture::Pending(Box::pin(async move {
+            tokio::task::yield_now().await;
+            match value {
+                CachedValue::Json(bytes) => {
+                    let mut entries = self.backend.entries.lock().unwrap();
+                    entries.insert((self.query, key), bytes);
+                    Ok(())
+                }
+                CachedValue::Shared(_) => Err(Error::internal("a JSON backend was given a value")),
+            }
+        }))
+    }
+    fn invalidate_all(&self) -> CacheFuture<'_, ()> {
+        let mut entries = self.backend.entries.lock().unwrap();
+        entries.retain(|(query, _), _| *query != self.query);
+        self.backend.invalidations.lock().unwrap().push(self.query);
+        CacheFuture::ready(Ok(()))
+    }
+}
+
+impl JsonBackend {
+    fn stored(&self, query: &str) -> Vec<serde_json::Value> {
+        let entries = self.entries.lock().unwrap();
+        entries
+            .iter()
+            .filter(|((q, _), _)| *q == query)
+            .map(|(_, bytes)| serde_json::from_slice(bytes).unwrap())
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn a_custom_backend_gets_each_querys_options_and_stores_answers_as_json() {
+    let store = Arc::new(Store::default());
+    let backend = JsonBackend::default();
+    let bus = Bus::builder()
+        .discover(false)
+        .register::<ProfileHandler>()
+        .register::<LookupOrNoneHandler>()
+        .register::<RenameUserHandler>()
+        .provide(store.clone())
+        .query_cache(backend.clone())
+        .build()
+        .unwrap();
+
+    let mut regions = backend.regions.lock().unwrap().clone();
+    regions.sort();
+    assert_eq!(
+        regions,
+        [
+            ("LookupOrNone", Duration::from_secs(300), 100),
+            ("Profile", Duration::from_secs(300), 10_000),
+        ],
+        "one region per cached query, with its `ttl` and `max_entries`"
+    );
+
+    let miss = bus.query_with_report(profile(1, "en")).await.unwrap();
+    assert!(!miss.cache_hit);
+    assert_eq!(backend.stored("Profile"), [serde_json::json!(miss.output)]);
+    let hit = bus.query_with_report(profile(1, "fr")).await.unwrap();
+    assert!(hit.cache_hit, "decoded from the stored JSON");
+    assert_eq!(hit.output, miss.output);
+    assert_eq!(store.reads(), 1);
+
+    // `None` goes through JSON too when `cache_none = true`.
+    let none = LookupOrNone {
+        key: "missing".into(),
+    };
+    assert_eq!(bus.query(none.clone()).await.unwrap(), None);
+    let again = bus.query_with_report(none).await.unwrap();
+    assert_eq!((again.output, again.cache_hit), (None, true));
+    assert_eq!(backend.stored("LookupOrNone"), [serde_json::Value::Null]);
+    assert_eq!(store.reads(), 2);
+
+    // A stored answer that no longer decodes (an older version of the type) is a miss.
+    for bytes in backend.entries.lock().unwrap().values_mut() {
+        *bytes = b"{\"not\": \"a string\"}".to_vec();
+    }
+    let fresh = bus.query_with_report(profile(1, "en")).await.unwrap();
+    assert!(!fresh.cache_hit);
+    assert_eq!(fresh.output, "user-1 [en] read #3");
+
+    // Invalidation reaches the backend: by a command, and by hand.
+    bus.send(RenameUser {
+        user_id: 1,
+        name: "ada".into(),
+        fail: false,
+    })
+    .await
+    .unwrap();
+    bus.invalidate::<LookupOrNone>().await.unwrap();
+    assert_eq!(
+        *backend.invalidations.lock().unwrap(),
+        ["Profile", "LookupOrNone"]
+    );
+    assert!(backend.stored("Profile").is_empty());
+    assert!(backend.stored("LookupOrNone").is_empty());
+    let renamed = bus.query_with_report(profile(1, "en")).await.unwrap();
+    assert!(!renamed.cache_hit);
+    assert_eq!(renamed.output, "ada [en] read #4");
 }

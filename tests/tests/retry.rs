@@ -1,12 +1,17 @@
 //! `#[retry(..)]` (DESIGN §5, layer 8): the inner layers run again on the listed statuses (by
 //! default `Unavailable` and `Conflict`), up to `max_attempts` in all; other errors go straight
 //! to the caller. Each attempt starts afresh: events emitted by a failed attempt are dropped.
-//! Delays are waited on tokio's paused clock, so these tests do not sleep.
+//! Delays are waited on tokio's paused clock, so these tests do not sleep (except the ones on a
+//! real database, whose delays are a millisecond). A transactional handler gets a fresh
+//! transaction per attempt: what a failed attempt wrote is rolled back.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cqrs_core::prelude::*;
+use support::{TestDb, insert_thing};
+
+mod support;
 
 /// Attempts per key, shared by the handlers.
 #[derive(Default)]
@@ -393,3 +398,76 @@ async fn an_event_handler_is_retried_and_only_its_final_failure_is_reported() {
         )]
     );
 }
+
+/// Inserts a row per attempt in its transaction, and fails the first two with `Unavailable`.
+#[derive(Command, Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[command(output = u32)]
+struct FlakyInsert {
+    key: String,
+}
+
+#[retry(max_attempts = 3, delay = "1ms", on = [Unavailable])]
+#[command_handler(FlakyInsert)]
+#[transactional]
+struct FlakyInsertHandler {
+    attempts: Arc<Attempts>,
+}
+
+impl CommandHandler<FlakyInsert> for FlakyInsertHandler {
+    async fn handle(&self, cmd: FlakyInsert, cx: &mut CommandContext) -> Result<u32, Error> {
+        let attempt = self.attempts.next(&cmd.key);
+        insert_thing(cx, &format!("{}-{attempt}", cmd.key)).await?;
+        cx.emit(AttemptMade {
+            key: cmd.key.clone(),
+            attempt,
+        });
+        if attempt < 3 {
+            return Err(Error::unavailable(format!("attempt {attempt} failed")));
+        }
+        Ok(attempt)
+    }
+}
+
+async fn each_attempt_runs_in_a_fresh_transaction(db: &TestDb) {
+    db.execute("CREATE TABLE things (name TEXT PRIMARY KEY)")
+        .await;
+    let attempts = Arc::new(Attempts::default());
+    let seen = Arc::new(Mutex::new(Vec::<(String, u32)>::new()));
+    let bus = db
+        .attach(Bus::builder().discover(false))
+        .register::<FlakyInsertHandler>()
+        .register::<RecordAttempt>()
+        .provide(attempts.clone())
+        .provide(seen.clone())
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+
+    let report = bus
+        .send_with_report(FlakyInsert { key: "k".into() })
+        .await
+        .unwrap();
+    assert_eq!((report.output, report.attempts), (3, 3));
+    assert_eq!(report.events, ["AttemptMade"], "the last attempt's only");
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM things").await,
+        1,
+        "the rows of the failed attempts were rolled back"
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM things WHERE name = 'k-3'")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM cqrs_outbox").await,
+        1,
+        "only the committed attempt's event reached the outbox"
+    );
+    assert_eq!(*seen.lock().unwrap(), [("k".to_owned(), 3)]);
+}
+on_both!(
+    each_attempt_runs_in_a_fresh_transaction_sqlite,
+    each_attempt_runs_in_a_fresh_transaction_postgres,
+    each_attempt_runs_in_a_fresh_transaction
+);

@@ -119,6 +119,24 @@ impl QueryHandler<Summary> for SummaryHandler {
     }
 }
 
+/// The timeout given as an option of the query handler attribute.
+#[derive(Query, Debug, Clone, Hash, PartialEq, Eq)]
+#[query(output = u64)]
+struct Forecast {
+    secs: u64,
+}
+
+#[query_handler(Forecast, timeout = "1s")]
+struct ForecastHandler {
+    fate: Arc<Fate>,
+}
+
+impl QueryHandler<Forecast> for ForecastHandler {
+    async fn handle(&self, q: Forecast, _cx: &QueryContext) -> Result<u64, Error> {
+        Ok(work(&self.fate, q.secs).await)
+    }
+}
+
 /// Always unavailable; retried every second for ever, but within 2.5 seconds in all.
 #[derive(Command, Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Reconnect;
@@ -192,6 +210,7 @@ fn world() -> World {
         .register::<ExportHandler>()
         .register::<CountExports>()
         .register::<SummaryHandler>()
+        .register::<ForecastHandler>()
         .register::<ReconnectHandler>()
         .register::<ImportHandler>()
         .register::<ImportAllHandler>()
@@ -257,6 +276,23 @@ async fn the_timeout_decorator_applies_to_a_query_and_a_timed_out_answer_is_not_
     assert_eq!(report.output, 5);
     assert!(!report.cache_hit, "the timeout cached nothing");
     assert_eq!(w.fate.counts(), (2, 1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_query_handler_attributes_timeout_option_applies() {
+    let w = world();
+    assert_eq!(w.bus.query(Forecast { secs: 0 }).await.unwrap(), 0);
+    let err = w.bus.query(Forecast { secs: 3 }).await.unwrap_err();
+    assert_eq!(err.status(), Status::Timeout);
+    assert_eq!(
+        err.message(),
+        "`Forecast` did not finish within its timeout of 1s"
+    );
+    assert_eq!(
+        w.fate.counts(),
+        (2, 1, 1),
+        "the second handler's future was dropped unfinished"
+    );
 }
 
 #[tokio::test(start_paused = true)]

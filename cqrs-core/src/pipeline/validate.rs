@@ -6,6 +6,15 @@
 //! A message without rules keeps the default, which the compiler removes entirely.
 //! Validation runs after authorization and before idempotency, the cache and any retry: a
 //! message that breaks its rules never reaches the handler, and is never retried.
+//!
+//! Why `validator` rather than `garde`: both are maintained, but `validator`'s attribute is the
+//! `#[validate(..)]` DESIGN §2 names, it is the one most Rust web services already use (with
+//! axum and serde, so users meet no new syntax), and its errors carry a rule code and its
+//! parameters per field, which map one to one onto [`FieldError`] (`field`, `code`, `message`)
+//! with readable default messages. `garde` (`#[garde(..)]`) reports a path and a message per
+//! failure, with no rule code to put in `FieldError::code`, and every field must carry a rule
+//! (or `skip`), which is heavier on messages that check one field of many. The dependency sits
+//! behind the default feature `validator`.
 
 use crate::Error;
 use crate::error::FieldError;
