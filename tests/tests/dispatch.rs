@@ -116,6 +116,22 @@ impl CommandHandler<Fail> for FailHandler {
     }
 }
 
+/// Parses its text with `?`: a standard error becomes the handler's error.
+#[derive(Command, Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[command(output = u32)]
+struct ParseAmount {
+    text: String,
+}
+
+#[command_handler(ParseAmount)]
+struct ParseAmountHandler;
+
+impl CommandHandler<ParseAmount> for ParseAmountHandler {
+    async fn handle(&self, cmd: ParseAmount, _cx: &mut CommandContext) -> Result<u32, Error> {
+        Ok(cmd.text.parse::<u32>()?)
+    }
+}
+
 fn bank() -> (Bus, Arc<Ledger>) {
     let ledger = Arc::new(Ledger::default());
     let bus = Bus::builder()
@@ -220,6 +236,31 @@ async fn a_handler_error_reaches_the_caller_with_its_status_and_message() {
         assert_eq!(err.status(), status);
         assert_eq!(err.message(), format!("told to fail with {status}"));
     }
+}
+
+#[tokio::test]
+async fn a_std_error_returned_with_question_mark_is_internal_and_keeps_its_source() {
+    let bus = Bus::builder()
+        .discover(false)
+        .register::<ParseAmountHandler>()
+        .build()
+        .unwrap();
+    assert_eq!(
+        bus.send(ParseAmount { text: "42".into() }).await.unwrap(),
+        42
+    );
+    let err = bus
+        .send(ParseAmount {
+            text: "forty-two".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Status::Internal);
+    let source = err
+        .find_source::<std::num::ParseIntError>()
+        .expect("the ParseIntError is kept as the source");
+    assert_eq!(source.to_string(), "invalid digit found in string");
+    assert!(err.message().contains("invalid digit"), "{err}");
 }
 
 #[tokio::test]
