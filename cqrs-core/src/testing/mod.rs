@@ -79,6 +79,8 @@ impl<F> std::fmt::Debug for Stub<F> {
     }
 }
 
+// Not offered as the fix when a handler struct lacks its trait impl (rustc would list it).
+#[diagnostic::do_not_recommend]
 impl<C, F, Fut> CommandHandler<C> for Stub<F>
 where
     C: Command,
@@ -94,6 +96,8 @@ where
     }
 }
 
+// Not offered as the fix when a handler struct lacks its trait impl (rustc would list it).
+#[diagnostic::do_not_recommend]
 impl<Q, F, Fut> QueryHandler<Q> for Stub<F>
 where
     Q: Query,
