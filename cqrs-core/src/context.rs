@@ -62,8 +62,10 @@ pub struct CommandContext {
     pub(crate) handler: &'static str,
     pub(crate) events: Vec<EmittedEvent>,
     pub(crate) tx: TxSlot,
-    /// The idempotency key of this dispatch (its reply is stored in the transaction).
-    pub(crate) idempotency: Option<IdempotencyKey>,
+    /// The idempotency key of this dispatch (its reply is stored in the transaction). Boxed,
+    /// as the transaction is: only dispatches that do I/O have one, and the context is part
+    /// of every dispatch's future.
+    pub(crate) idempotency: Option<Box<IdempotencyKey>>,
 }
 
 impl CommandContext {

@@ -112,10 +112,9 @@ impl BusInner {
         let Some(pipe) = self.command_pipe::<C>() else {
             return Err(no_handler::<C>());
         };
-        match stats {
-            Some(stats) => pipe.call(self, env, stats).await,
-            None => pipe.call(self, env, &mut DispatchStats::default()).await,
-        }
+        let mut own = DispatchStats::default();
+        let dispatch = pipe.call(self, env, stats.unwrap_or(&mut own));
+        dispatch.await
     }
 
     pub(crate) async fn query_envelope<Q: Query>(
@@ -126,10 +125,9 @@ impl BusInner {
         let Some(pipe) = self.query_pipe::<Q>() else {
             return Err(no_handler::<Q>());
         };
-        match stats {
-            Some(stats) => pipe.call(self, env, stats).await,
-            None => pipe.call(self, env, &mut DispatchStats::default()).await,
-        }
+        let mut own = DispatchStats::default();
+        let dispatch = pipe.call(self, env, stats.unwrap_or(&mut own));
+        dispatch.await
     }
 
     pub(crate) async fn publish_envelope<E: Event>(&self, env: Envelope<E>) -> Result<(), Error> {

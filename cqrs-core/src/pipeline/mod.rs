@@ -15,18 +15,24 @@
 //! | 10 | handler | the handler, with panics caught | |
 //! | after | publish | emitted events to event handlers (through the outbox when transactional), caches named by `invalidates = [..]` dropped | [`publish`] |
 //!
-//! Each layer is a small type that knows nothing of the others; this module is the only place
-//! that composes them. The composition is generic over the message and handler types, so a
-//! dispatch is one future with no allocation per layer: the only allocation on the bare path is
-//! the boxed future at the type-erased boundary between `bus.send::<C>` and the handler's
-//! pipeline.
+//! Each layer is a small type that knows nothing of the others; the pipelines in [`command`],
+//! [`query`] and [`event`] are the only places that compose them. The composition is generic
+//! over the message and handler types, so a dispatch is one future with no allocation per
+//! layer. At the type-erased boundary between `bus.send::<C>` and the handler's pipeline, that
+//! future is stored in a [`DispatchFuture`]: inline when it fits (an undecorated handler: no
+//! allocation at all), boxed otherwise (one allocation, whatever the number of layers). Layers
+//! that do I/O (transaction, idempotency store, publishing) box their own part, and only when
+//! they run, so they do not grow every dispatch's future.
 
 pub(crate) mod authorize;
 pub(crate) mod cache;
+pub(crate) mod command;
 pub(crate) mod describe;
+pub(crate) mod event;
 pub(crate) mod idempotency;
 pub(crate) mod middleware;
 pub(crate) mod publish;
+pub(crate) mod query;
 pub(crate) mod retry;
 pub(crate) mod timeout;
 pub(crate) mod trace;
@@ -34,29 +40,38 @@ pub(crate) mod transaction;
 pub(crate) mod validate;
 
 use std::any::Any;
-use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
-use tracing::Instrument;
+use stackfuture::StackFuture;
 
 use crate::Error;
 use crate::bus::BusInner;
-use crate::bus::report::DispatchStats;
-use crate::context::{CommandContext, EventContext, QueryContext};
-use crate::envelope::{Envelope, Metadata};
+use crate::envelope::Metadata;
 use crate::events::EmittedEvent;
-use crate::handler::{CommandHandler, EventHandler, QueryHandler};
-use crate::message::{Command, Event, Message, MessageKind, Query};
+use crate::message::{Command, Message, MessageKind};
+
+pub(crate) use self::command::{CommandPipe, CommandPipeline};
+pub(crate) use self::event::{EventPipe, EventPipeline};
+pub(crate) use self::query::{QueryPipe, QueryPipeline};
 
 use self::authorize::AuthorizeLayer;
-use self::cache::{CacheLayer, CacheSpec};
-use self::idempotency::Outcome;
+use self::cache::CacheSpec;
 use self::middleware::Dispatch;
 use self::retry::RetryLayer;
 use self::transaction::TransactionLayer;
+
+/// Bytes a dispatch future may take inline, in [`DispatchFuture`], before it is boxed.
+///
+/// Large enough for the lean path of a handler whose own future is a few hundred bytes (the
+/// lean path adds about 350: span, context, metadata); small enough that awaiting a dispatch
+/// does not make the caller's future much larger. `BENCHMARKS.md` has the measurements.
+pub(crate) const INLINE_FUTURE: usize = 768;
+
+/// The future of one dispatch at the type-erased boundary: stored inline when it fits in
+/// [`INLINE_FUTURE`] bytes (and its alignment is at most 8), boxed otherwise.
+pub(crate) type DispatchFuture<'a, T> = StackFuture<'a, T, INLINE_FUTURE>;
 
 /// A decorator's configuration, as its attribute registers it.
 #[derive(Debug, Clone, Copy)]
@@ -155,18 +170,27 @@ impl<T> Handled<T> {
 }
 
 /// Awaits a handler's future, turning a panic into an `Internal` error.
-pub(crate) async fn guard_panic<T>(
+///
+/// A plain function over combinators rather than an `async fn`: an `async fn` that awaits a
+/// future it takes by value stores that future twice in its own state, and this wraps every
+/// handler call.
+pub(crate) fn guard_panic<T, F>(
     handler: &'static str,
-    fut: impl Future<Output = Result<T, Error>>,
-) -> Result<T, Error> {
-    match AssertUnwindSafe(fut).catch_unwind().await {
-        Ok(result) => result,
-        Err(payload) => {
-            let error = crate::error::from_panic(&format!("handler `{handler}`"), payload);
-            tracing::error!(target: "cqrs", handler, "{error}");
-            Err(error)
-        }
-    }
+    fut: F,
+) -> impl Future<Output = Result<T, Error>> + use<T, F>
+where
+    F: Future<Output = Result<T, Error>>,
+{
+    AssertUnwindSafe(fut)
+        .catch_unwind()
+        .map(move |outcome| match outcome {
+            Ok(result) => result,
+            Err(payload) => {
+                let error = crate::error::from_panic(&format!("handler `{handler}`"), payload);
+                tracing::error!(target: "cqrs", handler, "{error}");
+                Err(error)
+            }
+        })
 }
 
 fn command_json<C: Command>(message: &(dyn Any + Send + Sync)) -> Option<serde_json::Value> {
@@ -216,416 +240,5 @@ async fn with_middleware<'a, M: Message, T: Send>(
             M::NAME
         ))),
         (Err(error), _) => Err(error),
-    }
-}
-
-/// The type-erased entry point of a command's pipeline.
-pub(crate) trait CommandPipe<C: Command>: Send + Sync {
-    fn call<'a>(
-        &'a self,
-        bus: &'a BusInner,
-        env: Envelope<C>,
-        stats: &'a mut DispatchStats,
-    ) -> BoxFuture<'a, Result<C::Output, Error>>;
-}
-
-/// The pipeline of one command handler.
-pub(crate) struct CommandPipeline<C, H> {
-    pub(crate) handler: H,
-    pub(crate) name: &'static str,
-    pub(crate) layers: Layers,
-    pub(crate) _message: PhantomData<fn(C)>,
-}
-
-impl<C: Command, H: CommandHandler<C>> CommandPipe<C> for CommandPipeline<C, H> {
-    fn call<'a>(
-        &'a self,
-        bus: &'a BusInner,
-        env: Envelope<C>,
-        stats: &'a mut DispatchStats,
-    ) -> BoxFuture<'a, Result<C::Output, Error>> {
-        Box::pin(self.run(bus, env, stats))
-    }
-}
-
-impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
-    /// Layers 1 and 2.
-    async fn run(
-        &self,
-        bus: &BusInner,
-        env: Envelope<C>,
-        stats: &mut DispatchStats,
-    ) -> Result<C::Output, Error> {
-        let Envelope { message, metadata } = env;
-        let span = trace::span(MessageKind::Command, C::NAME, self.name, &metadata);
-        let result = async {
-            if bus.middleware(MessageKind::Command).is_empty() {
-                let mut cx = CommandContext::new(bus, metadata, self.name);
-                self.guarded(bus, message, &mut cx, stats).await
-            } else {
-                let mut cx = CommandContext::new(bus, metadata.clone(), self.name);
-                let inner = self.guarded(bus, message.clone(), &mut cx, stats);
-                with_middleware(
-                    bus,
-                    self.name,
-                    &message,
-                    &metadata,
-                    Some(command_json::<C>),
-                    inner,
-                )
-                .await
-            }
-        }
-        .instrument(span.clone())
-        .await;
-        trace::finish(&span, MessageKind::Command, C::NAME, &result, stats);
-        result
-    }
-
-    /// Layer 3, then publishing.
-    async fn guarded(
-        &self,
-        bus: &BusInner,
-        message: C,
-        cx: &mut CommandContext,
-        stats: &mut DispatchStats,
-    ) -> Result<C::Output, Error> {
-        let deadline = timeout::deadline(self.layers.timeout, &cx.metadata);
-        let handled =
-            timeout::run(deadline, C::NAME, self.checked(bus, message, cx, stats)).await?;
-        if stats.collect_events {
-            stats
-                .events
-                .extend(handled.events.iter().map(EmittedEvent::name));
-        }
-        // Answers the command made stale go before its events do: a handler reacting to them
-        // must read what the command changed.
-        for query in &self.layers.invalidates {
-            bus.invalidate_by_name(query).await;
-        }
-        publish::after_success(bus, handled.events, &cx.metadata).await;
-        Ok(handled.output)
-    }
-
-    /// Layers 4 to 6.
-    async fn checked(
-        &self,
-        bus: &BusInner,
-        message: C,
-        cx: &mut CommandContext,
-        stats: &mut DispatchStats,
-    ) -> Result<Handled<C::Output>, Error> {
-        if let Some(authorize) = &self.layers.authorize {
-            authorize
-                .check(bus.resource_policy(), C::NAME, &message, &cx.metadata)
-                .await?;
-        }
-        message.validate_message()?;
-        let (Some(key), Some(idempotency)) = (cx.metadata.idempotency_key(), bus.idempotency())
-        else {
-            return self.attempts(message, cx, stats).await;
-        };
-        let key = idempotency.key(
-            C::NAME,
-            key,
-            idempotency::fingerprint(&message)?,
-            self.layers.timeout,
-        );
-        cx.idempotency = Some(key.clone());
-        let outcome = idempotency
-            .run(
-                &key,
-                |handled: &Handled<C::Output>| &handled.output,
-                Handled::replayed,
-                || self.attempts(message, cx, &mut *stats),
-            )
-            .await?;
-        Ok(match outcome {
-            Outcome::Executed(handled) => handled,
-            Outcome::Replayed(handled) => {
-                stats.replayed = true;
-                stats.attempts = 0;
-                handled
-            }
-        })
-    }
-
-    /// Layer 8.
-    async fn attempts(
-        &self,
-        message: C,
-        cx: &mut CommandContext,
-        stats: &mut DispatchStats,
-    ) -> Result<Handled<C::Output>, Error> {
-        let Some(retry) = &self.layers.retry else {
-            stats.attempts = 1;
-            return self.attempt(message, cx).await;
-        };
-        let mut message = Some(message);
-        loop {
-            stats.attempts += 1;
-            let last = stats.attempts >= retry.max_attempts();
-            let this = if last {
-                message.take()
-            } else {
-                message.clone()
-            };
-            let Some(this) = this else {
-                return Err(Error::internal("retry ran past its last attempt"));
-            };
-            cx.reset();
-            match self.attempt(this, cx).await {
-                Ok(handled) => return Ok(handled),
-                Err(error) => match retry.next_delay(stats.attempts, &error) {
-                    Some(delay) => retry::pause(delay).await,
-                    None => return Err(error),
-                },
-            }
-        }
-    }
-
-    /// Layers 9 and 10.
-    async fn attempt(
-        &self,
-        message: C,
-        cx: &mut CommandContext,
-    ) -> Result<Handled<C::Output>, Error> {
-        match &self.layers.transaction {
-            None => {
-                let output = guard_panic(self.name, self.handler.handle(message, cx)).await?;
-                Ok(Handled {
-                    output,
-                    events: std::mem::take(&mut cx.events),
-                })
-            }
-            Some(layer) => {
-                crate::persistence::begin(layer, cx).await?;
-                let result = guard_panic(self.name, self.handler.handle(message, cx)).await;
-                crate::persistence::finish(layer, cx, result).await
-            }
-        }
-    }
-}
-
-/// The type-erased entry point of a query's pipeline.
-pub(crate) trait QueryPipe<Q: Query>: Send + Sync {
-    fn call<'a>(
-        &'a self,
-        bus: &'a BusInner,
-        env: Envelope<Q>,
-        stats: &'a mut DispatchStats,
-    ) -> BoxFuture<'a, Result<Q::Output, Error>>;
-
-    fn invalidate(&self) -> BoxFuture<'_, Result<(), Error>>;
-}
-
-/// The pipeline of one query handler.
-pub(crate) struct QueryPipeline<Q: Query, H> {
-    pub(crate) handler: H,
-    pub(crate) name: &'static str,
-    pub(crate) layers: Layers,
-    pub(crate) cache: Option<CacheLayer<Q>>,
-}
-
-impl<Q: Query, H: QueryHandler<Q>> QueryPipe<Q> for QueryPipeline<Q, H> {
-    fn call<'a>(
-        &'a self,
-        bus: &'a BusInner,
-        env: Envelope<Q>,
-        stats: &'a mut DispatchStats,
-    ) -> BoxFuture<'a, Result<Q::Output, Error>> {
-        Box::pin(self.run(bus, env, stats))
-    }
-
-    fn invalidate(&self) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async move {
-            match &self.cache {
-                Some(cache) => cache.invalidate().await,
-                None => Ok(()),
-            }
-        })
-    }
-}
-
-impl<Q: Query, H: QueryHandler<Q>> QueryPipeline<Q, H> {
-    /// Layers 1 and 2.
-    async fn run(
-        &self,
-        bus: &BusInner,
-        env: Envelope<Q>,
-        stats: &mut DispatchStats,
-    ) -> Result<Q::Output, Error> {
-        let Envelope { message, metadata } = env;
-        let span = trace::span(MessageKind::Query, Q::NAME, self.name, &metadata);
-        let result = async {
-            if bus.middleware(MessageKind::Query).is_empty() {
-                let cx = QueryContext::new(bus, metadata, self.name);
-                self.guarded(bus, message, &cx, stats).await
-            } else {
-                let cx = QueryContext::new(bus, metadata.clone(), self.name);
-                let inner = self.guarded(bus, message.clone(), &cx, stats);
-                with_middleware(bus, self.name, &message, &metadata, None, inner).await
-            }
-        }
-        .instrument(span.clone())
-        .await;
-        trace::finish(&span, MessageKind::Query, Q::NAME, &result, stats);
-        result
-    }
-
-    /// Layers 3 to 7.
-    async fn guarded(
-        &self,
-        bus: &BusInner,
-        message: Q,
-        cx: &QueryContext,
-        stats: &mut DispatchStats,
-    ) -> Result<Q::Output, Error> {
-        let deadline = timeout::deadline(self.layers.timeout, &cx.metadata);
-        timeout::run(deadline, Q::NAME, async {
-            if let Some(authorize) = &self.layers.authorize {
-                authorize
-                    .check(bus.resource_policy(), Q::NAME, &message, &cx.metadata)
-                    .await?;
-            }
-            message.validate_message()?;
-            match &self.cache {
-                None => self.attempts(message, cx, &mut stats.attempts).await,
-                Some(cache) => {
-                    stats.cached = true;
-                    let DispatchStats {
-                        attempts,
-                        cache_hit,
-                        ..
-                    } = stats;
-                    cache
-                        .run(&message, cache_hit, || {
-                            self.attempts(message.clone(), cx, attempts)
-                        })
-                        .await
-                }
-            }
-        })
-        .await
-    }
-
-    /// Layers 8 and 10.
-    async fn attempts(
-        &self,
-        message: Q,
-        cx: &QueryContext,
-        attempts: &mut u32,
-    ) -> Result<Q::Output, Error> {
-        let Some(retry) = &self.layers.retry else {
-            *attempts = 1;
-            return guard_panic(self.name, self.handler.handle(message, cx)).await;
-        };
-        let mut message = Some(message);
-        loop {
-            *attempts += 1;
-            let last = *attempts >= retry.max_attempts();
-            let this = if last {
-                message.take()
-            } else {
-                message.clone()
-            };
-            let Some(this) = this else {
-                return Err(Error::internal("retry ran past its last attempt"));
-            };
-            match guard_panic(self.name, self.handler.handle(this, cx)).await {
-                Ok(output) => return Ok(output),
-                Err(error) => match retry.next_delay(*attempts, &error) {
-                    Some(delay) => retry::pause(delay).await,
-                    None => return Err(error),
-                },
-            }
-        }
-    }
-}
-
-/// The type-erased entry point of one event handler.
-pub(crate) trait EventPipe: Send + Sync {
-    fn handler_name(&self) -> &'static str;
-
-    /// The event's name and how to decode a stored one.
-    fn event(&self) -> (&'static str, crate::events::EventDecoder);
-
-    fn call<'a>(
-        &'a self,
-        bus: &'a BusInner,
-        event: &'a (dyn Any + Send + Sync),
-        metadata: &'a Metadata,
-    ) -> BoxFuture<'a, Result<(), Error>>;
-}
-
-/// The pipeline of one event handler: trace, timeout, retry, handler.
-pub(crate) struct EventPipeline<E, H> {
-    pub(crate) handler: H,
-    pub(crate) name: &'static str,
-    pub(crate) layers: Layers,
-    pub(crate) _event: PhantomData<fn(E)>,
-}
-
-impl<E: Event, H: EventHandler<E>> EventPipe for EventPipeline<E, H> {
-    fn handler_name(&self) -> &'static str {
-        self.name
-    }
-
-    fn event(&self) -> (&'static str, crate::events::EventDecoder) {
-        (E::NAME, crate::events::decode_event::<E>)
-    }
-
-    fn call<'a>(
-        &'a self,
-        bus: &'a BusInner,
-        event: &'a (dyn Any + Send + Sync),
-        metadata: &'a Metadata,
-    ) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(async move {
-            let Some(event) = event.downcast_ref::<E>() else {
-                return Err(Error::internal(format!(
-                    "event handler `{}` was given something other than `{}`",
-                    self.name,
-                    E::NAME
-                )));
-            };
-            let span = trace::span(MessageKind::Event, E::NAME, self.name, metadata);
-            let mut stats = DispatchStats::default();
-            let deadline = timeout::deadline(self.layers.timeout, metadata);
-            let mut cx = EventContext::new(bus, metadata.clone(), self.name);
-            let result = timeout::run(
-                deadline,
-                E::NAME,
-                self.attempts(event, &mut cx, &mut stats.attempts),
-            )
-            .instrument(span.clone())
-            .await;
-            trace::finish(&span, MessageKind::Event, E::NAME, &result, &stats);
-            result
-        })
-    }
-}
-
-impl<E: Event, H: EventHandler<E>> EventPipeline<E, H> {
-    async fn attempts(
-        &self,
-        event: &E,
-        cx: &mut EventContext,
-        attempts: &mut u32,
-    ) -> Result<(), Error> {
-        loop {
-            *attempts += 1;
-            match guard_panic(self.name, self.handler.handle(event, cx)).await {
-                Ok(()) => return Ok(()),
-                Err(error) => match self
-                    .layers
-                    .retry
-                    .and_then(|r| r.next_delay(*attempts, &error))
-                {
-                    Some(delay) => retry::pause(delay).await,
-                    None => return Err(error),
-                },
-            }
-        }
     }
 }

@@ -6,6 +6,9 @@
 //! gets `Error::Timeout`.
 
 use std::future::Future;
+
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -45,26 +48,35 @@ pub(crate) fn deadline(
 }
 
 /// Runs `inner` until the deadline, if any; without one, it is awaited as is (no timer).
-pub(crate) async fn run<T>(
+/// Runs `inner` until `deadline`, or to completion when there is none.
+///
+/// A plain function over combinators rather than an `async fn`, which would store `inner` twice
+/// in its state (once as its argument, once inside the timeout it awaits).
+pub(crate) fn run<T, F>(
     deadline: Option<(Instant, DeadlineCause)>,
     message: &'static str,
-    inner: impl Future<Output = Result<T, Error>>,
-) -> Result<T, Error> {
+    inner: F,
+) -> impl Future<Output = Result<T, Error>> + use<T, F>
+where
+    F: Future<Output = Result<T, Error>>,
+{
     let Some((at, cause)) = deadline else {
-        return inner.await;
+        return Either::Left(inner);
     };
-    match tokio::time::timeout_at(at, inner).await {
-        Ok(result) => result,
-        Err(_) => Err(Error::timeout(match cause {
-            DeadlineCause::Handler(t) => format!(
-                "`{message}` did not finish within its timeout of {}",
-                super::describe::duration(t)
-            ),
-            DeadlineCause::Caller => {
-                format!("`{message}` did not finish before the caller's deadline")
-            }
-        })),
-    }
+    Either::Right(
+        tokio::time::timeout_at(at, inner).map(move |result| match result {
+            Ok(result) => result,
+            Err(_) => Err(Error::timeout(match cause {
+                DeadlineCause::Handler(t) => format!(
+                    "`{message}` did not finish within its timeout of {}",
+                    super::describe::duration(t)
+                ),
+                DeadlineCause::Caller => {
+                    format!("`{message}` did not finish before the caller's deadline")
+                }
+            })),
+        }),
+    )
 }
 
 #[cfg(test)]

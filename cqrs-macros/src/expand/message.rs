@@ -162,8 +162,12 @@ fn expand(
         }
     };
     let validate = if validated {
-        // Spanned on the message's name: rules without `#[derive(Validate)]` are reported there.
-        let check = quote_spanned!(ident.span()=> #p::validate_with_validator(self));
+        // Located at the message's name, so rules without `#[derive(Validate)]` are reported
+        // there, but resolved at the call site: `self` must keep the hygiene of the generated
+        // method when the message is declared by a `macro_rules!` (which then owns the name's
+        // span).
+        let span = proc_macro2::Span::call_site().located_at(ident.span());
+        let check = quote_spanned!(span=> #p::validate_with_validator(self));
         quote! {
             const VALIDATED: ::core::primitive::bool = true;
             fn validate_message(&self) -> #p::Result<(), #p::Error> {

@@ -100,20 +100,23 @@ impl Tx {
 /// The slot a transactional attempt keeps its transaction in. `SyncWrapper` makes the context
 /// `Sync` (a handler may hold `&cx` across an `.await`) while the transaction is only ever
 /// reached through `&mut`.
+///
+/// Boxed: only `#[transactional]` dispatches have a transaction (and do I/O anyway), while the
+/// context that holds this slot is part of every dispatch's future.
 #[derive(Default)]
-pub(crate) struct TxSlot(Option<SyncWrapper<Tx>>);
+pub(crate) struct TxSlot(Option<Box<SyncWrapper<Tx>>>);
 
 impl TxSlot {
     pub(crate) fn open(tx: Tx) -> Self {
-        TxSlot(Some(SyncWrapper::new(tx)))
+        TxSlot(Some(Box::new(SyncWrapper::new(tx))))
     }
 
     pub(crate) fn take(&mut self) -> Option<Tx> {
-        self.0.take().map(SyncWrapper::into_inner)
+        self.0.take().map(|tx| tx.into_inner())
     }
 
     pub(crate) fn get_mut(&mut self) -> Option<&mut Tx> {
-        self.0.as_mut().map(SyncWrapper::get_mut)
+        self.0.as_mut().map(|tx| tx.get_mut())
     }
 }
 

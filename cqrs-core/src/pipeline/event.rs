@@ -1,0 +1,103 @@
+//! An event handler's pipeline: trace, timeout, retry, handler. Its future lives inline in
+//! the [`DispatchFuture`] when it fits, so publishing to N handlers allocates nothing for them.
+
+use std::any::Any;
+use std::marker::PhantomData;
+
+use super::{DispatchFuture, Layers, guard_panic, retry, timeout, trace};
+use crate::Error;
+use crate::bus::BusInner;
+use crate::bus::report::DispatchStats;
+use crate::context::EventContext;
+use crate::envelope::Metadata;
+use crate::handler::EventHandler;
+use crate::message::{Event, MessageKind};
+
+/// The type-erased entry point of one event handler.
+pub(crate) trait EventPipe: Send + Sync {
+    fn handler_name(&self) -> &'static str;
+
+    /// The event's name and how to decode a stored one.
+    fn event(&self) -> (&'static str, crate::events::EventDecoder);
+
+    fn call<'a>(
+        &'a self,
+        bus: &'a BusInner,
+        event: &'a (dyn Any + Send + Sync),
+        metadata: &'a Metadata,
+    ) -> DispatchFuture<'a, Result<(), Error>>;
+}
+
+/// The pipeline of one event handler: trace, timeout, retry, handler.
+pub(crate) struct EventPipeline<E, H> {
+    pub(crate) handler: H,
+    pub(crate) name: &'static str,
+    pub(crate) layers: Layers,
+    pub(crate) _event: PhantomData<fn(E)>,
+}
+
+impl<E: Event, H: EventHandler<E>> EventPipe for EventPipeline<E, H> {
+    fn handler_name(&self) -> &'static str {
+        self.name
+    }
+
+    fn event(&self) -> (&'static str, crate::events::EventDecoder) {
+        (E::NAME, crate::events::decode_event::<E>)
+    }
+
+    fn call<'a>(
+        &'a self,
+        bus: &'a BusInner,
+        event: &'a (dyn Any + Send + Sync),
+        metadata: &'a Metadata,
+    ) -> DispatchFuture<'a, Result<(), Error>> {
+        DispatchFuture::from_or_box(async move {
+            let Some(event) = event.downcast_ref::<E>() else {
+                return Err(Error::internal(format!(
+                    "event handler `{}` was given something other than `{}`",
+                    self.name,
+                    E::NAME
+                )));
+            };
+            let span = trace::span(MessageKind::Event, E::NAME, self.name, metadata);
+            let mut stats = DispatchStats::default();
+            let deadline = timeout::deadline(self.layers.timeout, metadata);
+            let mut cx = EventContext::new(bus, metadata.clone(), self.name);
+            let body = trace::within(
+                &span,
+                timeout::run(
+                    deadline,
+                    E::NAME,
+                    self.attempts(event, &mut cx, &mut stats.attempts),
+                ),
+            );
+            let result = body.await;
+            trace::finish(&span, MessageKind::Event, E::NAME, &result, &stats);
+            result
+        })
+    }
+}
+
+impl<E: Event, H: EventHandler<E>> EventPipeline<E, H> {
+    async fn attempts(
+        &self,
+        event: &E,
+        cx: &mut EventContext,
+        attempts: &mut u32,
+    ) -> Result<(), Error> {
+        loop {
+            *attempts += 1;
+            match guard_panic(self.name, self.handler.handle(event, cx)).await {
+                Ok(()) => return Ok(()),
+                Err(error) => match self
+                    .layers
+                    .retry
+                    .and_then(|r| r.next_delay(*attempts, &error))
+                {
+                    Some(delay) => retry::pause(delay).await,
+                    None => return Err(error),
+                },
+            }
+        }
+    }
+}
