@@ -67,12 +67,14 @@ pub struct Suite {
     groups: RefCell<Vec<(String, Vec<String>)>>,
     rows: RefCell<Vec<Row>>,
     sample_size: usize,
+    /// Operations over which allocations are counted (`ALLOC_OPS` unless set).
+    alloc_ops: u64,
 }
 
 impl Suite {
     pub fn new(sample_size: usize) -> Self {
         let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
+            .enable_all()
             .build()
             .expect("a current-thread runtime");
         Suite {
@@ -80,7 +82,16 @@ impl Suite {
             groups: RefCell::new(Vec::new()),
             rows: RefCell::new(Vec::new()),
             sample_size,
+            alloc_ops: ALLOC_OPS,
         }
+    }
+
+    /// Counts allocations over `ops` operations instead of `ALLOC_OPS` (for rows that do I/O,
+    /// where 20 000 operations would take minutes).
+    #[allow(dead_code)] // not every bench has such rows
+    pub fn with_alloc_ops(mut self, ops: u64) -> Self {
+        self.alloc_ops = ops;
+        self
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -203,16 +214,18 @@ impl Group<'_> {
         // Criterion did not run the row (filtered out on the command line): do not count it.
         let allocations = (!samples.is_empty()).then(|| {
             runtime.block_on(async {
-                for i in next..next + ALLOC_WARMUP_OPS {
+                let ops = self.suite.alloc_ops;
+                let warmup = ALLOC_WARMUP_OPS.min(ops);
+                for i in next..next + warmup {
                     op(i).await;
                 }
-                next += ALLOC_WARMUP_OPS;
+                next += warmup;
                 let before = Snapshot::now();
-                for i in next..next + ALLOC_OPS {
+                for i in next..next + ops {
                     op(i).await;
                 }
                 let after = Snapshot::now();
-                before.per_op_since(after, ALLOC_OPS)
+                before.per_op_since(after, ops)
             })
         });
         self.suite.rows.borrow_mut().push(Row {

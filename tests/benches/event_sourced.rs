@@ -1,0 +1,202 @@
+//! An event-sourced command: load the aggregate, decide, save its new event, on the in-memory
+//! store, next to the same domain on `cqrs-es` (`CqrsFramework::execute` over its `MemStore`),
+//! the Rust framework users would otherwise pick.
+//!
+//! Run with `cargo bench -p cqrs-tests --bench event_sourced`. Each operation deposits into a
+//! new account (`acct-{i}`), in both frameworks: the load finds no history, so the row measures
+//! what each framework adds around one decision and one stored event, not a replay whose length
+//! would grow with the number of operations criterion chooses to run.
+
+mod support;
+
+use std::fmt;
+use std::hint::black_box;
+use std::time::Duration;
+
+use cqrs_core::prelude::*;
+use cqrs_core::{Aggregate, MemoryEventStore};
+use criterion::Criterion;
+use serde::{Deserialize, Serialize};
+
+use support::Suite;
+use support::alloc::Counting;
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+// ---- the domain on cqrs ---------------------------------------------------------------------
+
+#[derive(Event, Debug, Clone, Serialize, Deserialize)]
+#[event(name = "bench.deposited")]
+struct Deposited {
+    amount: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Account {
+    balance: u64,
+}
+
+impl Aggregate for Account {
+    const NAME: &'static str = "account";
+    type Event = Deposited;
+    fn apply(&mut self, event: &Deposited) {
+        self.balance += event.amount;
+    }
+}
+
+#[derive(Command, Debug, Clone, Serialize, Deserialize)]
+#[command(output = u64)]
+struct Deposit {
+    id: String,
+    amount: u64,
+}
+
+#[command_handler(Deposit)]
+struct DepositHandler;
+
+impl CommandHandler<Deposit> for DepositHandler {
+    async fn handle(&self, cmd: Deposit, cx: &mut CommandContext) -> Result<u64, Error> {
+        let mut account = cx.load::<Account>(&cmd.id).await?;
+        if cmd.amount == 0 {
+            return Err(Error::new(
+                cqrs_core::Status::Validation,
+                "a deposit is more than zero",
+            ));
+        }
+        account.record(Deposited { amount: cmd.amount });
+        cx.save(&mut account).await?;
+        Ok(account.balance)
+    }
+}
+
+// ---- the same domain on cqrs-es ---------------------------------------------------------------
+
+mod es {
+    use super::*;
+    use cqrs_es::event_sink::EventSink;
+    use cqrs_es::{Aggregate, DomainEvent};
+
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    pub struct Account {
+        pub balance: u64,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub enum AccountEvent {
+        Deposited { amount: u64 },
+    }
+
+    impl DomainEvent for AccountEvent {
+        fn event_type(&self) -> String {
+            "bench.deposited".to_owned()
+        }
+        fn event_version(&self) -> String {
+            "1".to_owned()
+        }
+    }
+
+    #[derive(Debug)]
+    pub struct AccountError(&'static str);
+
+    impl fmt::Display for AccountError {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for AccountError {}
+
+    pub struct Deposit {
+        pub amount: u64,
+    }
+
+    impl Aggregate for Account {
+        const TYPE: &'static str = "account";
+        type Command = Deposit;
+        type Event = AccountEvent;
+        type Error = AccountError;
+        type Services = ();
+
+        async fn handle(
+            &mut self,
+            command: Deposit,
+            _services: &(),
+            sink: &EventSink<Self>,
+        ) -> Result<(), AccountError> {
+            if command.amount == 0 {
+                return Err(AccountError("a deposit is more than zero"));
+            }
+            sink.write(
+                AccountEvent::Deposited {
+                    amount: command.amount,
+                },
+                self,
+            )
+            .await;
+            Ok(())
+        }
+
+        fn apply(&mut self, event: AccountEvent) {
+            match event {
+                AccountEvent::Deposited { amount } => self.balance += amount,
+            }
+        }
+    }
+}
+
+fn main() {
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .configure_from_args();
+    let suite = Suite::new(100);
+
+    let bus = Bus::builder()
+        .discover(false)
+        .register::<DepositHandler>()
+        .event_store(MemoryEventStore::new())
+        .build()
+        .expect("bus");
+    let peer = cqrs_es::CqrsFramework::new(
+        cqrs_es::mem_store::MemStore::<es::Account>::default(),
+        vec![],
+        (),
+    );
+    suite.runtime().block_on(async {
+        let deposit = Deposit {
+            id: "check".into(),
+            amount: 5,
+        };
+        assert_eq!(bus.send(deposit.clone()).await.unwrap(), 5);
+        assert_eq!(bus.send(deposit).await.unwrap(), 10);
+        peer.execute("check", es::Deposit { amount: 5 })
+            .await
+            .unwrap();
+    });
+
+    const PEER: &str = "cqrs-es: CqrsFramework::execute, MemStore";
+    let mut g = suite.group(&mut c, "event-sourced command", &["vs cqrs-es"]);
+    let (bus, peer) = (&bus, &peer);
+    g.row(PEER, &[PEER], |i| async move {
+        let id = format!("acct-{i}");
+        let _ = black_box(peer.execute(&id, es::Deposit { amount: 5 }).await);
+    });
+    g.row(
+        "cqrs: bus.send(Deposit), cx.load + cx.save, MemoryEventStore",
+        &[PEER],
+        |i| async move {
+            let cmd = Deposit {
+                id: format!("acct-{i}"),
+                amount: 5,
+            };
+            let _ = black_box(bus.send(cmd).await);
+        },
+    );
+    g.finish();
+    c.final_summary();
+    println!(
+        "\n## Results (time: criterion slope; allocations: counted over 20 000 operations)\n{}",
+        suite.table()
+    );
+}

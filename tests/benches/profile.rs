@@ -1,0 +1,65 @@
+//! Instructions per dispatch, for profiling under callgrind (a count, not a time: the same on a
+//! busy machine as on an idle one).
+//!
+//! ```text
+//! cargo bench -p cqrs-tests --bench profile --no-run
+//! valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out \
+//!     target/release/deps/profile-<hash> bus 100000
+//! callgrind_annotate /tmp/cg.out | head -40
+//! ```
+//!
+//! The first argument picks the row (`direct`, `bus`), the second how many operations to run.
+//! `tests/benches/instructions.sh` runs every row twice (N and 2N operations) and prints the
+//! difference divided by N: the instructions of one operation, without the process's setup.
+
+use std::hint::black_box;
+
+use cqrs_core::prelude::*;
+
+#[derive(Command, Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[command(output = u64)]
+struct Add {
+    a: u64,
+    b: u64,
+}
+
+#[command_handler(Add)]
+struct AddHandler;
+
+impl AddHandler {
+    #[inline]
+    async fn apply(&self, cmd: Add) -> Result<u64, Error> {
+        Ok(cmd.a.wrapping_mul(31).wrapping_add(cmd.b))
+    }
+}
+
+impl CommandHandler<Add> for AddHandler {
+    async fn handle(&self, cmd: Add, _cx: &mut CommandContext) -> Result<u64, Error> {
+        self.apply(cmd).await
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
+    let row = args.next().unwrap_or_else(|| "bus".into());
+    let n: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(100_000);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let bus = Bus::builder()
+        .discover(false)
+        .register::<AddHandler>()
+        .build()
+        .expect("bus");
+    runtime.block_on(async {
+        let mut sum = 0u64;
+        for i in 0..n {
+            let cmd = black_box(Add { a: i, b: 7 });
+            sum = sum.wrapping_add(match row.as_str() {
+                "direct" => AddHandler.apply(cmd).await.unwrap_or(0),
+                _ => bus.send(cmd).await.unwrap_or(0),
+            });
+        }
+        black_box(sum);
+    });
+}

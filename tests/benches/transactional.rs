@@ -1,0 +1,288 @@
+//! A transactional command that inserts a row and emits one event, against the same work
+//! written by hand with `sqlx`, on SQLite (a file, WAL) and PostgreSQL.
+//!
+//! Run with `cargo bench -p cqrs-tests --bench transactional`; the PostgreSQL rows run when
+//! `CQRS_POSTGRES_URL` is set (e.g. `postgres://postgres@127.0.0.1:5432/test`), in a schema of
+//! their own that is dropped at the end.
+//!
+//! "The same work" is what the framework does for such a command, written out: begin; insert
+//! the row; insert the event into the outbox (JSON payload and metadata, in the same
+//! transaction); commit; then, the event delivered, mark its outbox row delivered.
+
+mod support;
+
+use std::hint::black_box;
+use std::str::FromStr;
+use std::time::Duration;
+
+use cqrs_core::prelude::*;
+use cqrs_core::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use cqrs_core::sqlx::{self, PgPool, SqlitePool};
+use cqrs_core::{AnyTx, Bus};
+use criterion::Criterion;
+use serde::{Deserialize, Serialize};
+
+use support::Suite;
+use support::alloc::Counting;
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+#[derive(Event, Debug, Clone, Serialize, Deserialize)]
+#[event(name = "bench.item_added")]
+struct ItemAdded {
+    id: String,
+    name: String,
+}
+
+#[derive(Command, Debug, Clone, Serialize, Deserialize)]
+#[command(output = ())]
+struct AddItem {
+    id: String,
+    name: String,
+}
+
+#[command_handler(AddItem, emits = [ItemAdded])]
+#[transactional]
+struct AddItemHandler;
+
+impl CommandHandler<AddItem> for AddItemHandler {
+    async fn handle(&self, cmd: AddItem, cx: &mut CommandContext) -> Result<(), Error> {
+        match cx.any_tx()? {
+            AnyTx::Sqlite(tx) => {
+                sqlx::query("INSERT INTO items (id, name) VALUES (?, ?)")
+                    .bind(&cmd.id)
+                    .bind(&cmd.name)
+                    .execute(tx)
+                    .await?;
+            }
+            AnyTx::Postgres(tx) => {
+                sqlx::query("INSERT INTO items (id, name) VALUES ($1, $2)")
+                    .bind(&cmd.id)
+                    .bind(&cmd.name)
+                    .execute(tx)
+                    .await?;
+            }
+            _ => return Err(Error::internal("a database this bench does not know")),
+        }
+        cx.emit(ItemAdded {
+            id: cmd.id,
+            name: cmd.name,
+        });
+        Ok(())
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The event's outbox row, as the framework writes it: payload and metadata as JSON.
+fn outbox_row(cmd: &AddItem) -> (uuid::Uuid, String, String) {
+    let id = uuid::Uuid::now_v7();
+    let payload = serde_json::to_string(&ItemAdded {
+        id: cmd.id.clone(),
+        name: cmd.name.clone(),
+    })
+    .expect("json");
+    let metadata = serde_json::to_string(&serde_json::json!({
+        "correlation_id": uuid::Uuid::now_v7(),
+        "causation_id": uuid::Uuid::now_v7(),
+    }))
+    .expect("json");
+    (id, payload, metadata)
+}
+
+async fn by_hand_sqlite(pool: &SqlitePool, cmd: AddItem) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("INSERT INTO items (id, name) VALUES (?, ?)")
+        .bind(&cmd.id)
+        .bind(&cmd.name)
+        .execute(&mut *tx)
+        .await?;
+    let (id, payload, metadata) = outbox_row(&cmd);
+    sqlx::query(
+        "INSERT INTO cqrs_outbox (id, event_name, payload, metadata, created_at_ms, locked_until_ms)
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(id.to_string())
+    .bind("bench.item_added")
+    .bind(payload)
+    .bind(metadata)
+    .bind(now_ms())
+    .bind(None::<i64>)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    sqlx::query("UPDATE cqrs_outbox SET delivered_at_ms = ? WHERE id = ?")
+        .bind(now_ms())
+        .bind(id.to_string())
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+async fn by_hand_postgres(pool: &PgPool, cmd: AddItem) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("INSERT INTO items (id, name) VALUES ($1, $2)")
+        .bind(&cmd.id)
+        .bind(&cmd.name)
+        .execute(&mut *tx)
+        .await?;
+    let (id, payload, metadata) = outbox_row(&cmd);
+    sqlx::query(
+        "INSERT INTO cqrs_outbox (id, event_name, payload, metadata, created_at_ms, locked_until_ms)
+         VALUES ($1, $2, $3::jsonb, $4::jsonb, $5, $6)",
+    )
+    .bind(id)
+    .bind("bench.item_added")
+    .bind(payload)
+    .bind(metadata)
+    .bind(now_ms())
+    .bind(None::<i64>)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    sqlx::query("UPDATE cqrs_outbox SET delivered_at_ms = $1 WHERE id = $2")
+        .bind(now_ms())
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+fn item(i: u64, prefix: &str) -> AddItem {
+    AddItem {
+        id: format!("{prefix}-{i}"),
+        name: "a bench item".to_owned(),
+    }
+}
+
+fn sqlite(suite: &Suite, c: &mut Criterion) {
+    let dir = std::env::temp_dir().join(format!("cqrs-bench-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("bench.db");
+    let (pool, bus) = suite.runtime().block_on(async {
+        let pool = cqrs_core::sqlite_pool(path.to_str().expect("utf-8 path"))
+            .await
+            .expect("sqlite pool");
+        cqrs_core::migrate_sqlite(&pool).await.expect("migrate");
+        sqlx::query("CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT NOT NULL)")
+            .execute(&pool)
+            .await
+            .expect("items table");
+        let bus: Bus = Bus::builder()
+            .discover(false)
+            .register::<AddItemHandler>()
+            .sqlite(pool.clone())
+            .build()
+            .expect("bus");
+        bus.send(item(0, "check")).await.expect("framework");
+        by_hand_sqlite(&pool, item(1, "check"))
+            .await
+            .expect("by hand");
+        (pool, bus)
+    });
+    const HAND: &str = "SQLite (file, WAL): by hand with sqlx";
+    let mut g = suite.group(c, "transactional insert + event, SQLite", &["vs by hand"]);
+    let (pool_ref, bus_ref) = (&pool, &bus);
+    g.row(HAND, &[HAND], |i| async move {
+        black_box(by_hand_sqlite(pool_ref, item(i, "hand")).await).expect("by hand");
+    });
+    g.row(
+        "SQLite (file, WAL): bus.send, #[transactional]",
+        &[HAND],
+        |i| async move {
+            black_box(bus_ref.send(item(i, "bus")).await).expect("framework");
+        },
+    );
+    g.finish();
+    drop(bus);
+    suite.runtime().block_on(pool.close());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn postgres(suite: &Suite, c: &mut Criterion, url: &str) {
+    let schema = format!("cqrs_bench_{}", uuid::Uuid::now_v7().simple());
+    let base = PgConnectOptions::from_str(url).expect("CQRS_POSTGRES_URL is not a valid URL");
+    let (admin, pool, bus) = suite.runtime().block_on(async {
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(base.clone())
+            .await
+            .unwrap_or_else(|e| {
+                panic!("CQRS_POSTGRES_URL is set but PostgreSQL does not answer: {e}")
+            });
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(&admin)
+            .await
+            .expect("schema");
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(base.options([("search_path", schema.as_str())]))
+            .await
+            .expect("pool");
+        cqrs_core::migrate_postgres(&pool).await.expect("migrate");
+        sqlx::query("CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT NOT NULL)")
+            .execute(&pool)
+            .await
+            .expect("items table");
+        let bus: Bus = Bus::builder()
+            .discover(false)
+            .register::<AddItemHandler>()
+            .postgres(pool.clone())
+            .build()
+            .expect("bus");
+        bus.send(item(0, "check")).await.expect("framework");
+        by_hand_postgres(&pool, item(1, "check"))
+            .await
+            .expect("by hand");
+        (admin, pool, bus)
+    });
+    const HAND: &str = "PostgreSQL: by hand with sqlx";
+    let mut g = suite.group(
+        c,
+        "transactional insert + event, PostgreSQL",
+        &["vs by hand"],
+    );
+    let (pool_ref, bus_ref) = (&pool, &bus);
+    g.row(HAND, &[HAND], |i| async move {
+        black_box(by_hand_postgres(pool_ref, item(i, "hand")).await).expect("by hand");
+    });
+    g.row(
+        "PostgreSQL: bus.send, #[transactional]",
+        &[HAND],
+        |i| async move {
+            black_box(bus_ref.send(item(i, "bus")).await).expect("framework");
+        },
+    );
+    g.finish();
+    drop(bus);
+    suite.runtime().block_on(async {
+        pool.close().await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+            .execute(&admin)
+            .await
+            .expect("drop schema");
+    });
+}
+
+fn main() {
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5))
+        .configure_from_args();
+    let suite = Suite::new(30).with_alloc_ops(500);
+    sqlite(&suite, &mut c);
+    match std::env::var("CQRS_POSTGRES_URL") {
+        Ok(url) => postgres(&suite, &mut c, &url),
+        Err(_) => eprintln!("PostgreSQL rows skipped: set CQRS_POSTGRES_URL to run them"),
+    }
+    c.final_summary();
+    println!(
+        "\n## Results (time: criterion slope; allocations: counted over 500 operations)\n{}",
+        suite.table()
+    );
+}
