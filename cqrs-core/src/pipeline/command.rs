@@ -15,7 +15,7 @@ use std::marker::PhantomData;
 
 use tracing::Span;
 
-use super::idempotency::{self, Outcome};
+use super::idempotency::{self, IdempotencyKey, IdempotencyLayer, Outcome};
 use super::{
     DispatchFuture, Handled, Layers, guard_panic, publish, retry, timeout, trace, with_middleware,
 };
@@ -228,21 +228,6 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
                 .await?;
         }
         message.validate_message()?;
-        if cx.metadata.idempotency_key().is_none() || bus.idempotency().is_none() {
-            return self.attempts(message, cx, stats).await;
-        }
-        // Boxed: the idempotency store does I/O, and its future must not grow every dispatch's.
-        Box::pin(self.idempotent(bus, message, cx, stats)).await
-    }
-
-    /// Layer 6: the attempts, at most once per idempotency key.
-    async fn idempotent(
-        &self,
-        bus: &BusInner,
-        message: C,
-        cx: &mut CommandContext,
-        stats: &mut DispatchStats,
-    ) -> Result<Handled<C::Output>, Error> {
         let (Some(key), Some(idempotency)) = (cx.metadata.idempotency_key(), bus.idempotency())
         else {
             return self.attempts(message, cx, stats).await;
@@ -253,6 +238,19 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
             idempotency::fingerprint(&message)?,
             self.layers.timeout,
         );
+        // Boxed: the idempotency store does I/O, and its future must not grow every dispatch's.
+        Box::pin(self.idempotent(idempotency, key, message, cx, stats)).await
+    }
+
+    /// Layer 6: the attempts, at most once per idempotency key.
+    async fn idempotent(
+        &self,
+        idempotency: &IdempotencyLayer,
+        key: IdempotencyKey,
+        message: C,
+        cx: &mut CommandContext,
+        stats: &mut DispatchStats,
+    ) -> Result<Handled<C::Output>, Error> {
         cx.idempotency = Some(Box::new(key.clone()));
         let outcome = idempotency
             .run(
