@@ -22,13 +22,10 @@ pub(crate) mod sql;
 use std::error::Error as StdError;
 use std::sync::Arc;
 
-use serde::Serialize;
-
 use crate::bus::{Bus, BusBuilder, BusInner};
 use crate::context::CommandContext;
 use crate::envelope::Metadata;
 use crate::events::EmittedEvent;
-use crate::pipeline::Handled;
 use crate::pipeline::idempotency::DynIdempotencyStore;
 use crate::pipeline::transaction::TransactionLayer;
 use crate::{Error, Status};
@@ -369,12 +366,14 @@ pub(crate) async fn begin(layer: &TransactionLayer, cx: &mut CommandContext) -> 
 }
 
 /// Ends the transaction of one attempt: on success, writes the outbox rows and the idempotent
-/// reply, then commits; on failure, rolls back (or commits, for statuses not in `rollback_on`).
-pub(crate) async fn finish<T: Serialize>(
+/// reply (`reply`: the output, serialized), then commits and returns the events to publish; on
+/// failure, rolls back (or commits, for statuses not in `rollback_on`).
+pub(crate) async fn finish(
     layer: &TransactionLayer,
     cx: &mut CommandContext,
-    result: Result<T, Error>,
-) -> Result<Handled<T>, Error> {
+    result: Result<(), Error>,
+    reply: impl FnOnce() -> Result<Vec<u8>, Error>,
+) -> Result<Vec<EmittedEvent>, Error> {
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
     {
         let Some(mut tx) = cx.tx.take() else {
@@ -385,20 +384,14 @@ pub(crate) async fn finish<T: Serialize>(
         let bus = cx.bus_ptr();
         let persistence = &bus.get().persistence;
         match result {
-            Ok(output) => {
+            Ok(()) => {
                 sql::outbox::write(&mut tx, &mut cx.events, &cx.metadata, &persistence.outbox)
                     .await?;
                 if let (Some(key), true) = (&cx.idempotency, persistence.idempotency_in_tx) {
-                    let reply = serde_json::to_vec(&output).map_err(|e| {
-                        Error::from_std(Status::Internal, e).context("serializing the reply")
-                    })?;
-                    sql::idempotency::complete_in(&mut tx, key, &reply).await?;
+                    sql::idempotency::complete_in(&mut tx, key, &reply()?).await?;
                 }
                 tx.commit().await?;
-                Ok(Handled {
-                    output,
-                    events: std::mem::take(&mut cx.events),
-                })
+                Ok(std::mem::take(&mut cx.events))
             }
             Err(error) if layer.rolls_back(error.status()) => {
                 if let Err(rollback) = tx.rollback().await {
@@ -417,7 +410,7 @@ pub(crate) async fn finish<T: Serialize>(
     }
     #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
     {
-        let _ = (layer, cx, result);
+        let _ = (layer, cx, result, reply);
         Err(Error::internal(
             "`#[transactional]` needs the `sqlite` or `postgres` feature",
         ))

@@ -3,30 +3,33 @@
 //! Two paths, chosen per dispatch in [`CommandPipe::call`]:
 //!
 //! - **lean**: nothing but trace, validation and the handler (no middleware, no timeout or
-//!   deadline, no authorization, no idempotency key, no retry, no transaction). Its future is
-//!   small enough to live inline in the [`DispatchFuture`], so the dispatch allocates nothing.
-//! - **full**: every layer the handler and the envelope ask for. Its future is larger and is
-//!   boxed (one allocation); layers that do I/O box their own part only when they run.
+//!   deadline, no authorization, no idempotency key, no retry, no transaction). Generic over
+//!   the command and the handler, and small: its future lives inline in the
+//!   [`DispatchFuture`], so the dispatch allocates nothing.
+//! - **full**: every layer the handler and the envelope ask for, in [`full`]. Written once for
+//!   all handlers (the handler's types reach it through [`ErasedCommand`]), so that a crate
+//!   with many handlers does not compile it many times. Its future is boxed (one allocation);
+//!   layers that do I/O box their own part only when they run.
 //!
-//! Both end in [`CommandPipeline::after`], so what happens after the handler is the same.
+//! Both end in [`full::after`], so what happens after the handler is the same.
+
+mod full;
 
 use std::future::Future;
 use std::marker::PhantomData;
 
+use futures_util::FutureExt;
 use tracing::Span;
 
-use super::idempotency::{self, IdempotencyKey, IdempotencyLayer, Outcome};
-use super::{
-    DispatchFuture, Handled, Layers, guard_panic, publish, retry, timeout, trace, with_middleware,
-};
-use crate::Error;
+use self::full::{ErasedCommand, HandleFuture, Slot};
+use super::{DispatchFuture, Layers, guard_panic, idempotency, trace};
 use crate::bus::BusInner;
 use crate::bus::report::DispatchStats;
 use crate::context::CommandContext;
 use crate::envelope::{Envelope, Metadata};
-use crate::events::EmittedEvent;
 use crate::handler::CommandHandler;
 use crate::message::{Command, MessageKind};
+use crate::{Error, Status};
 
 /// The type-erased entry point of a command's pipeline.
 pub(crate) trait CommandPipe<C: Command>: Send + Sync {
@@ -53,12 +56,12 @@ impl<C: Command, H: CommandHandler<C>> CommandPipe<C> for CommandPipeline<C, H> 
         env: Envelope<C>,
         stats: &'a mut DispatchStats,
     ) -> DispatchFuture<'a, Result<C::Output, Error>> {
-        if !self.is_lean(bus, &env.metadata) {
-            return DispatchFuture::from_or_box(self.run(bus, env, stats));
+        let Envelope { message, metadata } = env;
+        if !self.is_lean(bus, &metadata) {
+            return DispatchFuture::from_or_box(self.full(bus, message, metadata, stats));
         }
         // The context is made here, outside the future: inside, the envelope it comes from and
         // the context would both take space in the future's state.
-        let Envelope { message, metadata } = env;
         let span = trace::span(MessageKind::Command, C::NAME, self.name, &metadata);
         let cx = CommandContext::new(bus, metadata, self.name);
         DispatchFuture::from_or_box(self.lean(bus, message, cx, span, stats))
@@ -86,7 +89,7 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
             && (metadata.idempotency_key().is_none() || bus.idempotency().is_none())
     }
 
-    /// The lean path: trace, validate, handler, then [`after`](Self::after).
+    /// The lean path: trace, validate, handler, then [`full::after`].
     ///
     /// Every future is built in a `let` and awaited in the next statement: a temporary lives
     /// to the end of its statement, so in `wrap(inner).await` the moved-from `inner` would keep
@@ -118,11 +121,10 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
                 Err(error) => Err(error),
                 Ok(output) => {
                     let events = std::mem::take(&mut cx.events);
-                    let after = trace::within(
-                        &span,
-                        self.after(bus, Handled { output, events }, &cx, stats),
-                    );
-                    after.await
+                    let after =
+                        trace::within(&span, full::after(&self.layers, bus, events, &cx, stats));
+                    after.await;
+                    Ok(output)
                 }
             };
             trace::finish(&span, MessageKind::Command, C::NAME, &result, stats);
@@ -130,203 +132,105 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
         }
     }
 
-    /// The full path. Layers 1 and 2.
-    async fn run(
-        &self,
-        bus: &BusInner,
-        env: Envelope<C>,
-        stats: &mut DispatchStats,
-    ) -> Result<C::Output, Error> {
-        let Envelope { message, metadata } = env;
-        let span = trace::span(MessageKind::Command, C::NAME, self.name, &metadata);
-        let body = async {
-            if bus.middleware(MessageKind::Command).is_empty() {
-                let mut cx = CommandContext::new(bus, metadata, self.name);
-                self.guarded(bus, message, &mut cx, stats).await
-            } else {
-                // Boxed: middleware is opt-in, and its (larger) future must not grow the
-                // future of every dispatch without it.
-                Box::pin(async {
-                    let mut cx = CommandContext::new(bus, metadata.clone(), self.name);
-                    let inner = self.guarded(bus, message.clone(), &mut cx, stats);
-                    with_middleware(
-                        bus,
-                        self.name,
-                        &message,
-                        &metadata,
-                        Some(super::command_json::<C>),
-                        inner,
-                    )
-                    .await
-                })
-                .await
-            }
-        };
-        let body = trace::within(&span, body);
-        let result = body.await;
-        trace::finish(&span, MessageKind::Command, C::NAME, &result, stats);
-        result
-    }
-
-    /// Layer 3, then publishing.
-    async fn guarded(
-        &self,
-        bus: &BusInner,
+    /// The full path: the typed ends of [`full::run`], which holds the layers.
+    #[allow(clippy::manual_async_fn)] // `async move`, not `async fn`: see `lean`
+    fn full<'a>(
+        &'a self,
+        bus: &'a BusInner,
         message: C,
-        cx: &mut CommandContext,
-        stats: &mut DispatchStats,
-    ) -> Result<C::Output, Error> {
-        let deadline = timeout::deadline(self.layers.timeout, &cx.metadata);
-        let handled =
-            timeout::run(deadline, C::NAME, self.checked(bus, message, cx, stats)).await?;
-        self.after(bus, handled, cx, stats).await
-    }
-
-    /// After the handler succeeded: its events recorded (for a report), the caches it names
-    /// dropped, then its events published.
-    async fn after(
-        &self,
-        bus: &BusInner,
-        handled: Handled<C::Output>,
-        cx: &CommandContext,
-        stats: &mut DispatchStats,
-    ) -> Result<C::Output, Error> {
-        if stats.collect_events {
-            stats
-                .events
-                .extend(handled.events.iter().map(EmittedEvent::name));
-        }
-        // Answers the command made stale go before its events do: a handler reacting to them
-        // must read what the command changed. Both are boxed, and only when there is work:
-        // their futures are large (event handlers, the outbox) and most dispatches have none.
-        if !self.layers.invalidates.is_empty() {
-            let invalidate = Box::pin(async {
-                for query in &self.layers.invalidates {
-                    bus.invalidate_by_name(query).await;
-                }
-            });
-            invalidate.await;
-        }
-        if !handled.events.is_empty() {
-            let publish = Box::pin(publish::after_success(bus, handled.events, &cx.metadata));
-            publish.await;
-        }
-        Ok(handled.output)
-    }
-
-    /// Layers 4 to 6.
-    async fn checked(
-        &self,
-        bus: &BusInner,
-        message: C,
-        cx: &mut CommandContext,
-        stats: &mut DispatchStats,
-    ) -> Result<Handled<C::Output>, Error> {
-        if let Some(authorize) = &self.layers.authorize {
-            authorize
-                .check(bus.resource_policy(), C::NAME, &message, &cx.metadata)
-                .await?;
-        }
-        message.validate_message()?;
-        let (Some(key), Some(idempotency)) = (cx.metadata.idempotency_key(), bus.idempotency())
-        else {
-            return self.attempts(message, cx, stats).await;
-        };
-        let key = idempotency.key(
-            C::NAME,
-            key,
-            idempotency::fingerprint(&message)?,
-            self.layers.timeout,
-        );
-        // Boxed: the idempotency store does I/O, and its future must not grow every dispatch's.
-        Box::pin(self.idempotent(idempotency, key, message, cx, stats)).await
-    }
-
-    /// Layer 6: the attempts, at most once per idempotency key.
-    async fn idempotent(
-        &self,
-        idempotency: &IdempotencyLayer,
-        key: IdempotencyKey,
-        message: C,
-        cx: &mut CommandContext,
-        stats: &mut DispatchStats,
-    ) -> Result<Handled<C::Output>, Error> {
-        cx.idempotency = Some(Box::new(key.clone()));
-        let outcome = idempotency
-            .run(
-                &key,
-                |handled: &Handled<C::Output>| &handled.output,
-                Handled::replayed,
-                || self.attempts(message, cx, &mut *stats),
-            )
-            .await?;
-        Ok(match outcome {
-            Outcome::Executed(handled) => handled,
-            Outcome::Replayed(handled) => {
-                stats.replayed = true;
-                stats.attempts = 0;
-                handled
-            }
-        })
-    }
-
-    /// Layer 8.
-    async fn attempts(
-        &self,
-        message: C,
-        cx: &mut CommandContext,
-        stats: &mut DispatchStats,
-    ) -> Result<Handled<C::Output>, Error> {
-        let Some(retry) = &self.layers.retry else {
-            stats.attempts = 1;
-            return self.attempt(message, cx).await;
-        };
+        metadata: Metadata,
+        stats: &'a mut DispatchStats,
+    ) -> impl Future<Output = Result<C::Output, Error>> + Send + 'a {
         let mut message = Some(message);
-        loop {
-            stats.attempts += 1;
-            let last = stats.attempts >= retry.max_attempts();
-            let this = if last {
-                message.take()
-            } else {
-                message.clone()
-            };
-            let Some(this) = this else {
-                return Err(Error::internal("retry ran past its last attempt"));
-            };
-            cx.reset();
-            match self.attempt(this, cx).await {
-                Ok(handled) => return Ok(handled),
-                Err(error) => match retry.next_delay(stats.attempts, &error) {
-                    Some(delay) => retry::pause(delay).await,
-                    None => return Err(error),
-                },
-            }
+        async move {
+            let mut output: Option<C::Output> = None;
+            let run = full::run(self, bus, &mut message, &mut output, metadata, stats);
+            run.await?;
+            output.ok_or_else(|| Error::internal(format!("`{}` ended with no output", C::NAME)))
         }
+    }
+}
+
+/// The handler's types, for the full path. Each method is a few lines: this is all the code
+/// of the full path that a handler compiles for itself.
+impl<C: Command, H: CommandHandler<C>> ErasedCommand for CommandPipeline<C, H> {
+    fn message_name(&self) -> &'static str {
+        C::NAME
     }
 
-    /// Layers 9 and 10.
-    async fn attempt(
-        &self,
-        message: C,
-        cx: &mut CommandContext,
-    ) -> Result<Handled<C::Output>, Error> {
-        match &self.layers.transaction {
-            None => {
-                let output = guard_panic(self.name, self.handler.handle(message, cx)).await?;
-                Ok(Handled {
-                    output,
-                    events: std::mem::take(&mut cx.events),
-                })
-            }
-            // Boxed: a transaction does I/O, and the database driver's futures are large.
-            Some(layer) => {
-                Box::pin(async move {
-                    crate::persistence::begin(layer, cx).await?;
-                    let result = guard_panic(self.name, self.handler.handle(message, cx)).await;
-                    crate::persistence::finish(layer, cx, result).await
-                })
-                .await
-            }
-        }
+    fn handler_name(&self) -> &'static str {
+        self.name
     }
+
+    fn layers(&self) -> &Layers {
+        &self.layers
+    }
+
+    fn handle<'a>(
+        &'a self,
+        message: &'a mut Slot,
+        last: bool,
+        output: &'a mut Slot,
+        cx: &'a mut CommandContext,
+    ) -> Result<HandleFuture<'a>, Error> {
+        let message = match message.downcast_mut::<Option<C>>() {
+            Some(slot) if last => slot.take(),
+            Some(slot) => slot.clone(),
+            None => None,
+        };
+        let (Some(message), Some(output)) = (message, output.downcast_mut::<Option<C::Output>>())
+        else {
+            return Err(full::missing(C::NAME));
+        };
+        // A combinator rather than an `async` block, which would keep the message twice (its
+        // own capture and inside the handler's future).
+        let handled = self.handler.handle(message, cx);
+        let handled = handled.map(|result| result.map(|out| *output = Some(out)));
+        Ok(HandleFuture::from_or_box(handled))
+    }
+
+    fn peek<'s>(&self, message: &'s Slot) -> Option<&'s Slot> {
+        let command = message.downcast_ref::<Option<C>>()?.as_ref()?;
+        Some(command)
+    }
+
+    fn validate(&self, message: &Slot) -> Result<(), Error> {
+        command::<C>(message)?.validate_message()
+    }
+
+    fn fingerprint(&self, message: &Slot) -> Result<String, Error> {
+        idempotency::fingerprint(command::<C>(message)?)
+    }
+
+    fn clone_message(&self, message: &Slot) -> Box<Slot> {
+        Box::new(message.downcast_ref::<Option<C>>().cloned().flatten())
+    }
+
+    fn to_json(&self) -> fn(&Slot) -> Option<serde_json::Value> {
+        super::command_json::<C>
+    }
+
+    fn encode_output(&self, output: &Slot) -> Result<Vec<u8>, Error> {
+        let Some(Some(output)) = output.downcast_ref::<Option<C::Output>>() else {
+            return Err(full::missing(C::NAME));
+        };
+        serde_json::to_vec(output)
+            .map_err(|e| Error::from_std(Status::Internal, e).context("serializing the reply"))
+    }
+
+    fn decode_output(&self, reply: &[u8], output: &mut Slot) -> Result<(), Error> {
+        let Some(slot) = output.downcast_mut::<Option<C::Output>>() else {
+            return Err(full::missing(C::NAME));
+        };
+        *slot =
+            Some(serde_json::from_slice(reply).map_err(|e| Error::from_std(Status::Internal, e))?);
+        Ok(())
+    }
+}
+
+/// The command behind a `&dyn Any` the full path holds.
+fn command<C: Command>(message: &Slot) -> Result<&C, Error> {
+    message
+        .downcast_ref::<C>()
+        .ok_or_else(|| full::missing(C::NAME))
 }

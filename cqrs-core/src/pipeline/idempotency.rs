@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use crate::Error;
 
@@ -210,11 +209,11 @@ pub(crate) struct IdempotencyLayer {
 }
 
 /// How an idempotent execution ended.
-pub(crate) enum Outcome<T> {
+pub(crate) enum Outcome<R> {
     /// The inner layers ran now.
-    Executed(T),
-    /// A stored reply was returned.
-    Replayed(T),
+    Executed(R),
+    /// A stored reply was found: the output, serialized.
+    Replayed(Vec<u8>),
 }
 
 impl IdempotencyLayer {
@@ -234,22 +233,22 @@ impl IdempotencyLayer {
         }
     }
 
-    /// Runs `execute` once per key; `reply_of` picks the part of its result that is stored.
-    pub(crate) async fn run<R, T, F, Fut>(
+    /// Runs `execute` once per key. `execute` returns what it produced and the reply to store
+    /// (the output, serialized, or why it could not be); a repeat gets the stored reply.
+    ///
+    /// Not generic over the output type: the full path calls it with the output in a slot of
+    /// its own (see `pipeline/command/full.rs`), so there is one copy of this in a binary.
+    pub(crate) async fn run<R, F, Fut>(
         &self,
         key: &IdempotencyKey,
-        reply_of: impl Fn(&R) -> &T,
-        replay: impl FnOnce(T) -> R,
         execute: F,
     ) -> Result<Outcome<R>, Error>
     where
-        T: Serialize + DeserializeOwned,
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<R, Error>>,
+        Fut: Future<Output = Result<(R, Result<Vec<u8>, Error>), Error>>,
     {
         let mut wait = Duration::from_millis(2);
         let mut execute = Some(execute);
-        let mut replay = Some(replay);
         loop {
             match self.store.claim_dyn(key).await? {
                 Claim::Acquired => {
@@ -262,9 +261,9 @@ impl IdempotencyLayer {
                     };
                     let result = execute().await;
                     return match result {
-                        Ok(result) => {
+                        Ok((result, reply)) => {
                             release.disarm();
-                            match serde_json::to_vec(reply_of(&result)) {
+                            match reply {
                                 Ok(bytes) => {
                                     if let Err(error) = self.store.complete_dyn(key, &bytes).await {
                                         tracing::error!(target: "cqrs", command = key.scope, key = %key.key, %error,
@@ -294,14 +293,7 @@ impl IdempotencyLayer {
                 }
                 Claim::Completed { fingerprint, reply } => {
                     check_fingerprint(key, &fingerprint)?;
-                    let stored: T = serde_json::from_slice(&reply).map_err(|e| {
-                        Error::from_std(crate::Status::Internal, e)
-                            .context(format!("decoding the stored reply of `{}`", key.scope))
-                    })?;
-                    let Some(replay) = replay.take() else {
-                        return Err(Error::internal("idempotent replay ran twice"));
-                    };
-                    return Ok(Outcome::Replayed(replay(stored)));
+                    return Ok(Outcome::Replayed(reply));
                 }
                 Claim::InProgress { fingerprint } => {
                     check_fingerprint(key, &fingerprint)?;
@@ -373,19 +365,15 @@ mod tests {
     ) -> Result<(u32, bool), Error> {
         let key = l.key("Cmd", "k1", fingerprint(&payload).unwrap(), None);
         let out = l
-            .run(
-                &key,
-                |r: &u32| r,
-                |t| t,
-                || async {
-                    *runs += 1;
-                    Ok(payload * 10)
-                },
-            )
+            .run(&key, || async {
+                *runs += 1;
+                let out = payload * 10;
+                Ok((out, Ok(serde_json::to_vec(&out).unwrap())))
+            })
             .await?;
         Ok(match out {
             Outcome::Executed(v) => (v, false),
-            Outcome::Replayed(v) => (v, true),
+            Outcome::Replayed(reply) => (serde_json::from_slice(&reply).unwrap(), true),
         })
     }
 
@@ -405,18 +393,15 @@ mod tests {
         let l = layer();
         let key = l.key("Cmd", "k2", fingerprint(&1).unwrap(), None);
         let err = l
-            .run(
-                &key,
-                |r: &u32| r,
-                |t| t,
-                || async { Err::<u32, _>(Error::unavailable("db down")) },
-            )
+            .run(&key, || async {
+                Err::<(u32, _), _>(Error::unavailable("db down"))
+            })
             .await
             .err()
             .unwrap();
         assert_eq!(err.status(), Status::Unavailable);
         let out = l
-            .run(&key, |r: &u32| r, |t| t, || async { Ok(7) })
+            .run(&key, || async { Ok((7, Ok(b"7".to_vec()))) })
             .await
             .unwrap();
         assert!(matches!(out, Outcome::Executed(7)));

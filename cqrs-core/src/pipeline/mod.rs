@@ -49,8 +49,7 @@ use stackfuture::StackFuture;
 use crate::Error;
 use crate::bus::BusInner;
 use crate::envelope::Metadata;
-use crate::events::EmittedEvent;
-use crate::message::{Command, Message, MessageKind};
+use crate::message::{Command, MessageKind};
 
 pub(crate) use self::command::{CommandPipe, CommandPipeline};
 pub(crate) use self::event::{EventPipe, EventPipeline};
@@ -154,21 +153,6 @@ impl Layers {
     }
 }
 
-/// What the inner layers of a command produce: the output, and the events to publish.
-pub(crate) struct Handled<T> {
-    pub(crate) output: T,
-    pub(crate) events: Vec<EmittedEvent>,
-}
-
-impl<T> Handled<T> {
-    fn replayed(output: T) -> Self {
-        Handled {
-            output,
-            events: Vec::new(),
-        }
-    }
-}
-
 /// Awaits a handler's future, turning a panic into an `Internal` error.
 ///
 /// A plain function over combinators rather than an `async fn`: an `async fn` that awaits a
@@ -200,21 +184,23 @@ fn command_json<C: Command>(message: &(dyn Any + Send + Sync)) -> Option<serde_j
 }
 
 /// Runs the middleware chain of `kind` around `inner`, or `inner` alone when there is none.
-async fn with_middleware<'a, M: Message, T: Send>(
+/// `message` is the message (`&M`), for the middleware to look at.
+async fn with_middleware<'a, T: Send>(
     bus: &'a BusInner,
+    (kind, name): (MessageKind, &'static str),
     handler: &'static str,
-    message: &'a M,
+    message: &'a (dyn Any + Send + Sync),
     metadata: &'a Metadata,
     to_json: Option<fn(&(dyn Any + Send + Sync)) -> Option<serde_json::Value>>,
     inner: impl Future<Output = Result<T, Error>> + Send + 'a,
 ) -> Result<T, Error> {
-    let chain = bus.middleware(M::KIND);
+    let chain = bus.middleware(kind);
     if chain.is_empty() {
         return inner.await;
     }
     let dispatch = Dispatch {
-        kind: M::KIND,
-        name: M::NAME,
+        kind,
+        name,
         handler,
         metadata,
         message,
@@ -236,8 +222,7 @@ async fn with_middleware<'a, M: Message, T: Send>(
     match (result, output) {
         (Ok(()), Some(output)) => Ok(output),
         (Ok(()), None) => Err(Error::internal(format!(
-            "a middleware returned Ok without running `{}`",
-            M::NAME
+            "a middleware returned Ok without running `{name}`"
         ))),
         (Err(error), _) => Err(error),
     }

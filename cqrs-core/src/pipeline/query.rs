@@ -123,7 +123,16 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipeline<Q, H> {
                 Box::pin(async {
                     let cx = QueryContext::new(bus, metadata.clone(), self.name);
                     let inner = self.guarded(bus, message.clone(), &cx, stats);
-                    with_middleware(bus, self.name, &message, &metadata, None, inner).await
+                    with_middleware(
+                        bus,
+                        (MessageKind::Query, Q::NAME),
+                        self.name,
+                        &message,
+                        &metadata,
+                        None,
+                        inner,
+                    )
+                    .await
                 })
                 .await
             }

@@ -1,0 +1,295 @@
+//! The full path of a command's pipeline: every layer the handler and the envelope ask for
+//! (layers 1 to 10 of the table in [`pipeline`](super::super)), written once for all command
+//! handlers.
+//!
+//! Why it is not generic: the full path is large (middleware, timeout, authorization,
+//! idempotency, retry, transaction), and a generic one is compiled again, and optimized again,
+//! for every handler. A service with 1,000 handlers spent most of its optimized build on 1,000
+//! copies of it. Here the handler's types reach the path only through [`ErasedCommand`], a few
+//! small methods per handler, and through two slots that the typed caller owns: the message
+//! (`Option<C>`) and the output (`Option<C::Output>`), both behind `dyn Any`.
+//!
+//! What that costs at run time: a `TypeId` comparison per downcast, and one more allocation
+//! when the handler's own future does not fit in [`HANDLE_INLINE`] bytes. The full path is
+//! boxed in any case (see [`CommandPipe::call`](super::CommandPipe::call)), so its future
+//! still costs one allocation whatever the number of decorators that do no I/O.
+
+use std::any::Any;
+
+use stackfuture::StackFuture;
+
+use super::super::idempotency::{IdempotencyKey, IdempotencyLayer, Outcome};
+use super::super::{Layers, guard_panic, publish, retry, timeout, trace, with_middleware};
+use crate::Error;
+use crate::bus::BusInner;
+use crate::bus::report::DispatchStats;
+use crate::context::CommandContext;
+use crate::envelope::Metadata;
+use crate::events::EmittedEvent;
+use crate::message::MessageKind;
+
+/// Bytes a handler's future may take inline in the full path's future before it is boxed.
+///
+/// Enough for a handler that awaits another dispatch (`cx.send`: a [`DispatchFuture`] of 768
+/// bytes and change); a handler that talks to a database has a larger future, and does I/O.
+///
+/// [`DispatchFuture`]: super::super::DispatchFuture
+pub(crate) const HANDLE_INLINE: usize = 1024;
+
+/// The future of one call of a handler, as the full path sees it: its output goes to the
+/// output slot.
+pub(crate) type HandleFuture<'a> = StackFuture<'a, Result<(), Error>, HANDLE_INLINE>;
+
+/// A message or output slot (`Option<C>`, `Option<C::Output>`), or a message (`C`).
+pub(crate) type Slot = dyn Any + Send + Sync;
+
+/// What the full path needs from one handler's types. Implemented by
+/// [`CommandPipeline`](super::CommandPipeline); every method is small, so a handler adds little
+/// code of its own.
+pub(crate) trait ErasedCommand: Send + Sync {
+    /// The command's name.
+    fn message_name(&self) -> &'static str;
+    /// The handler's name.
+    fn handler_name(&self) -> &'static str;
+    fn layers(&self) -> &Layers;
+    /// Starts the handler on the message in `message`: the last attempt takes it, the others
+    /// clone it. A success writes `output`. An error means an empty or mistyped slot.
+    fn handle<'a>(
+        &'a self,
+        message: &'a mut Slot,
+        last: bool,
+        output: &'a mut Slot,
+        cx: &'a mut CommandContext,
+    ) -> Result<HandleFuture<'a>, Error>;
+    /// The message in the slot, as `&C` (for authorization, validation, middleware).
+    fn peek<'s>(&self, message: &'s Slot) -> Option<&'s Slot>;
+    fn validate(&self, message: &Slot) -> Result<(), Error>;
+    /// The fingerprint of the message, for idempotency.
+    fn fingerprint(&self, message: &Slot) -> Result<String, Error>;
+    /// A copy of the message slot, for middleware to look at while the handler owns the message.
+    fn clone_message(&self, message: &Slot) -> Box<Slot>;
+    /// The command as JSON, for middleware.
+    fn to_json(&self) -> fn(&Slot) -> Option<serde_json::Value>;
+    /// The output in the slot, serialized: the reply an idempotency store keeps.
+    fn encode_output(&self, output: &Slot) -> Result<Vec<u8>, Error>;
+    /// Writes a stored reply into the output slot.
+    fn decode_output(&self, reply: &[u8], output: &mut Slot) -> Result<(), Error>;
+}
+
+/// The full path. Layers 1 and 2.
+pub(crate) async fn run(
+    pipe: &dyn ErasedCommand,
+    bus: &BusInner,
+    message: &mut Slot,
+    output: &mut Slot,
+    metadata: Metadata,
+    stats: &mut DispatchStats,
+) -> Result<(), Error> {
+    let name = pipe.message_name();
+    let span = trace::span(MessageKind::Command, name, pipe.handler_name(), &metadata);
+    let body = async {
+        if bus.middleware(MessageKind::Command).is_empty() {
+            let mut cx = CommandContext::new(bus, metadata, pipe.handler_name());
+            guarded(pipe, bus, message, output, &mut cx, stats).await
+        } else {
+            // Boxed: middleware is opt-in, and its (larger) future must not grow the future
+            // of every dispatch without it. The middleware sees a copy of the message; the
+            // handler gets the original.
+            Box::pin(async {
+                let copy = pipe.clone_message(message);
+                let Some(seen) = pipe.peek(&*copy) else {
+                    return Err(missing(name));
+                };
+                let mut cx = CommandContext::new(bus, metadata.clone(), pipe.handler_name());
+                let inner = guarded(pipe, bus, message, output, &mut cx, stats);
+                with_middleware(
+                    bus,
+                    (MessageKind::Command, name),
+                    pipe.handler_name(),
+                    seen,
+                    &metadata,
+                    Some(pipe.to_json()),
+                    inner,
+                )
+                .await
+            })
+            .await
+        }
+    };
+    let body = trace::within(&span, body);
+    let result = body.await;
+    trace::finish(&span, MessageKind::Command, name, &result, stats);
+    result
+}
+
+/// Layer 3, then what comes after the handler.
+async fn guarded(
+    pipe: &dyn ErasedCommand,
+    bus: &BusInner,
+    message: &mut Slot,
+    output: &mut Slot,
+    cx: &mut CommandContext,
+    stats: &mut DispatchStats,
+) -> Result<(), Error> {
+    let deadline = timeout::deadline(pipe.layers().timeout, &cx.metadata);
+    let checked = checked(pipe, bus, message, output, cx, stats);
+    let events = timeout::run(deadline, pipe.message_name(), checked).await?;
+    after(pipe.layers(), bus, events, cx, stats).await;
+    Ok(())
+}
+
+/// After the handler succeeded: its events recorded (for a report), the caches it names
+/// dropped, then its events published. Shared with the lean path.
+pub(crate) async fn after(
+    layers: &Layers,
+    bus: &BusInner,
+    events: Vec<EmittedEvent>,
+    cx: &CommandContext,
+    stats: &mut DispatchStats,
+) {
+    if stats.collect_events {
+        stats.events.extend(events.iter().map(EmittedEvent::name));
+    }
+    // Answers the command made stale go before its events do: a handler reacting to them
+    // must read what the command changed. Both are boxed, and only when there is work: their
+    // futures are large (event handlers, the outbox) and most dispatches have none.
+    if !layers.invalidates.is_empty() {
+        let invalidate = Box::pin(async {
+            for query in &layers.invalidates {
+                bus.invalidate_by_name(query).await;
+            }
+        });
+        invalidate.await;
+    }
+    if !events.is_empty() {
+        let publish = Box::pin(publish::after_success(bus, events, &cx.metadata));
+        publish.await;
+    }
+}
+
+/// Layers 4 to 6.
+async fn checked(
+    pipe: &dyn ErasedCommand,
+    bus: &BusInner,
+    message: &mut Slot,
+    output: &mut Slot,
+    cx: &mut CommandContext,
+    stats: &mut DispatchStats,
+) -> Result<Vec<EmittedEvent>, Error> {
+    let name = pipe.message_name();
+    let Some(command) = pipe.peek(message) else {
+        return Err(missing(name));
+    };
+    if let Some(authorize) = &pipe.layers().authorize {
+        authorize
+            .check(bus.resource_policy(), name, command, &cx.metadata)
+            .await?;
+    }
+    pipe.validate(command)?;
+    let (Some(key), Some(idempotency)) = (cx.metadata.idempotency_key(), bus.idempotency()) else {
+        return attempts(pipe, message, output, cx, stats).await;
+    };
+    let key = idempotency.key(name, key, pipe.fingerprint(command)?, pipe.layers().timeout);
+    // Boxed: the idempotency store does I/O, and its future must not grow every dispatch's.
+    Box::pin(idempotent(
+        pipe,
+        idempotency,
+        key,
+        message,
+        output,
+        cx,
+        stats,
+    ))
+    .await
+}
+
+/// Layer 6: the attempts, at most once per idempotency key.
+async fn idempotent(
+    pipe: &dyn ErasedCommand,
+    idempotency: &IdempotencyLayer,
+    key: IdempotencyKey,
+    message: &mut Slot,
+    output: &mut Slot,
+    cx: &mut CommandContext,
+    stats: &mut DispatchStats,
+) -> Result<Vec<EmittedEvent>, Error> {
+    cx.idempotency = Some(Box::new(key.clone()));
+    let outcome = idempotency
+        .run(&key, || async {
+            let events = attempts(pipe, message, &mut *output, cx, &mut *stats).await?;
+            Ok((events, pipe.encode_output(output)))
+        })
+        .await?;
+    match outcome {
+        Outcome::Executed(events) => Ok(events),
+        Outcome::Replayed(reply) => {
+            pipe.decode_output(&reply, output).map_err(|e| {
+                e.context(format!(
+                    "decoding the stored reply of `{}`",
+                    pipe.message_name()
+                ))
+            })?;
+            stats.replayed = true;
+            stats.attempts = 0;
+            Ok(Vec::new())
+        }
+    }
+}
+
+/// Layer 8.
+async fn attempts(
+    pipe: &dyn ErasedCommand,
+    message: &mut Slot,
+    output: &mut Slot,
+    cx: &mut CommandContext,
+    stats: &mut DispatchStats,
+) -> Result<Vec<EmittedEvent>, Error> {
+    let Some(retry) = &pipe.layers().retry else {
+        stats.attempts = 1;
+        return attempt(pipe, message, true, output, cx).await;
+    };
+    loop {
+        stats.attempts += 1;
+        let last = stats.attempts >= retry.max_attempts();
+        cx.reset();
+        match attempt(pipe, message, last, output, cx).await {
+            Ok(events) => return Ok(events),
+            Err(error) => match retry.next_delay(stats.attempts, &error) {
+                Some(delay) if !last => retry::pause(delay).await,
+                _ => return Err(error),
+            },
+        }
+    }
+}
+
+/// Layers 9 and 10.
+async fn attempt(
+    pipe: &dyn ErasedCommand,
+    message: &mut Slot,
+    last: bool,
+    output: &mut Slot,
+    cx: &mut CommandContext,
+) -> Result<Vec<EmittedEvent>, Error> {
+    let handler = pipe.handler_name();
+    match &pipe.layers().transaction {
+        None => {
+            guard_panic(handler, pipe.handle(message, last, output, cx)?).await?;
+            Ok(std::mem::take(&mut cx.events))
+        }
+        // Boxed: a transaction does I/O, and the database driver's futures are large.
+        Some(layer) => {
+            Box::pin(async move {
+                crate::persistence::begin(layer, cx).await?;
+                let handled = pipe.handle(message, last, &mut *output, cx)?;
+                let result = guard_panic(handler, handled).await;
+                crate::persistence::finish(layer, cx, result, || pipe.encode_output(output)).await
+            })
+            .await
+        }
+    }
+}
+
+/// The message slot was empty where the path needed the message: a bug in this module.
+pub(crate) fn missing(name: &'static str) -> Error {
+    Error::internal(format!("the pipeline of `{name}` lost its message"))
+}
