@@ -72,9 +72,10 @@ where
     let cache = inst.layers.cache.map(|spec| {
         let region = Invalidated::new(QueryCache::region(inst.query_cache, Q::NAME, &spec));
         inst.cache_regions.insert(Q::NAME, region.clone());
-        CacheLayer::<Q>::new(spec, region)
+        CacheLayer::new(Q::NAME, spec, region)
     });
     let pipe: Box<dyn QueryPipe<Q>> = Box::new(QueryPipeline {
+        _message: PhantomData,
         handler,
         name: inst.handler_name,
         layers: inst.layers.clone(),

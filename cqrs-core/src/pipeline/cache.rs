@@ -26,7 +26,6 @@ use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
 use crate::Error;
-use crate::message::Query;
 
 /// The configuration of `#[cached_query(..)]`.
 #[derive(Clone, Copy)]
@@ -317,46 +316,65 @@ impl CacheRegion for Invalidated {
     }
 }
 
+/// An answer as the cache layer handles it: the query's output, shared. Sharing it is what a
+/// hit, a follower of a single flight and the in-process backend need; the layer never looks
+/// inside (the query's pipeline puts the output in and takes it out, see `pipeline/query`).
+pub(crate) type Answer = Arc<dyn Any + Send + Sync>;
+
+/// What the cache layer needs to know of a query's output type, for backends that store JSON.
+pub(crate) trait AnswerCodec: Send + Sync {
+    /// The answer (the output behind [`Answer`]) as JSON.
+    fn encode(&self, answer: &(dyn Any + Send + Sync)) -> Result<Vec<u8>, Error>;
+    /// An answer from its JSON.
+    fn decode(&self, json: &[u8]) -> Result<Answer, Error>;
+}
+
 /// A computation in progress, and the invalidation epoch it started in.
-struct Flight<T> {
+struct Flight {
     epoch: u64,
-    answer: watch::Receiver<Option<Result<T, Error>>>,
+    answer: watch::Receiver<Option<Result<Answer, Error>>>,
 }
 
 /// The cache layer of one query handler.
-pub(crate) struct CacheLayer<Q: Query> {
+///
+/// Not generic over the query: answers go through it as [`Answer`]s and the key is hashed by
+/// the spec's function, so this code is in a binary once, however many queries are cached.
+pub(crate) struct CacheLayer {
+    query: &'static str,
     spec: CacheSpec,
     region: Arc<Invalidated>,
-    in_flight: Mutex<HashMap<u128, Flight<Q::Output>>>,
+    in_flight: Mutex<HashMap<u128, Flight>>,
 }
 
-impl<Q: Query> CacheLayer<Q> {
-    pub(crate) fn new(spec: CacheSpec, region: Arc<Invalidated>) -> Self {
+impl CacheLayer {
+    pub(crate) fn new(query: &'static str, spec: CacheSpec, region: Arc<Invalidated>) -> Self {
         CacheLayer {
+            query,
             spec,
             region,
             in_flight: Mutex::new(HashMap::new()),
         }
     }
 
-    fn key(&self, query: &Q) -> u128 {
+    /// The key of `query` (the message, `&Q`).
+    pub(crate) fn key(&self, query: &(dyn Any + Send + Sync)) -> u128 {
         cache_key(|h| (self.spec.key)(query, h))
     }
 
-    async fn lookup(&self, key: u128) -> Option<Q::Output> {
+    async fn lookup(&self, codec: &dyn AnswerCodec, key: u128) -> Option<Answer> {
         let found = match self.region.get(key).await {
             Ok(found) => found?,
             Err(error) => {
-                tracing::warn!(target: "cqrs", query = Q::NAME, %error, "cache lookup failed; running the handler");
+                tracing::warn!(target: "cqrs", query = self.query, %error, "cache lookup failed; running the handler");
                 return None;
             }
         };
         match found {
-            CachedValue::Shared(value) => value.downcast_ref::<Q::Output>().cloned(),
-            CachedValue::Json(bytes) => match serde_json::from_slice(&bytes) {
+            CachedValue::Shared(value) => Some(value),
+            CachedValue::Json(bytes) => match codec.decode(&bytes) {
                 Ok(value) => Some(value),
                 Err(error) => {
-                    tracing::warn!(target: "cqrs", query = Q::NAME, %error, "cached answer does not decode; running the handler");
+                    tracing::warn!(target: "cqrs", query = self.query, %error, "cached answer does not decode; running the handler");
                     None
                 }
             },
@@ -365,47 +383,48 @@ impl<Q: Query> CacheLayer<Q> {
 
     /// Stores an answer computed in invalidation epoch `epoch`, unless the query's answers were
     /// invalidated since (the answer may predate the change that invalidated them).
-    async fn store(&self, key: u128, output: &Q::Output, epoch: u64) {
-        if !self.spec.cache_none && (self.spec.is_none)(output) {
+    async fn store(&self, codec: &dyn AnswerCodec, key: u128, answer: &Answer, epoch: u64) {
+        if !self.spec.cache_none && (self.spec.is_none)(&**answer) {
             return;
         }
         if self.region.epoch() != epoch {
             return;
         }
         let value = match self.region.representation() {
-            Representation::Shared => CachedValue::Shared(Arc::new(output.clone())),
-            Representation::Json => match serde_json::to_vec(output) {
+            Representation::Shared => CachedValue::Shared(answer.clone()),
+            Representation::Json => match codec.encode(&**answer) {
                 Ok(bytes) => CachedValue::Json(bytes),
                 Err(error) => {
-                    tracing::warn!(target: "cqrs", query = Q::NAME, %error, "answer does not serialize; not cached");
+                    tracing::warn!(target: "cqrs", query = self.query, %error, "answer does not serialize; not cached");
                     return;
                 }
             },
         };
         if let Err(error) = self.region.insert(key, value).await {
-            tracing::warn!(target: "cqrs", query = Q::NAME, %error, "cache insert failed");
+            tracing::warn!(target: "cqrs", query = self.query, %error, "cache insert failed");
         }
         // Invalidated between the check and the insert: drop what may be a stale answer.
         if self.region.epoch() != epoch
             && let Err(error) = self.region.invalidate_all().await
         {
-            tracing::warn!(target: "cqrs", query = Q::NAME, %error, "cache invalidation failed");
+            tracing::warn!(target: "cqrs", query = self.query, %error, "cache invalidation failed");
         }
     }
 
-    /// Answers from the cache, or runs `compute` once for all concurrent callers with this key.
+    /// Answers from the cache under `key` (see [`key`](Self::key)), or runs `compute` once for
+    /// all concurrent callers with this key.
     pub(crate) async fn run<F, Fut>(
         &self,
-        query: &Q,
+        codec: &dyn AnswerCodec,
+        key: u128,
         cache_hit: &mut bool,
         compute: F,
-    ) -> Result<Q::Output, Error>
+    ) -> Result<Answer, Error>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Q::Output, Error>>,
+        Fut: Future<Output = Result<Answer, Error>>,
     {
-        let key = self.key(query);
-        if let Some(hit) = self.lookup(key).await {
+        if let Some(hit) = self.lookup(codec, key).await {
             *cache_hit = true;
             return Ok(hit);
         }
@@ -432,7 +451,7 @@ impl<Q: Query> CacheLayer<Q> {
                         epoch,
                     };
                     // Another leader may have stored the answer between our miss and our claim.
-                    if let Some(hit) = self.lookup(key).await {
+                    if let Some(hit) = self.lookup(codec, key).await {
                         *cache_hit = true;
                         sender.send_replace(Some(Ok(hit.clone())));
                         return Ok(hit);
@@ -441,8 +460,8 @@ impl<Q: Query> CacheLayer<Q> {
                         return Err(Error::internal("single-flight leader ran twice"));
                     };
                     let result = compute().await;
-                    if let Ok(output) = &result {
-                        self.store(key, output, epoch).await;
+                    if let Ok(answer) = &result {
+                        self.store(codec, key, answer, epoch).await;
                     }
                     sender.send_replace(Some(result.clone()));
                     return result;
@@ -476,13 +495,13 @@ impl<Q: Query> CacheLayer<Q> {
 
 /// Removes the in-flight entry when the leader finishes or is dropped (unless a leader of a
 /// later epoch has replaced it).
-struct Landing<'a, Q: Query> {
-    layer: &'a CacheLayer<Q>,
+struct Landing<'a> {
+    layer: &'a CacheLayer,
     key: u128,
     epoch: u64,
 }
 
-impl<Q: Query> Drop for Landing<'_, Q> {
+impl Drop for Landing<'_> {
     fn drop(&mut self) {
         let mut in_flight = self
             .layer
@@ -508,68 +527,70 @@ pub fn hash_whole<Q: Hash + 'static>(query: &(dyn Any + Send + Sync), mut hasher
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{Message, MessageKind};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[derive(Clone, Hash)]
     struct Q(u32);
-    impl Message for Q {
-        const NAME: &'static str = "Q";
-        const KIND: MessageKind = MessageKind::Query;
-        fn __slot() -> usize {
-            0
+
+    /// Answers are `Option<u32>`.
+    struct Codec;
+    impl AnswerCodec for Codec {
+        fn encode(&self, answer: &(dyn Any + Send + Sync)) -> Result<Vec<u8>, Error> {
+            Ok(serde_json::to_vec(answer.downcast_ref::<Option<u32>>().unwrap()).unwrap())
+        }
+        fn decode(&self, json: &[u8]) -> Result<Answer, Error> {
+            Ok(Arc::new(
+                serde_json::from_slice::<Option<u32>>(json).unwrap(),
+            ))
         }
     }
-    impl Query for Q {
-        type Output = Option<u32>;
-    }
 
-    fn layer(cache_none: bool) -> Arc<CacheLayer<Q>> {
+    fn layer(cache_none: bool) -> Arc<CacheLayer> {
         let spec = CacheSpec::new(Duration::from_secs(60), hash_whole::<Q>, |v| {
             v.downcast_ref::<Option<u32>>().is_some_and(Option::is_none)
         })
         .cache_none(cache_none);
         Arc::new(CacheLayer::new(
+            "Q",
             spec,
             Invalidated::new(MemoryCache.region("Q", &spec)),
         ))
+    }
+
+    async fn run(
+        l: &CacheLayer,
+        q: u32,
+        hit: &mut bool,
+        answer: Result<Option<u32>, Error>,
+    ) -> Result<Option<u32>, Error> {
+        let answer = l
+            .run(&Codec, l.key(&Q(q)), hit, || async move {
+                answer.map(|a| Arc::new(a) as Answer)
+            })
+            .await?;
+        Ok(*answer.downcast_ref::<Option<u32>>().unwrap())
     }
 
     #[tokio::test]
     async fn hits_misses_and_none() {
         let l = layer(false);
         let mut hit = false;
-        let v = l
-            .run(&Q(1), &mut hit, || async { Ok(Some(10)) })
-            .await
-            .unwrap();
+        let v = run(&l, 1, &mut hit, Ok(Some(10))).await.unwrap();
         assert_eq!((v, hit), (Some(10), false));
-        let v = l
-            .run(&Q(1), &mut hit, || async { Ok(Some(99)) })
-            .await
-            .unwrap();
+        let v = run(&l, 1, &mut hit, Ok(Some(99))).await.unwrap();
         assert_eq!((v, hit), (Some(10), true));
         let mut hit = false;
-        l.run(&Q(2), &mut hit, || async { Ok(None) }).await.unwrap();
-        let v = l
-            .run(&Q(2), &mut hit, || async { Ok(Some(5)) })
-            .await
-            .unwrap();
+        run(&l, 2, &mut hit, Ok(None)).await.unwrap();
+        let v = run(&l, 2, &mut hit, Ok(Some(5))).await.unwrap();
         assert_eq!((v, hit), (Some(5), false), "None is not cached by default");
         let mut hit = false;
-        l.run(&Q(3), &mut hit, || async { Err(Error::unavailable("x")) })
+        run(&l, 3, &mut hit, Err(Error::unavailable("x")))
             .await
             .unwrap_err();
-        let v = l
-            .run(&Q(3), &mut hit, || async { Ok(Some(3)) })
-            .await
-            .unwrap();
+        let v = run(&l, 3, &mut hit, Ok(Some(3))).await.unwrap();
         assert_eq!((v, hit), (Some(3), false), "errors are not cached");
         l.invalidate().await.unwrap();
-        let v = l
-            .run(&Q(1), &mut hit, || async { Ok(Some(11)) })
-            .await
-            .unwrap();
+        let v = run(&l, 1, &mut hit, Ok(Some(11))).await.unwrap();
         assert_eq!(v, Some(11));
     }
 
@@ -582,12 +603,14 @@ mod tests {
             let (l, runs) = (l.clone(), runs.clone());
             tasks.push(tokio::spawn(async move {
                 let mut hit = false;
-                l.run(&Q(7), &mut hit, || async {
-                    runs.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    Ok(Some(7))
-                })
-                .await
+                let answer = l
+                    .run(&Codec, l.key(&Q(7)), &mut hit, || async {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Ok(Arc::new(Some(7u32)) as Answer)
+                    })
+                    .await?;
+                Ok::<_, Error>(*answer.downcast_ref::<Option<u32>>().unwrap())
             }));
         }
         for t in tasks {

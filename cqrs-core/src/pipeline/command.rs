@@ -7,8 +7,9 @@
 //!   the command and the handler, and small: its future lives inline in the
 //!   [`DispatchFuture`], so the dispatch allocates nothing.
 //! - **full**: every layer the handler and the envelope ask for, in [`full`]. Written once for
-//!   all handlers (the handler's types reach it through [`ErasedCommand`]), so that a crate
-//!   with many handlers does not compile it many times. Its future is boxed (one allocation);
+//!   all handlers (the handler's types reach it through [`ErasedCommand`]; see
+//!   [`erased`](super::erased)), so that a crate with many handlers does not compile it again
+//!   for each. Its future is boxed (one allocation);
 //!   layers that do I/O box their own part only when they run.
 //!
 //! Both end in [`full::after`], so what happens after the handler is the same.
@@ -21,7 +22,8 @@ use std::marker::PhantomData;
 use futures_util::FutureExt;
 use tracing::Span;
 
-use self::full::{ErasedCommand, HandleFuture, Slot};
+use self::full::ErasedCommand;
+use super::erased::{self, HandleFuture, Slot};
 use super::{DispatchFuture, Layers, guard_panic, idempotency, trace};
 use crate::bus::BusInner;
 use crate::bus::report::DispatchStats;
@@ -146,7 +148,7 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
             let mut output: Option<C::Output> = None;
             let run = full::run(self, bus, &mut message, &mut output, metadata, stats);
             run.await?;
-            output.ok_or_else(|| Error::internal(format!("`{}` ended with no output", C::NAME)))
+            output.ok_or_else(|| erased::missing(C::NAME))
         }
     }
 }
@@ -173,14 +175,10 @@ impl<C: Command, H: CommandHandler<C>> ErasedCommand for CommandPipeline<C, H> {
         output: &'a mut Slot,
         cx: &'a mut CommandContext,
     ) -> Result<HandleFuture<'a>, Error> {
-        let message = match message.downcast_mut::<Option<C>>() {
-            Some(slot) if last => slot.take(),
-            Some(slot) => slot.clone(),
-            None => None,
-        };
+        let message = erased::message_for::<C>(message, last);
         let (Some(message), Some(output)) = (message, output.downcast_mut::<Option<C::Output>>())
         else {
-            return Err(full::missing(C::NAME));
+            return Err(erased::missing(C::NAME));
         };
         // A combinator rather than an `async` block, which would keep the message twice (its
         // own capture and inside the handler's future).
@@ -190,16 +188,15 @@ impl<C: Command, H: CommandHandler<C>> ErasedCommand for CommandPipeline<C, H> {
     }
 
     fn peek<'s>(&self, message: &'s Slot) -> Option<&'s Slot> {
-        let command = message.downcast_ref::<Option<C>>()?.as_ref()?;
-        Some(command)
+        erased::peek::<C>(message)
     }
 
     fn validate(&self, message: &Slot) -> Result<(), Error> {
-        command::<C>(message)?.validate_message()
+        erased::message::<C>(message)?.validate_message()
     }
 
     fn fingerprint(&self, message: &Slot) -> Result<String, Error> {
-        idempotency::fingerprint(command::<C>(message)?)
+        idempotency::fingerprint(erased::message::<C>(message)?)
     }
 
     fn clone_message(&self, message: &Slot) -> Box<Slot> {
@@ -212,7 +209,7 @@ impl<C: Command, H: CommandHandler<C>> ErasedCommand for CommandPipeline<C, H> {
 
     fn encode_output(&self, output: &Slot) -> Result<Vec<u8>, Error> {
         let Some(Some(output)) = output.downcast_ref::<Option<C::Output>>() else {
-            return Err(full::missing(C::NAME));
+            return Err(erased::missing(C::NAME));
         };
         serde_json::to_vec(output)
             .map_err(|e| Error::from_std(Status::Internal, e).context("serializing the reply"))
@@ -220,17 +217,10 @@ impl<C: Command, H: CommandHandler<C>> ErasedCommand for CommandPipeline<C, H> {
 
     fn decode_output(&self, reply: &[u8], output: &mut Slot) -> Result<(), Error> {
         let Some(slot) = output.downcast_mut::<Option<C::Output>>() else {
-            return Err(full::missing(C::NAME));
+            return Err(erased::missing(C::NAME));
         };
         *slot =
             Some(serde_json::from_slice(reply).map_err(|e| Error::from_std(Status::Internal, e))?);
         Ok(())
     }
-}
-
-/// The command behind a `&dyn Any` the full path holds.
-fn command<C: Command>(message: &Slot) -> Result<&C, Error> {
-    message
-        .downcast_ref::<C>()
-        .ok_or_else(|| full::missing(C::NAME))
 }

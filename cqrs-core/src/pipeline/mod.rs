@@ -28,6 +28,7 @@ pub(crate) mod authorize;
 pub(crate) mod cache;
 pub(crate) mod command;
 pub(crate) mod describe;
+pub(crate) mod erased;
 pub(crate) mod event;
 pub(crate) mod idempotency;
 pub(crate) mod middleware;

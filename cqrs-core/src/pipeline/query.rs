@@ -2,22 +2,30 @@
 //!
 //! As for commands, a lean path (trace, validation, handler) runs inline in the
 //! [`DispatchFuture`] with no allocation when the handler has no decorator, the bus no
-//! middleware and the envelope no deadline; every other dispatch takes the full path, boxed.
+//! middleware and the envelope no deadline; every other dispatch takes the full path, boxed,
+//! in [`full`]: written once for all query handlers (see [`erased`](super::erased)).
+
+mod full;
 
 use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
 
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tracing::Span;
 
-use super::cache::CacheLayer;
-use super::{DispatchFuture, Layers, guard_panic, retry, timeout, trace, with_middleware};
-use crate::Error;
+use self::full::ErasedQuery;
+use super::cache::{Answer, AnswerCodec, CacheLayer};
+use super::erased::{self, HandleFuture, Slot};
+use super::{DispatchFuture, Layers, guard_panic, trace};
 use crate::bus::BusInner;
 use crate::bus::report::DispatchStats;
 use crate::context::QueryContext;
 use crate::envelope::{Envelope, Metadata};
 use crate::handler::QueryHandler;
 use crate::message::{MessageKind, Query};
+use crate::{Error, Status};
 
 /// The type-erased entry point of a query's pipeline.
 pub(crate) trait QueryPipe<Q: Query>: Send + Sync {
@@ -33,10 +41,11 @@ pub(crate) trait QueryPipe<Q: Query>: Send + Sync {
 
 /// The pipeline of one query handler.
 pub(crate) struct QueryPipeline<Q: Query, H> {
+    pub(crate) _message: PhantomData<fn(Q)>,
     pub(crate) handler: H,
     pub(crate) name: &'static str,
     pub(crate) layers: Layers,
-    pub(crate) cache: Option<CacheLayer<Q>>,
+    pub(crate) cache: Option<CacheLayer>,
 }
 
 impl<Q: Query, H: QueryHandler<Q>> QueryPipe<Q> for QueryPipeline<Q, H> {
@@ -47,7 +56,8 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipe<Q> for QueryPipeline<Q, H> {
         stats: &'a mut DispatchStats,
     ) -> DispatchFuture<'a, Result<Q::Output, Error>> {
         if !self.is_lean(bus, &env.metadata) {
-            return DispatchFuture::from_or_box(self.run(bus, env, stats));
+            let Envelope { message, metadata } = env;
+            return DispatchFuture::from_or_box(self.full(bus, message, metadata, stats));
         }
         // Built outside the future, as for commands (see `CommandPipe::call`).
         let Envelope { message, metadata } = env;
@@ -105,110 +115,111 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipeline<Q, H> {
         }
     }
 
-    /// The full path. Layers 1 and 2.
-    async fn run(
-        &self,
-        bus: &BusInner,
-        env: Envelope<Q>,
-        stats: &mut DispatchStats,
-    ) -> Result<Q::Output, Error> {
-        let Envelope { message, metadata } = env;
-        let span = trace::span(MessageKind::Query, Q::NAME, self.name, &metadata);
-        let body = async {
-            if bus.middleware(MessageKind::Query).is_empty() {
-                let cx = QueryContext::new(bus, metadata, self.name);
-                self.guarded(bus, message, &cx, stats).await
-            } else {
-                // Boxed, as for commands: opt-in, and larger.
-                Box::pin(async {
-                    let cx = QueryContext::new(bus, metadata.clone(), self.name);
-                    let inner = self.guarded(bus, message.clone(), &cx, stats);
-                    with_middleware(
-                        bus,
-                        (MessageKind::Query, Q::NAME),
-                        self.name,
-                        &message,
-                        &metadata,
-                        None,
-                        inner,
-                    )
-                    .await
-                })
-                .await
-            }
-        };
-        let body = trace::within(&span, body);
-        let result = body.await;
-        trace::finish(&span, MessageKind::Query, Q::NAME, &result, stats);
-        result
-    }
-
-    /// Layers 3 to 7.
-    async fn guarded(
-        &self,
-        bus: &BusInner,
+    /// The full path: the typed ends of [`full::run`], which holds the layers.
+    #[allow(clippy::manual_async_fn)] // `async move`, not `async fn`: see `lean`
+    fn full<'a>(
+        &'a self,
+        bus: &'a BusInner,
         message: Q,
-        cx: &QueryContext,
-        stats: &mut DispatchStats,
-    ) -> Result<Q::Output, Error> {
-        let deadline = timeout::deadline(self.layers.timeout, &cx.metadata);
-        timeout::run(deadline, Q::NAME, async {
-            if let Some(authorize) = &self.layers.authorize {
-                authorize
-                    .check(bus.resource_policy(), Q::NAME, &message, &cx.metadata)
-                    .await?;
-            }
-            message.validate_message()?;
-            match &self.cache {
-                None => self.attempts(message, cx, &mut stats.attempts).await,
-                Some(cache) => {
-                    stats.cached = true;
-                    let DispatchStats {
-                        attempts,
-                        cache_hit,
-                        ..
-                    } = stats;
-                    cache
-                        .run(&message, cache_hit, || {
-                            self.attempts(message.clone(), cx, attempts)
-                        })
-                        .await
-                }
-            }
-        })
-        .await
-    }
-
-    /// Layers 8 and 10.
-    async fn attempts(
-        &self,
-        message: Q,
-        cx: &QueryContext,
-        attempts: &mut u32,
-    ) -> Result<Q::Output, Error> {
-        let Some(retry) = &self.layers.retry else {
-            *attempts = 1;
-            return guard_panic(self.name, self.handler.handle(message, cx)).await;
-        };
+        metadata: Metadata,
+        stats: &'a mut DispatchStats,
+    ) -> impl Future<Output = Result<Q::Output, Error>> + Send + 'a {
         let mut message = Some(message);
-        loop {
-            *attempts += 1;
-            let last = *attempts >= retry.max_attempts();
-            let this = if last {
-                message.take()
-            } else {
-                message.clone()
-            };
-            let Some(this) = this else {
-                return Err(Error::internal("retry ran past its last attempt"));
-            };
-            match guard_panic(self.name, self.handler.handle(this, cx)).await {
-                Ok(output) => return Ok(output),
-                Err(error) => match retry.next_delay(*attempts, &error) {
-                    Some(delay) => retry::pause(delay).await,
-                    None => return Err(error),
-                },
-            }
+        async move {
+            let mut output: Option<Q::Output> = None;
+            let run = full::run(self, bus, &mut message, &mut output, metadata, stats);
+            run.await?;
+            output.ok_or_else(|| erased::missing(Q::NAME))
         }
+    }
+}
+
+/// The handler's types, for the full path: all of it that a query handler compiles for itself.
+impl<Q: Query, H: QueryHandler<Q>> ErasedQuery for QueryPipeline<Q, H> {
+    fn message_name(&self) -> &'static str {
+        Q::NAME
+    }
+
+    fn handler_name(&self) -> &'static str {
+        self.name
+    }
+
+    fn layers(&self) -> &Layers {
+        &self.layers
+    }
+
+    fn cache(&self) -> Option<&CacheLayer> {
+        self.cache.as_ref()
+    }
+
+    fn codec(&self) -> &dyn AnswerCodec {
+        self
+    }
+
+    fn handle<'a>(
+        &'a self,
+        message: &'a mut Slot,
+        last: bool,
+        output: &'a mut Slot,
+        cx: &'a QueryContext,
+    ) -> Result<HandleFuture<'a>, Error> {
+        let message = erased::message_for::<Q>(message, last);
+        let (Some(message), Some(output)) = (message, output.downcast_mut::<Option<Q::Output>>())
+        else {
+            return Err(erased::missing(Q::NAME));
+        };
+        // A combinator, not an `async` block: see `CommandPipeline::handle`.
+        let handled = self.handler.handle(message, cx);
+        let handled = handled.map(|result| result.map(|out| *output = Some(out)));
+        Ok(HandleFuture::from_or_box(handled))
+    }
+
+    fn peek<'s>(&self, message: &'s Slot) -> Option<&'s Slot> {
+        erased::peek::<Q>(message)
+    }
+
+    fn validate(&self, message: &Slot) -> Result<(), Error> {
+        erased::message::<Q>(message)?.validate_message()
+    }
+
+    fn clone_message(&self, message: &Slot) -> Box<Slot> {
+        Box::new(message.downcast_ref::<Option<Q>>().cloned().flatten())
+    }
+
+    fn share_output(&self, output: &mut Slot) -> Result<Answer, Error> {
+        match output
+            .downcast_mut::<Option<Q::Output>>()
+            .and_then(Option::take)
+        {
+            Some(output) => Ok(Arc::new(output)),
+            None => Err(erased::missing(Q::NAME)),
+        }
+    }
+
+    fn restore_output(&self, answer: Answer, output: &mut Slot) -> Result<(), Error> {
+        let (Some(slot), Ok(answer)) = (
+            output.downcast_mut::<Option<Q::Output>>(),
+            answer.downcast::<Q::Output>(),
+        ) else {
+            return Err(erased::missing(Q::NAME));
+        };
+        *slot = Some(Arc::try_unwrap(answer).unwrap_or_else(|shared| (*shared).clone()));
+        Ok(())
+    }
+}
+
+/// Serializing answers, for cache backends that store JSON.
+impl<Q: Query, H: QueryHandler<Q>> AnswerCodec for QueryPipeline<Q, H> {
+    fn encode(&self, answer: &Slot) -> Result<Vec<u8>, Error> {
+        let answer = answer
+            .downcast_ref::<Q::Output>()
+            .ok_or_else(|| erased::missing(Q::NAME))?;
+        serde_json::to_vec(answer).map_err(|e| Error::from_std(Status::Internal, e))
+    }
+
+    fn decode(&self, json: &[u8]) -> Result<Answer, Error> {
+        let answer: Q::Output =
+            serde_json::from_slice(json).map_err(|e| Error::from_std(Status::Internal, e))?;
+        Ok(Arc::new(answer))
     }
 }

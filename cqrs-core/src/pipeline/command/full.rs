@@ -1,23 +1,10 @@
 //! The full path of a command's pipeline: every layer the handler and the envelope ask for
 //! (layers 1 to 10 of the table in [`pipeline`](super::super)), written once for all command
-//! handlers.
-//!
-//! Why it is not generic: the full path is large (middleware, timeout, authorization,
-//! idempotency, retry, transaction), and a generic one is compiled again, and optimized again,
-//! for every handler. A service with 1,000 handlers spent most of its optimized build on 1,000
-//! copies of it. Here the handler's types reach the path only through [`ErasedCommand`], a few
-//! small methods per handler, and through two slots that the typed caller owns: the message
-//! (`Option<C>`) and the output (`Option<C::Output>`), both behind `dyn Any`.
-//!
-//! What that costs at run time: a `TypeId` comparison per downcast, and one more allocation
-//! when the handler's own future does not fit in [`HANDLE_INLINE`] bytes. The full path is
-//! boxed in any case (see [`CommandPipe::call`](super::CommandPipe::call)), so its future
-//! still costs one allocation whatever the number of decorators that do no I/O.
+//! handlers (see [`erased`](super::super::erased) for why). The handler's types reach it
+//! through [`ErasedCommand`] and the two slots the typed caller owns. Its future is boxed by
+//! the caller: one allocation, whatever the number of decorators that do no I/O.
 
-use std::any::Any;
-
-use stackfuture::StackFuture;
-
+use super::super::erased::{HandleFuture, Slot, missing};
 use super::super::idempotency::{IdempotencyKey, IdempotencyLayer, Outcome};
 use super::super::{Layers, guard_panic, publish, retry, timeout, trace, with_middleware};
 use crate::Error;
@@ -27,21 +14,6 @@ use crate::context::CommandContext;
 use crate::envelope::Metadata;
 use crate::events::EmittedEvent;
 use crate::message::MessageKind;
-
-/// Bytes a handler's future may take inline in the full path's future before it is boxed.
-///
-/// Enough for a handler that awaits another dispatch (`cx.send`: a [`DispatchFuture`] of 768
-/// bytes and change); a handler that talks to a database has a larger future, and does I/O.
-///
-/// [`DispatchFuture`]: super::super::DispatchFuture
-pub(crate) const HANDLE_INLINE: usize = 1024;
-
-/// The future of one call of a handler, as the full path sees it: its output goes to the
-/// output slot.
-pub(crate) type HandleFuture<'a> = StackFuture<'a, Result<(), Error>, HANDLE_INLINE>;
-
-/// A message or output slot (`Option<C>`, `Option<C::Output>`), or a message (`C`).
-pub(crate) type Slot = dyn Any + Send + Sync;
 
 /// What the full path needs from one handler's types. Implemented by
 /// [`CommandPipeline`](super::CommandPipeline); every method is small, so a handler adds little
@@ -287,9 +259,4 @@ async fn attempt(
             .await
         }
     }
-}
-
-/// The message slot was empty where the path needed the message: a bug in this module.
-pub(crate) fn missing(name: &'static str) -> Error {
-    Error::internal(format!("the pipeline of `{name}` lost its message"))
 }
