@@ -16,13 +16,18 @@
 //! | after | publish | emitted events to event handlers (through the outbox when transactional), caches named by `invalidates = [..]` dropped | [`publish`] |
 //!
 //! Each layer is a small type that knows nothing of the others; the pipelines in [`command`],
-//! [`query`] and [`event`] are the only places that compose them. The composition is generic
-//! over the message and handler types, so a dispatch is one future with no allocation per
-//! layer. At the type-erased boundary between `bus.send::<C>` and the handler's pipeline, that
-//! future is stored in a [`DispatchFuture`]: inline when it fits (an undecorated handler: no
-//! allocation at all), boxed otherwise (one allocation, whatever the number of layers). Layers
-//! that do I/O (transaction, idempotency store, publishing) box their own part, and only when
-//! they run, so they do not grow every dispatch's future.
+//! [`query`] and [`event`] are the only places that compose them. An event handler's pipeline
+//! is short (trace, timeout, retry) and generic. Commands and queries have two paths:
+//!
+//! - the **lean** path (trace, validation, handler) is generic over the message and handler
+//!   types, and its future is stored inline in a [`DispatchFuture`]: an undecorated dispatch
+//!   allocates nothing;
+//! - the **full** path (every layer) is written once for all handlers, over `dyn` and slots
+//!   (see [`erased`]), so that a crate with many handlers does not compile it once per handler.
+//!   Its future is boxed: one allocation, whatever the number of layers.
+//!
+//! Layers that do I/O (transaction, idempotency store, publishing) box their own part, and only
+//! when they run, so they do not grow every dispatch's future.
 
 pub(crate) mod authorize;
 pub(crate) mod cache;
