@@ -16,7 +16,9 @@
 //! (or `skip`), which is heavier on messages that check one field of many. The dependency sits
 //! behind the default feature `validator`.
 
+#[cfg(feature = "validator")]
 use crate::Error;
+#[cfg(feature = "validator")]
 use crate::error::FieldError;
 
 /// Turns `validator`'s errors into [`Error::Validation`], one [`FieldError`] per failing rule,
