@@ -704,11 +704,21 @@ fn describe(
     command_middleware: usize,
     query_middleware: usize,
 ) -> Description {
-    let mut out = Vec::new();
+    // Handlers grouped by message type first: filtering every handler for every message is
+    // quadratic, and was most of `build()` with 1,000 handlers.
+    let mut by_message: HashMap<TypeId, Vec<&(Candidate, Layers)>> = HashMap::new();
+    for handler in layered {
+        by_message
+            .entry((handler.0.message.type_id)())
+            .or_default()
+            .push(handler);
+    }
+    let mut out = Vec::with_capacity(messages.len());
     for ((kind, name), known) in messages {
-        let mut handlers: Vec<HandlerDescription> = layered
-            .iter()
-            .filter(|(c, _)| (c.message.type_id)() == (known.info.type_id)())
+        let mut handlers: Vec<HandlerDescription> = by_message
+            .remove(&(known.info.type_id)())
+            .unwrap_or_default()
+            .into_iter()
             .map(|(c, layers)| HandlerDescription {
                 name: c.handler_name,
                 location: c.location,
