@@ -12,12 +12,15 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
+use std::pin::pin;
 
 use tracing::Span;
 
 use super::idempotency::{self, IdempotencyKey, IdempotencyLayer, Outcome};
+use super::trace::InSpan;
 use super::{
-    DispatchFuture, Handled, Layers, guard_panic, publish, retry, timeout, trace, with_middleware,
+    DispatchFuture, Guarded, Handled, Layers, guard_panic, publish, retry, timeout, trace,
+    with_middleware,
 };
 use crate::Error;
 use crate::bus::BusInner;
@@ -30,11 +33,12 @@ use crate::message::{Command, MessageKind};
 
 /// The type-erased entry point of a command's pipeline.
 pub(crate) trait CommandPipe<C: Command>: Send + Sync {
+    /// `stats` is where a report is collected, `None` when nobody asked for one.
     fn call<'a>(
         &'a self,
         bus: &'a BusInner,
         env: Envelope<C>,
-        stats: &'a mut DispatchStats,
+        stats: Option<&'a mut DispatchStats>,
     ) -> DispatchFuture<'a, Result<C::Output, Error>>;
 }
 
@@ -51,15 +55,19 @@ impl<C: Command, H: CommandHandler<C>> CommandPipe<C> for CommandPipeline<C, H> 
         &'a self,
         bus: &'a BusInner,
         env: Envelope<C>,
-        stats: &'a mut DispatchStats,
+        stats: Option<&'a mut DispatchStats>,
     ) -> DispatchFuture<'a, Result<C::Output, Error>> {
         if !self.is_lean(bus, &env.metadata) {
-            return DispatchFuture::from_or_box(self.run(bus, env, stats));
+            return DispatchFuture::from_or_box(async move {
+                let mut own = DispatchStats::default();
+                let run = pin!(self.run(bus, env, stats.unwrap_or(&mut own)));
+                run.await
+            });
         }
         // The context is made here, outside the future: inside, the envelope it comes from and
         // the context would both take space in the future's state.
         let Envelope { message, metadata } = env;
-        let span = trace::span(MessageKind::Command, C::NAME, self.name, &metadata);
+        let span = trace::lean_span(MessageKind::Command, C::NAME, self.name, &metadata);
         let cx = CommandContext::new(bus, metadata, self.name);
         DispatchFuture::from_or_box(self.lean(bus, message, cx, span, stats))
     }
@@ -86,46 +94,57 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
             && (metadata.idempotency_key().is_none() || bus.idempotency().is_none())
     }
 
-    /// The lean path: trace, validate, handler, then [`after`](Self::after).
+    /// The lean path: trace, validate, handler, then [`after`](Self::after) when there is
+    /// anything to do after.
     ///
-    /// Every future is built in a `let` and awaited in the next statement: a temporary lives
-    /// to the end of its statement, so in `wrap(inner).await` the moved-from `inner` would keep
-    /// its own space in this future's state, beside the copy inside `wrap`.
+    /// Every future is pinned where it is built (`pin!`) and awaited through a wrapper that
+    /// borrows it: `fut.await` would move it into a second place in this future's state (a
+    /// `memcpy` of its size, and its size again in the state).
     #[allow(clippy::manual_async_fn)] // deliberate: see the comment in the body
     fn lean<'a>(
         &'a self,
         bus: &'a BusInner,
         message: C,
         mut cx: CommandContext,
-        span: Span,
-        stats: &'a mut DispatchStats,
+        span: Option<Span>,
+        stats: Option<&'a mut DispatchStats>,
     ) -> impl Future<Output = Result<C::Output, Error>> + Send + 'a {
         // An `async move` block rather than an `async fn`: an `async fn` moves each argument
         // into a local of its body, and both copies take space in its future.
         async move {
+            let mut own = DispatchStats::default();
+            let stats = stats.unwrap_or(&mut own);
             stats.attempts = 1;
             let handled = match message.validate_message() {
                 Err(error) => Err(error),
                 Ok(()) => {
-                    let handle = trace::within(
-                        &span,
-                        guard_panic(self.name, self.handler.handle(message, &mut cx)),
-                    );
-                    handle.await
+                    let fut = pin!(self.handler.handle(message, &mut cx));
+                    let handler = self.name;
+                    Guarded {
+                        handler,
+                        span: span.as_ref(),
+                        fut,
+                    }
+                    .await
                 }
             };
             let result = match handled {
                 Err(error) => Err(error),
+                // Nothing to record, publish or invalidate: `after` would only return `output`.
+                Ok(output) if cx.events.is_empty() && self.layers.invalidates.is_empty() => {
+                    Ok(output)
+                }
                 Ok(output) => {
                     let events = std::mem::take(&mut cx.events);
-                    let after = trace::within(
-                        &span,
-                        self.after(bus, Handled { output, events }, &cx, stats),
-                    );
-                    after.await
+                    let fut = pin!(self.after(bus, Handled { output, events }, &cx, stats));
+                    InSpan {
+                        span: span.as_ref(),
+                        fut,
+                    }
+                    .await
                 }
             };
-            trace::finish(&span, MessageKind::Command, C::NAME, &result, stats);
+            trace::finish_in(span.as_ref(), MessageKind::Command, C::NAME, &result, stats);
             result
         }
     }
