@@ -111,6 +111,10 @@ impl BusInner {
     /// its state and copy it again into `call`, and would hold the returned 768-byte future
     /// in its own state besides the caller's. The caller pins the result where it lands
     /// (`pin!(bus.send_envelope(..)).await`) so that it is never moved either.
+    ///
+    /// Inlined, with the no-handler case out of line: the envelope then goes from the caller
+    /// to `call` without a copy in between.
+    #[inline]
     pub(crate) fn send_envelope<'a, C: Command>(
         &'a self,
         env: Envelope<C>,
@@ -118,7 +122,7 @@ impl BusInner {
     ) -> DispatchFuture<'a, Result<C::Output, Error>> {
         match self.command_pipe::<C>() {
             Some(pipe) => pipe.call(self, env, stats),
-            None => DispatchFuture::from_or_box(std::future::ready(Err(no_handler::<C>()))),
+            None => no_handler_future::<C>(),
         }
     }
 
@@ -181,6 +185,12 @@ impl BusInner {
             sink(failure);
         }
     }
+}
+
+#[cold]
+#[inline(never)]
+fn no_handler_future<'a, C: Command>() -> DispatchFuture<'a, Result<C::Output, Error>> {
+    DispatchFuture::from_or_box(std::future::ready(Err(no_handler::<C>())))
 }
 
 fn no_handler<M: Message>() -> Error {
