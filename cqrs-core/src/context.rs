@@ -1,6 +1,7 @@
 //! What a handler sees besides its message: metadata, and what it may do through the bus.
 
 use std::fmt;
+use std::pin::pin;
 use std::ptr::NonNull;
 
 use uuid::Uuid;
@@ -127,7 +128,9 @@ impl CommandContext {
     {
         let mut env = message.into_envelope();
         env.metadata.inherit(&self.metadata);
-        self.bus().send_envelope(env, None).await
+        // Pinned in place: see `BusInner::send_envelope`.
+        let dispatch = pin!(self.bus().send_envelope(env, None));
+        dispatch.await
     }
 }
 
@@ -232,7 +235,8 @@ impl EventContext {
     {
         let mut env = message.into_envelope();
         env.metadata.inherit(&self.metadata);
-        self.bus.get().send_envelope(env, None).await
+        let dispatch = pin!(self.bus.get().send_envelope(env, None));
+        dispatch.await
     }
 }
 

@@ -10,6 +10,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Deref;
+use std::pin::pin;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -22,7 +23,7 @@ use crate::pipeline::authorize::DynResourcePolicy;
 use crate::pipeline::cache::CacheRegion;
 use crate::pipeline::idempotency::IdempotencyLayer;
 use crate::pipeline::middleware::MiddlewareChain;
-use crate::pipeline::{CommandPipe, EventPipe, QueryPipe, publish};
+use crate::pipeline::{CommandPipe, DispatchFuture, EventPipe, QueryPipe, publish};
 
 pub use self::build_error::{BuildError, BuildProblem};
 pub use self::builder::BusBuilder;
@@ -104,17 +105,25 @@ impl BusInner {
         entry.downcast_ref::<Box<dyn QueryPipe<Q>>>().map(|b| &**b)
     }
 
-    pub(crate) async fn send_envelope<C: Command>(
-        &self,
+    /// The dispatch of one command, as its pipeline returns it.
+    ///
+    /// A plain function rather than an `async fn`: an `async fn` would store the envelope in
+    /// its state and copy it again into `call`, and would hold the returned 768-byte future
+    /// in its own state besides the caller's. The caller pins the result where it lands
+    /// (`pin!(bus.send_envelope(..)).await`) so that it is never moved either.
+    ///
+    /// Inlined, with the no-handler case out of line: the envelope then goes from the caller
+    /// to `call` without a copy in between.
+    #[inline]
+    pub(crate) fn send_envelope<'a, C: Command>(
+        &'a self,
         env: Envelope<C>,
-        stats: Option<&mut DispatchStats>,
-    ) -> Result<C::Output, Error> {
-        let Some(pipe) = self.command_pipe::<C>() else {
-            return Err(no_handler::<C>());
-        };
-        let mut own = DispatchStats::default();
-        let dispatch = pipe.call(self, env, stats.unwrap_or(&mut own));
-        dispatch.await
+        stats: Option<&'a mut DispatchStats>,
+    ) -> DispatchFuture<'a, Result<C::Output, Error>> {
+        match self.command_pipe::<C>() {
+            Some(pipe) => pipe.call(self, env, stats),
+            None => no_handler_future::<C>(),
+        }
     }
 
     pub(crate) async fn query_envelope<Q: Query>(
@@ -126,7 +135,9 @@ impl BusInner {
             return Err(no_handler::<Q>());
         };
         let mut own = DispatchStats::default();
-        let dispatch = pipe.call(self, env, stats.unwrap_or(&mut own));
+        // Pinned where `call` writes it: `dispatch.await` on a local would move the
+        // 768-byte future into a second slot of this future's state first.
+        let dispatch = pin!(pipe.call(self, env, stats.unwrap_or(&mut own)));
         dispatch.await
     }
 
@@ -174,6 +185,12 @@ impl BusInner {
             sink(failure);
         }
     }
+}
+
+#[cold]
+#[inline(never)]
+fn no_handler_future<'a, C: Command>() -> DispatchFuture<'a, Result<C::Output, Error>> {
+    DispatchFuture::from_or_box(std::future::ready(Err(no_handler::<C>())))
 }
 
 fn no_handler<M: Message>() -> Error {
@@ -270,7 +287,8 @@ impl Bus {
         M::Message: Command,
     {
         let inner = self.inner.get()?;
-        inner.send_envelope(message.into_envelope(), None).await
+        let dispatch = pin!(inner.send_envelope(message.into_envelope(), None));
+        dispatch.await
     }
 
     /// Sends a command and reports what happened: attempts, events emitted, replay, elapsed time.
@@ -285,9 +303,10 @@ impl Bus {
         let started = Instant::now();
         let inner = self.inner.get()?;
         let mut stats = DispatchStats::reporting();
-        let output = inner
-            .send_envelope(message.into_envelope(), Some(&mut stats))
-            .await?;
+        let output = {
+            let dispatch = pin!(inner.send_envelope(message.into_envelope(), Some(&mut stats)));
+            dispatch.await?
+        };
         Ok(stats.into_report(output, started.elapsed()))
     }
 

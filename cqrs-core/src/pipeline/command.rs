@@ -18,13 +18,15 @@ mod full;
 
 use std::future::Future;
 use std::marker::PhantomData;
+use std::pin::pin;
 
 use futures_util::FutureExt;
 use tracing::Span;
 
 use self::full::ErasedCommand;
 use super::erased::{self, HandleFuture, Slot};
-use super::{DispatchFuture, Layers, guard_panic, idempotency, trace};
+use super::trace::InSpan;
+use super::{DispatchFuture, Guarded, Layers, idempotency, trace};
 use crate::bus::BusInner;
 use crate::bus::report::DispatchStats;
 use crate::context::CommandContext;
@@ -35,11 +37,12 @@ use crate::{Error, Status};
 
 /// The type-erased entry point of a command's pipeline.
 pub(crate) trait CommandPipe<C: Command>: Send + Sync {
+    /// `stats` is where a report is collected, `None` when nobody asked for one.
     fn call<'a>(
         &'a self,
         bus: &'a BusInner,
         env: Envelope<C>,
-        stats: &'a mut DispatchStats,
+        stats: Option<&'a mut DispatchStats>,
     ) -> DispatchFuture<'a, Result<C::Output, Error>>;
 }
 
@@ -56,7 +59,7 @@ impl<C: Command, H: CommandHandler<C>> CommandPipe<C> for CommandPipeline<C, H> 
         &'a self,
         bus: &'a BusInner,
         env: Envelope<C>,
-        stats: &'a mut DispatchStats,
+        stats: Option<&'a mut DispatchStats>,
     ) -> DispatchFuture<'a, Result<C::Output, Error>> {
         let Envelope { message, metadata } = env;
         if !self.is_lean(bus, &metadata) {
@@ -64,7 +67,7 @@ impl<C: Command, H: CommandHandler<C>> CommandPipe<C> for CommandPipeline<C, H> 
         }
         // The context is made here, outside the future: inside, the envelope it comes from and
         // the context would both take space in the future's state.
-        let span = trace::span(MessageKind::Command, C::NAME, self.name, &metadata);
+        let span = trace::lean_span(MessageKind::Command, C::NAME, self.name, &metadata);
         let cx = CommandContext::new(bus, metadata, self.name);
         DispatchFuture::from_or_box(self.lean(bus, message, cx, span, stats))
     }
@@ -91,45 +94,58 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
             && (metadata.idempotency_key().is_none() || bus.idempotency().is_none())
     }
 
-    /// The lean path: trace, validate, handler, then [`full::after`].
+    /// The lean path: trace, validate, handler, then [`full::after`] when there is anything
+    /// to do after.
     ///
-    /// Every future is built in a `let` and awaited in the next statement: a temporary lives
-    /// to the end of its statement, so in `wrap(inner).await` the moved-from `inner` would keep
-    /// its own space in this future's state, beside the copy inside `wrap`.
+    /// Every future is pinned where it is built (`pin!`) and awaited through a wrapper that
+    /// borrows it: `fut.await` would move it into a second place in this future's state (a
+    /// `memcpy` of its size, and its size again in the state).
     #[allow(clippy::manual_async_fn)] // deliberate: see the comment in the body
     fn lean<'a>(
         &'a self,
         bus: &'a BusInner,
         message: C,
         mut cx: CommandContext,
-        span: Span,
-        stats: &'a mut DispatchStats,
+        span: Option<Span>,
+        stats: Option<&'a mut DispatchStats>,
     ) -> impl Future<Output = Result<C::Output, Error>> + Send + 'a {
         // An `async move` block rather than an `async fn`: an `async fn` moves each argument
         // into a local of its body, and both copies take space in its future.
         async move {
+            let mut own = DispatchStats::default();
+            let stats = stats.unwrap_or(&mut own);
             stats.attempts = 1;
             let handled = match message.validate_message() {
                 Err(error) => Err(error),
                 Ok(()) => {
-                    let handle = trace::within(
-                        &span,
-                        guard_panic(self.name, self.handler.handle(message, &mut cx)),
-                    );
-                    handle.await
+                    let fut = pin!(self.handler.handle(message, &mut cx));
+                    let handler = self.name;
+                    Guarded {
+                        handler,
+                        span: span.as_ref(),
+                        fut,
+                    }
+                    .await
                 }
             };
             let result = match handled {
                 Err(error) => Err(error),
+                // Nothing to record, publish or invalidate: `after` would only return `output`.
+                Ok(output) if cx.events.is_empty() && self.layers.invalidates.is_empty() => {
+                    Ok(output)
+                }
                 Ok(output) => {
                     let events = std::mem::take(&mut cx.events);
-                    let after =
-                        trace::within(&span, full::after(&self.layers, bus, events, &cx, stats));
-                    after.await;
+                    let fut = pin!(full::after(&self.layers, bus, events, &cx, stats));
+                    InSpan {
+                        span: span.as_ref(),
+                        fut,
+                    }
+                    .await;
                     Ok(output)
                 }
             };
-            trace::finish(&span, MessageKind::Command, C::NAME, &result, stats);
+            trace::finish_in(span.as_ref(), MessageKind::Command, C::NAME, &result, stats);
             result
         }
     }
@@ -141,13 +157,24 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
         bus: &'a BusInner,
         message: C,
         metadata: Metadata,
-        stats: &'a mut DispatchStats,
+        stats: Option<&'a mut DispatchStats>,
     ) -> impl Future<Output = Result<C::Output, Error>> + Send + 'a {
         let mut message = Some(message);
         async move {
+            let mut own = DispatchStats::default();
             let mut output: Option<C::Output> = None;
-            let run = full::run(self, bus, &mut message, &mut output, metadata, stats);
-            run.await?;
+            let stats = stats.unwrap_or(&mut own);
+            {
+                let run = pin!(full::run(
+                    self,
+                    bus,
+                    &mut message,
+                    &mut output,
+                    metadata,
+                    stats
+                ));
+                run.await?;
+            }
             output.ok_or_else(|| erased::missing(C::NAME))
         }
     }

@@ -9,6 +9,7 @@ mod full;
 
 use std::future::Future;
 use std::marker::PhantomData;
+use std::pin::pin;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
@@ -18,7 +19,7 @@ use tracing::Span;
 use self::full::ErasedQuery;
 use super::cache::{Answer, AnswerCodec, CacheLayer};
 use super::erased::{self, HandleFuture, Slot};
-use super::{DispatchFuture, Layers, guard_panic, trace};
+use super::{DispatchFuture, Guarded, Layers, trace};
 use crate::bus::BusInner;
 use crate::bus::report::DispatchStats;
 use crate::context::QueryContext;
@@ -61,7 +62,7 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipe<Q> for QueryPipeline<Q, H> {
         }
         // Built outside the future, as for commands (see `CommandPipe::call`).
         let Envelope { message, metadata } = env;
-        let span = trace::span(MessageKind::Query, Q::NAME, self.name, &metadata);
+        let span = trace::lean_span(MessageKind::Query, Q::NAME, self.name, &metadata);
         let cx = QueryContext::new(bus, metadata, self.name);
         DispatchFuture::from_or_box(self.lean(message, cx, span, stats))
     }
@@ -94,23 +95,27 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipeline<Q, H> {
         &'a self,
         message: Q,
         cx: QueryContext,
-        span: Span,
+        span: Option<Span>,
         stats: &'a mut DispatchStats,
     ) -> impl Future<Output = Result<Q::Output, Error>> + Send + 'a {
-        // `async move`, not `async fn`: see `CommandPipeline::lean`.
+        // `async move`, not `async fn`, and the handler's future pinned where it is built:
+        // see `CommandPipeline::lean`.
         async move {
             stats.attempts = 1;
             let result = match message.validate_message() {
                 Err(error) => Err(error),
                 Ok(()) => {
-                    let handle = trace::within(
-                        &span,
-                        guard_panic(self.name, self.handler.handle(message, &cx)),
-                    );
-                    handle.await
+                    let fut = pin!(self.handler.handle(message, &cx));
+                    let handler = self.name;
+                    Guarded {
+                        handler,
+                        span: span.as_ref(),
+                        fut,
+                    }
+                    .await
                 }
             };
-            trace::finish(&span, MessageKind::Query, Q::NAME, &result, stats);
+            trace::finish_in(span.as_ref(), MessageKind::Query, Q::NAME, &result, stats);
             result
         }
     }
@@ -127,8 +132,17 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipeline<Q, H> {
         let mut message = Some(message);
         async move {
             let mut output: Option<Q::Output> = None;
-            let run = full::run(self, bus, &mut message, &mut output, metadata, stats);
-            run.await?;
+            {
+                let run = pin!(full::run(
+                    self,
+                    bus,
+                    &mut message,
+                    &mut output,
+                    metadata,
+                    stats
+                ));
+                run.await?;
+            }
             output.ok_or_else(|| erased::missing(Q::NAME))
         }
     }

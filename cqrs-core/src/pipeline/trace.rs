@@ -6,6 +6,8 @@
 //! subscriber is interested in the span, so a service without tracing does not pay for them.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use futures_util::future::Either;
 use tracing::Span;
@@ -25,10 +27,7 @@ pub(crate) fn span(
     handler: &'static str,
     metadata: &Metadata,
 ) -> Span {
-    // Nothing could see the span: no `tracing` subscriber was ever set, and `log` (which
-    // `tracing` forwards to when its `log` feature is on) would drop it. Creating it anyway
-    // costs a tenth of a bare dispatch.
-    if !tracing::dispatcher::has_been_set() && log::max_level() < log::LevelFilter::Info {
+    if !observed() {
         return Span::none();
     }
     let span = tracing::info_span!(
@@ -58,6 +57,56 @@ pub(crate) fn span(
     span
 }
 
+/// Whether anything could see a dispatch span.
+///
+/// Nothing could when no `tracing` subscriber was ever set and `log` (which `tracing` forwards
+/// to when its `log` feature is on) would drop it. Creating the span anyway costs a tenth of a
+/// bare dispatch.
+#[inline]
+fn observed() -> bool {
+    tracing::dispatcher::has_been_set() || log::max_level() >= log::LevelFilter::Info
+}
+
+/// The span of one dispatch on a lean path: `None` when nothing is interested in it.
+///
+/// An `Option` rather than a disabled [`Span`]: a disabled span is still checked on every
+/// poll, and dropping one asks `log` whether it is enabled (about 30 instructions of a bare
+/// send); `None` costs a compare.
+#[inline]
+pub(crate) fn lean_span(
+    kind: MessageKind,
+    message: &'static str,
+    handler: &'static str,
+    metadata: &Metadata,
+) -> Option<Span> {
+    if !observed() {
+        return None;
+    }
+    let span = span(kind, message, handler, metadata);
+    (!span.is_disabled()).then_some(span)
+}
+
+/// A future pinned where it lies, polled inside `span` if there is one.
+///
+/// It borrows the future instead of owning it (as [`Instrumented`] does) so that the future
+/// is never moved: awaiting a future by value moves it into the awaiting future's state, a
+/// `memcpy` of its whole size.
+pub(crate) struct InSpan<'a, F> {
+    pub(crate) span: Option<&'a Span>,
+    pub(crate) fut: Pin<&'a mut F>,
+}
+
+impl<F: Future> Future for InSpan<'_, F> {
+    type Output = F::Output;
+
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        let _entered = this.span.map(Span::enter);
+        this.fut.as_mut().poll(cx)
+    }
+}
+
 /// `fut`, inside `span` when a subscriber is interested in it, bare otherwise (entering and
 /// leaving a disabled span on every poll costs more than the rest of a bare dispatch).
 ///
@@ -82,11 +131,29 @@ pub(crate) fn finish<T>(
     result: &Result<T, Error>,
     stats: &DispatchStats,
 ) {
+    finish_in(
+        Some(span).filter(|s| !s.is_disabled()),
+        kind,
+        message,
+        result,
+        stats,
+    );
+}
+
+/// [`finish`] for a span from [`lean_span`].
+#[inline]
+pub(crate) fn finish_in<T>(
+    span: Option<&Span>,
+    kind: MessageKind,
+    message: &'static str,
+    result: &Result<T, Error>,
+    stats: &DispatchStats,
+) {
     let status = match result {
         Ok(_) => "ok",
         Err(e) => e.status().as_str(),
     };
-    if !span.is_disabled() {
+    if let Some(span) = span {
         span.record("attempts", stats.attempts);
         span.record("cache_hit", stats.cache_hit);
         span.record("status", status);
