@@ -5,16 +5,16 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::ops::Deref;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::future::BoxFuture;
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::context::CommandContext;
 use crate::envelope::{AggregateVersion, Metadata, Principal};
-use crate::events::EmittedEvent;
+use crate::events::{EmittedEvent, ErasedEvent, EventOrigin};
 use crate::message::{Event, Message};
 use crate::persistence::TxSlot;
 use crate::{Error, Status};
@@ -336,15 +336,124 @@ impl<S: EventStore> EventStore for std::sync::Arc<S> {
 }
 
 /// The in-process [`EventStore`], for tests and for services without a database.
+///
+/// Events saved by `cx.save` are kept as they are, typed (sharing one allocation with the event
+/// being published), with the metadata of the command that saved them: `cx.load` applies them
+/// without a round trip through JSON, and they become [`RecordedEvent`]s (JSON) only when read
+/// through the [`EventStore`] trait. Events appended through the trait are kept as given.
 #[derive(Default)]
 pub struct MemoryEventStore {
-    streams: Mutex<HashMap<(&'static str, String), MemoryStream>>,
+    /// By aggregate type, then id: two maps so that a lookup borrows the id instead of
+    /// allocating a key. The id is an `Arc` that the events saved by `cx.save` share as their
+    /// origin (one allocation per stream instead of one more per save).
+    streams: Mutex<Streams>,
 }
 
-#[derive(Default)]
+type Streams = HashMap<&'static str, HashMap<Arc<str>, MemoryStream>>;
+
 struct MemoryStream {
-    events: Vec<RecordedEvent>,
+    /// Its key in the map, again: one lookup gives both.
+    id: Arc<str>,
+    events: Vec<MemoryEvent>,
     snapshot: Option<Snapshot>,
+}
+
+impl MemoryStream {
+    fn new(id: Arc<str>) -> Self {
+        MemoryStream {
+            id,
+            events: Vec::new(),
+            snapshot: None,
+        }
+    }
+
+    fn version(&self) -> u64 {
+        self.events.last().map_or(0, |e| e.version)
+    }
+}
+
+struct MemoryEvent {
+    event_id: Uuid,
+    version: u64,
+    recorded_at_ms: i64,
+    body: MemoryBody,
+}
+
+enum MemoryBody {
+    /// Appended through the [`EventStore`] trait.
+    Json {
+        name: String,
+        payload: serde_json::Value,
+        metadata: serde_json::Value,
+    },
+    /// Saved by `cx.save`: the event, and the metadata of the command that saved it (the
+    /// stored metadata is derived from it, as the other stores do when they write).
+    Typed {
+        event: Arc<dyn ErasedEvent>,
+        parent: Metadata,
+    },
+}
+
+impl MemoryEvent {
+    fn to_recorded(&self, stream: Stream<'_>) -> Result<RecordedEvent, Error> {
+        let (name, payload, metadata) = match &self.body {
+            MemoryBody::Json {
+                name,
+                payload,
+                metadata,
+            } => (name.clone(), payload.clone(), metadata.clone()),
+            MemoryBody::Typed { event, parent } => {
+                let metadata = StoredMetadata {
+                    aggregate: Some(AggregateVersion {
+                        aggregate: stream.aggregate.to_owned(),
+                        id: stream.id.to_owned(),
+                        version: self.version,
+                    }),
+                    ..StoredMetadata::of_child(parent)
+                };
+                (
+                    event.name().to_owned(),
+                    event
+                        .to_json()
+                        .map_err(json_error("serializing an event"))?,
+                    serde_json::to_value(&metadata)
+                        .map_err(json_error("serializing event metadata"))?,
+                )
+            }
+        };
+        Ok(RecordedEvent {
+            event_id: self.event_id,
+            version: self.version,
+            name,
+            payload,
+            metadata,
+            recorded_at_ms: self.recorded_at_ms,
+        })
+    }
+
+    /// Applies the event to `state`: by reference when it was stored typed, else decoded.
+    fn apply_to<A: Aggregate>(&self, state: &mut A) -> Result<(), Error> {
+        let decoded: A::Event = match &self.body {
+            MemoryBody::Typed { event, .. } => match event.as_any().downcast_ref::<A::Event>() {
+                Some(event) => {
+                    state.apply(event);
+                    return Ok(());
+                }
+                // Another type saved under the same aggregate name: as the other stores would.
+                None => serde_json::from_value(
+                    event
+                        .to_json()
+                        .map_err(json_error("serializing an event"))?,
+                )
+                .map_err(json_error("decoding a stored event"))?,
+            },
+            MemoryBody::Json { payload, .. } => {
+                A::Event::deserialize(payload).map_err(json_error("decoding a stored event"))?
+            }
+        };
+        state.apply(&decoded);
+        Ok(())
+    }
 }
 
 impl MemoryEventStore {
@@ -352,11 +461,123 @@ impl MemoryEventStore {
     pub fn new() -> Self {
         MemoryEventStore::default()
     }
+
+    fn lock(&self) -> MutexGuard<'_, Streams> {
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `cx.load` on this store: snapshot and events read under one lock, applied in place.
+    fn load_aggregate<A: Aggregate>(&self, id: String) -> Result<AggregateRoot<A>, Error> {
+        let streams = self.lock();
+        let Some(stream) = streams.get(A::NAME).and_then(|s| s.get(id.as_str())) else {
+            return Ok(AggregateRoot::new(id));
+        };
+        let snapshot = match (A::SNAPSHOT_EVERY, &stream.snapshot) {
+            (1.., Some(s)) => Some(s),
+            _ => None,
+        };
+        let (mut state, from) = match snapshot {
+            Some(s) => (
+                A::deserialize(&s.state).map_err(json_error("decoding a snapshot"))?,
+                s.version,
+            ),
+            None => (A::default(), 0),
+        };
+        let mut replayed = 0;
+        let mut version = from;
+        for e in stream.events.iter().filter(|e| e.version > from) {
+            e.apply_to(&mut state)?;
+            replayed += 1;
+            version = e.version;
+        }
+        let snapshot_version = snapshot.map(|s| s.version);
+        drop(streams);
+        Ok(AggregateRoot {
+            id,
+            version,
+            state,
+            pending: Vec::new(),
+            replayed,
+            snapshot_version,
+        })
+    }
+
+    /// `cx.save` on this store: appends the typed events, and hands them to `emitted` to be
+    /// published.
+    fn save_aggregate<A: Aggregate>(
+        &self,
+        root: &AggregateRoot<A>,
+        parent: &Metadata,
+        snapshot: Option<Snapshot>,
+        emitted: &mut Vec<EmittedEvent>,
+    ) -> Result<(), Error> {
+        let now = crate::persistence::now_ms();
+        let mut streams = self.lock();
+        let by_id = streams.entry(A::NAME).or_default();
+        let stream = match by_id.get_mut(root.id.as_str()) {
+            Some(stream) => stream,
+            None => {
+                let id: Arc<str> = Arc::from(root.id.as_str());
+                by_id
+                    .entry(id.clone())
+                    .or_insert_with(|| MemoryStream::new(id))
+            }
+        };
+        let current = stream.version();
+        if current != root.version {
+            let stream = Stream {
+                aggregate: A::NAME,
+                id: &root.id,
+            };
+            return Err(version_conflict(stream, root.version, current));
+        }
+        // Exactly, the first time: most streams (and commands) get one save of a few events,
+        // and `Vec`'s first growth would make room for four.
+        reserve(&mut stream.events, root.pending.len());
+        reserve(emitted, root.pending.len());
+        for (i, event) in root.pending.iter().enumerate() {
+            let version = root.version + 1 + i as u64;
+            let event: Arc<dyn ErasedEvent> = Arc::new(event.clone());
+            let event_id = Uuid::now_v7();
+            stream.events.push(MemoryEvent {
+                event_id,
+                version,
+                recorded_at_ms: now,
+                body: MemoryBody::Typed {
+                    event: event.clone(),
+                    parent: parent.clone(),
+                },
+            });
+            emitted.push(EmittedEvent {
+                id: event_id,
+                event,
+                stored: false,
+                aggregate: Some(EventOrigin {
+                    aggregate: A::NAME,
+                    id: stream.id.clone(),
+                    version,
+                }),
+            });
+        }
+        if snapshot.is_some() {
+            stream.snapshot = snapshot;
+        }
+        Ok(())
+    }
+
+    fn with_stream<T>(
+        &self,
+        stream: Stream<'_>,
+        f: impl FnOnce(Option<&MemoryStream>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let streams = self.lock();
+        f(streams.get(stream.aggregate).and_then(|s| s.get(stream.id)))
+    }
 }
 
 impl fmt::Debug for MemoryEventStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.streams.lock().map(|s| s.len()).unwrap_or(0);
+        let n: usize = self.lock().values().map(HashMap::len).sum();
         f.debug_struct("MemoryEventStore")
             .field("streams", &n)
             .finish()
@@ -370,17 +591,15 @@ impl EventStore for MemoryEventStore {
         stream: Stream<'_>,
         after_version: u64,
     ) -> Result<Vec<RecordedEvent>, Error> {
-        let streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(streams
-            .get(&(stream.aggregate, stream.id.to_owned()))
-            .map(|s| {
+        self.with_stream(stream, |s| {
+            s.map_or(Ok(Vec::new()), |s| {
                 s.events
                     .iter()
                     .filter(|e| e.version > after_version)
-                    .cloned()
+                    .map(|e| e.to_recorded(stream))
                     .collect()
             })
-            .unwrap_or_default())
+        })
     }
 
     async fn load_snapshot(
@@ -388,10 +607,7 @@ impl EventStore for MemoryEventStore {
         _: &mut Session<'_>,
         stream: Stream<'_>,
     ) -> Result<Option<Snapshot>, Error> {
-        let streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(streams
-            .get(&(stream.aggregate, stream.id.to_owned()))
-            .and_then(|s| s.snapshot.clone()))
+        self.with_stream(stream, |s| Ok(s.and_then(|s| s.snapshot.clone())))
     }
 
     async fn append(
@@ -402,19 +618,43 @@ impl EventStore for MemoryEventStore {
         events: &[RecordedEvent],
         snapshot: Option<&Snapshot>,
     ) -> Result<(), Error> {
-        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-        let s = streams
-            .entry((stream.aggregate, stream.id.to_owned()))
-            .or_default();
-        let current = s.events.last().map_or(0, |e| e.version);
+        let mut streams = self.lock();
+        let by_id = streams.entry(stream.aggregate).or_default();
+        let s = match by_id.get_mut(stream.id) {
+            Some(s) => s,
+            None => {
+                let id: Arc<str> = Arc::from(stream.id);
+                by_id
+                    .entry(id.clone())
+                    .or_insert_with(|| MemoryStream::new(id))
+            }
+        };
+        let current = s.version();
         if current != expected_version {
             return Err(version_conflict(stream, expected_version, current));
         }
-        s.events.extend(events.iter().cloned());
+        s.events.extend(events.iter().map(|e| MemoryEvent {
+            event_id: e.event_id,
+            version: e.version,
+            recorded_at_ms: e.recorded_at_ms,
+            body: MemoryBody::Json {
+                name: e.name.clone(),
+                payload: e.payload.clone(),
+                metadata: e.metadata.clone(),
+            },
+        }));
         if let Some(snapshot) = snapshot {
             s.snapshot = Some(snapshot.clone());
         }
         Ok(())
+    }
+}
+
+fn reserve<T>(v: &mut Vec<T>, n: usize) {
+    if v.is_empty() {
+        v.reserve_exact(n);
+    } else {
+        v.reserve(n);
     }
 }
 
@@ -486,7 +726,11 @@ impl CommandContext {
     ) -> Result<AggregateRoot<A>, Error> {
         let id = id.into();
         let bus = self.bus_ptr();
-        let store = &bus.get().persistence.event_store;
+        let persistence = &bus.get().persistence;
+        if let Some(memory) = &persistence.memory {
+            return memory.load_aggregate(id);
+        }
+        let store = &persistence.event_store;
         let stream = Stream {
             aggregate: A::NAME,
             id: &id,
@@ -509,8 +753,8 @@ impl CommandContext {
         };
         let events = store.load_dyn(&mut session, stream, from).await?;
         for e in &events {
-            let event: A::Event = serde_json::from_value(e.payload.clone())
-                .map_err(json_error("decoding a stored event"))?;
+            let event =
+                A::Event::deserialize(&e.payload).map_err(json_error("decoding a stored event"))?;
             state.apply(&event);
         }
         Ok(AggregateRoot {
@@ -531,41 +775,7 @@ impl CommandContext {
         if root.pending.is_empty() {
             return Ok(());
         }
-        let bus = self.bus_ptr();
-        let persistence = &bus.get().persistence;
-        let stream = Stream {
-            aggregate: A::NAME,
-            id: &root.id,
-        };
-        let parent = StoredMetadata::of_child(&self.metadata);
-        let now = crate::persistence::now_ms();
-        let mut emitted = Vec::with_capacity(root.pending.len());
-        let mut recorded = Vec::with_capacity(root.pending.len());
-        for (i, event) in root.pending.iter().enumerate() {
-            let version = root.version + 1 + i as u64;
-            let origin = AggregateVersion {
-                aggregate: A::NAME.to_owned(),
-                id: root.id.clone(),
-                version,
-            };
-            let metadata = StoredMetadata {
-                aggregate: Some(origin.clone()),
-                ..parent.clone()
-            };
-            let mut e = EmittedEvent::new(event.clone());
-            e.aggregate = Some(std::sync::Arc::new(origin));
-            recorded.push(RecordedEvent {
-                event_id: e.id,
-                version,
-                name: <A::Event as Message>::NAME.to_owned(),
-                payload: serde_json::to_value(event).map_err(json_error("serializing an event"))?,
-                metadata: serde_json::to_value(&metadata)
-                    .map_err(json_error("serializing event metadata"))?,
-                recorded_at_ms: now,
-            });
-            emitted.push(e);
-        }
-        let new_version = root.version + recorded.len() as u64;
+        let new_version = root.version + root.pending.len() as u64;
         let snapshot = match A::SNAPSHOT_EVERY {
             0 => None,
             every if new_version / every > root.version / every => Some(Snapshot {
@@ -575,6 +785,60 @@ impl CommandContext {
             }),
             _ => None,
         };
+        let bus = self.bus_ptr();
+        let persistence = &bus.get().persistence;
+        match &persistence.memory {
+            Some(memory) => {
+                memory.save_aggregate(root, &self.metadata, snapshot, &mut self.events)?
+            }
+            // Boxed: the database's futures are large, and inline they would make every
+            // handler that saves an aggregate too large for the dispatch's inline storage.
+            None => Box::pin(self.save_through(persistence, root, snapshot)).await?,
+        }
+        root.version = new_version;
+        root.pending.clear();
+        Ok(())
+    }
+
+    /// `save` through the [`EventStore`] trait: the events as JSON, with their metadata.
+    async fn save_through<A: Aggregate>(
+        &mut self,
+        persistence: &crate::persistence::Persistence,
+        root: &AggregateRoot<A>,
+        snapshot: Option<Snapshot>,
+    ) -> Result<(), Error> {
+        let stream = Stream {
+            aggregate: A::NAME,
+            id: &root.id,
+        };
+        let parent = StoredMetadata::of_child(&self.metadata);
+        let now = crate::persistence::now_ms();
+        let origin_id: Arc<str> = Arc::from(root.id.as_str());
+        let mut emitted = Vec::with_capacity(root.pending.len());
+        let mut recorded = Vec::with_capacity(root.pending.len());
+        for (i, event) in root.pending.iter().enumerate() {
+            let origin = EventOrigin {
+                aggregate: A::NAME,
+                id: origin_id.clone(),
+                version: root.version + 1 + i as u64,
+            };
+            let metadata = StoredMetadata {
+                aggregate: Some(origin.to_version()),
+                ..parent.clone()
+            };
+            let mut e = EmittedEvent::new(event.clone());
+            recorded.push(RecordedEvent {
+                event_id: e.id,
+                version: origin.version,
+                name: <A::Event as Message>::NAME.to_owned(),
+                payload: serde_json::to_value(event).map_err(json_error("serializing an event"))?,
+                metadata: serde_json::to_value(&metadata)
+                    .map_err(json_error("serializing event metadata"))?,
+                recorded_at_ms: now,
+            });
+            e.aggregate = Some(origin);
+            emitted.push(e);
+        }
         crate::persistence::append(
             persistence,
             &mut self.tx,
@@ -587,8 +851,6 @@ impl CommandContext {
         )
         .await?;
         self.events.extend(emitted);
-        root.version = new_version;
-        root.pending.clear();
         Ok(())
     }
 }
