@@ -91,7 +91,7 @@ pub struct AggregateRoot<A: Aggregate> {
     id: String,
     version: u64,
     state: A,
-    pending: Vec<A::Event>,
+    pending: Pending<A::Event>,
     replayed: usize,
     snapshot_version: Option<u64>,
 }
@@ -103,7 +103,7 @@ impl<A: Aggregate> AggregateRoot<A> {
             id: id.into(),
             version: 0,
             state: A::default(),
-            pending: Vec::new(),
+            pending: Pending::None,
             replayed: 0,
             snapshot_version: None,
         }
@@ -138,7 +138,7 @@ impl<A: Aggregate> AggregateRoot<A> {
 
     /// The events recorded and not saved yet.
     pub fn pending(&self) -> &[A::Event] {
-        &self.pending
+        self.pending.as_slice()
     }
 
     /// How many stored events were applied when it was loaded (after the snapshot, if any).
@@ -166,8 +166,37 @@ impl<A: Aggregate + fmt::Debug> fmt::Debug for AggregateRoot<A> {
             .field("id", &self.id)
             .field("version", &self.version)
             .field("state", &self.state)
-            .field("pending", &self.pending.len())
+            .field("pending", &self.pending.as_slice().len())
             .finish()
+    }
+}
+
+/// The events recorded on an aggregate and not saved yet: most commands record one, which is
+/// kept inline (no allocation); a `Vec` from the second on.
+enum Pending<E> {
+    None,
+    One(E),
+    Many(Vec<E>),
+}
+
+impl<E> Pending<E> {
+    fn push(&mut self, event: E) {
+        *self = match std::mem::replace(self, Pending::None) {
+            Pending::None => Pending::One(event),
+            Pending::One(first) => Pending::Many(vec![first, event]),
+            Pending::Many(mut events) => {
+                events.push(event);
+                Pending::Many(events)
+            }
+        };
+    }
+
+    fn as_slice(&self) -> &[E] {
+        match self {
+            Pending::None => &[],
+            Pending::One(event) => std::slice::from_ref(event),
+            Pending::Many(events) => events,
+        }
     }
 }
 
@@ -407,7 +436,8 @@ impl<'a> From<Stream<'a>> for StreamRef<'a> {
 #[derive(Default)]
 struct MemoryStream {
     events: Vec<MemoryEvent>,
-    snapshot: Option<Snapshot>,
+    /// Boxed: most streams have none, and the map holds a `MemoryStream` per stream.
+    snapshot: Option<Box<Snapshot>>,
 }
 
 impl MemoryStream {
@@ -424,37 +454,73 @@ struct MemoryEvent {
 }
 
 enum MemoryBody {
-    /// Appended through the [`EventStore`] trait.
-    Json {
-        name: String,
-        payload: serde_json::Value,
-        metadata: serde_json::Value,
-    },
-    /// Saved by `cx.save`: the event, and the metadata of the command that saved it (the
-    /// stored metadata is derived from it, as the other stores do when they write).
+    /// Appended through the [`EventStore`] trait. Boxed: it is the larger variant, and the
+    /// rarer one.
+    Json(Box<JsonEvent>),
+    /// Saved by `cx.save`: the event, and what its stored metadata is made from (as the other
+    /// stores do when they write).
     Typed {
         event: Arc<dyn ErasedEvent>,
-        parent: Metadata,
+        saved_by: SavedBy,
     },
+}
+
+struct JsonEvent {
+    name: String,
+    payload: serde_json::Value,
+    metadata: serde_json::Value,
+}
+
+/// The ids of the command that saved an event, and its principal and saga when it has them
+/// (rare: shared by the events of one save). What [`StoredMetadata::of_child`] takes from the
+/// command's metadata, without keeping the whole of it in every stored event.
+#[derive(Clone)]
+struct SavedBy {
+    correlation_id: Uuid,
+    causation_id: Uuid,
+    more: Option<Arc<(Option<Principal>, Option<String>)>>,
+}
+
+impl SavedBy {
+    fn of(parent: &Metadata) -> Self {
+        let (principal, saga_id) = (parent.principal(), parent.saga_id());
+        SavedBy {
+            correlation_id: parent.correlation_id(),
+            causation_id: parent.message_id(),
+            more: (principal.is_some() || saga_id.is_some())
+                .then(|| Arc::new((principal.cloned(), saga_id.map(str::to_owned)))),
+        }
+    }
+
+    fn stored(&self, aggregate: AggregateVersion) -> StoredMetadata {
+        let (principal, saga_id) = match &self.more {
+            Some(more) => (more.0.clone(), more.1.clone()),
+            None => (None, None),
+        };
+        StoredMetadata {
+            correlation_id: self.correlation_id,
+            causation_id: Some(self.causation_id),
+            principal,
+            saga_id,
+            aggregate: Some(aggregate),
+        }
+    }
 }
 
 impl MemoryEvent {
     fn to_recorded(&self, stream: Stream<'_>) -> Result<RecordedEvent, Error> {
         let (name, payload, metadata) = match &self.body {
-            MemoryBody::Json {
-                name,
-                payload,
-                metadata,
-            } => (name.clone(), payload.clone(), metadata.clone()),
-            MemoryBody::Typed { event, parent } => {
-                let metadata = StoredMetadata {
-                    aggregate: Some(AggregateVersion {
-                        aggregate: stream.aggregate.to_owned(),
-                        id: stream.id.to_owned(),
-                        version: self.version,
-                    }),
-                    ..StoredMetadata::of_child(parent)
-                };
+            MemoryBody::Json(json) => (
+                json.name.clone(),
+                json.payload.clone(),
+                json.metadata.clone(),
+            ),
+            MemoryBody::Typed { event, saved_by } => {
+                let metadata = saved_by.stored(AggregateVersion {
+                    aggregate: stream.aggregate.to_owned(),
+                    id: stream.id.to_owned(),
+                    version: self.version,
+                });
                 (
                     event.name().to_owned(),
                     event
@@ -491,9 +557,8 @@ impl MemoryEvent {
                 )
                 .map_err(json_error("decoding a stored event"))?,
             },
-            MemoryBody::Json { payload, .. } => {
-                A::Event::deserialize(payload).map_err(json_error("decoding a stored event"))?
-            }
+            MemoryBody::Json(json) => A::Event::deserialize(&json.payload)
+                .map_err(json_error("decoding a stored event"))?,
         };
         state.apply(&decoded);
         Ok(())
@@ -544,7 +609,7 @@ impl MemoryEventStore {
             id,
             version,
             state,
-            pending: Vec::new(),
+            pending: Pending::None,
             replayed,
             snapshot_version,
         })
@@ -560,6 +625,7 @@ impl MemoryEventStore {
         emitted: &mut Vec<EmittedEvent>,
     ) -> Result<(), Error> {
         let now = crate::persistence::now_ms();
+        let saved_by = SavedBy::of(parent);
         let mut streams = self.lock();
         let (origin_id, stream) = stream_entry(
             &mut streams,
@@ -578,9 +644,10 @@ impl MemoryEventStore {
         }
         // Exactly, the first time: most streams (and commands) get one save of a few events,
         // and `Vec`'s first growth would make room for four.
-        reserve(&mut stream.events, root.pending.len());
-        reserve(emitted, root.pending.len());
-        for (i, event) in root.pending.iter().enumerate() {
+        let pending = root.pending.as_slice();
+        reserve(&mut stream.events, pending.len());
+        reserve(emitted, pending.len());
+        for (i, event) in pending.iter().enumerate() {
             let version = root.version + 1 + i as u64;
             let event: Arc<dyn ErasedEvent> = Arc::new(event.clone());
             let event_id = Uuid::now_v7();
@@ -590,7 +657,7 @@ impl MemoryEventStore {
                 recorded_at_ms: now,
                 body: MemoryBody::Typed {
                     event: event.clone(),
-                    parent: parent.clone(),
+                    saved_by: saved_by.clone(),
                 },
             });
             emitted.push(EmittedEvent {
@@ -604,8 +671,8 @@ impl MemoryEventStore {
                 }),
             });
         }
-        if snapshot.is_some() {
-            stream.snapshot = snapshot;
+        if let Some(snapshot) = snapshot {
+            stream.snapshot = Some(Box::new(snapshot));
         }
         Ok(())
     }
@@ -652,7 +719,9 @@ impl EventStore for MemoryEventStore {
         _: &mut Session<'_>,
         stream: Stream<'_>,
     ) -> Result<Option<Snapshot>, Error> {
-        self.with_stream(stream, |s| Ok(s.and_then(|s| s.snapshot.clone())))
+        self.with_stream(stream, |s| {
+            Ok(s.and_then(|s| s.snapshot.as_deref().cloned()))
+        })
     }
 
     async fn append(
@@ -673,14 +742,14 @@ impl EventStore for MemoryEventStore {
             event_id: e.event_id,
             version: e.version,
             recorded_at_ms: e.recorded_at_ms,
-            body: MemoryBody::Json {
+            body: MemoryBody::Json(Box::new(JsonEvent {
                 name: e.name.clone(),
                 payload: e.payload.clone(),
                 metadata: e.metadata.clone(),
-            },
+            })),
         }));
         if let Some(snapshot) = snapshot {
-            s.snapshot = Some(snapshot.clone());
+            s.snapshot = Some(Box::new(snapshot.clone()));
         }
         Ok(())
     }
@@ -813,7 +882,7 @@ impl CommandContext {
             snapshot_version,
             id,
             state,
-            pending: Vec::new(),
+            pending: Pending::None,
         })
     }
 
@@ -822,10 +891,10 @@ impl CommandContext {
     /// when one is due, and publishes the events to event handlers after the handler succeeds
     /// (through the outbox when the store is the database).
     pub async fn save<A: Aggregate>(&mut self, root: &mut AggregateRoot<A>) -> Result<(), Error> {
-        if root.pending.is_empty() {
+        if root.pending.as_slice().is_empty() {
             return Ok(());
         }
-        let new_version = root.version + root.pending.len() as u64;
+        let new_version = root.version + root.pending.as_slice().len() as u64;
         let snapshot = match A::SNAPSHOT_EVERY {
             0 => None,
             every if new_version / every > root.version / every => Some(Snapshot {
@@ -846,7 +915,7 @@ impl CommandContext {
             None => Box::pin(self.save_through(persistence, root, snapshot)).await?,
         }
         root.version = new_version;
-        root.pending.clear();
+        root.pending = Pending::None;
         Ok(())
     }
 
@@ -864,9 +933,10 @@ impl CommandContext {
         let parent = StoredMetadata::of_child(&self.metadata);
         let now = crate::persistence::now_ms();
         let origin_id: Arc<str> = Arc::from(root.id.as_str());
-        let mut emitted = Vec::with_capacity(root.pending.len());
-        let mut recorded = Vec::with_capacity(root.pending.len());
-        for (i, event) in root.pending.iter().enumerate() {
+        let pending = root.pending.as_slice();
+        let mut emitted = Vec::with_capacity(pending.len());
+        let mut recorded = Vec::with_capacity(pending.len());
+        for (i, event) in pending.iter().enumerate() {
             let origin = EventOrigin {
                 aggregate: A::NAME,
                 id: origin_id.clone(),
