@@ -2,6 +2,7 @@
 
 use std::any::Any;
 use std::fmt;
+use std::sync::Arc;
 
 use uuid::Uuid;
 
@@ -12,7 +13,6 @@ pub(crate) trait ErasedEvent: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn slot(&self) -> usize;
     fn as_any(&self) -> &(dyn Any + Send + Sync);
-    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     fn to_json(&self) -> Result<serde_json::Value, serde_json::Error>;
 }
 
@@ -34,18 +34,19 @@ impl<E: Event> ErasedEvent for E {
 /// An event a handler emitted, with the id it keeps through the outbox and every redelivery.
 pub(crate) struct EmittedEvent {
     pub(crate) id: Uuid,
-    pub(crate) event: Box<dyn ErasedEvent>,
+    /// Shared: the in-memory event store keeps the same allocation as the event it stored.
+    pub(crate) event: Arc<dyn ErasedEvent>,
     /// Whether it is in the outbox (then it is marked delivered after delivery).
     pub(crate) stored: bool,
     /// The aggregate it was saved for, if any.
-    pub(crate) aggregate: Option<std::sync::Arc<crate::envelope::AggregateVersion>>,
+    pub(crate) aggregate: Option<EventOrigin>,
 }
 
 impl EmittedEvent {
     pub(crate) fn new<E: Event>(event: E) -> Self {
         EmittedEvent {
             id: Uuid::now_v7(),
-            event: Box::new(event),
+            event: Arc::new(event),
             stored: false,
             aggregate: None,
         }
@@ -53,6 +54,27 @@ impl EmittedEvent {
 
     pub(crate) fn name(&self) -> &'static str {
         self.event.name()
+    }
+}
+
+/// The aggregate an event was saved for, in the form that costs the least to make: the
+/// [`AggregateVersion`](crate::envelope::AggregateVersion) in the event's metadata (two strings
+/// and an `Arc`) is built from it only when something reads it (an event handler, an observer,
+/// the outbox), and the id is shared by every event of one save.
+#[derive(Debug, Clone)]
+pub(crate) struct EventOrigin {
+    pub(crate) aggregate: &'static str,
+    pub(crate) id: Arc<str>,
+    pub(crate) version: u64,
+}
+
+impl EventOrigin {
+    pub(crate) fn to_version(&self) -> crate::envelope::AggregateVersion {
+        crate::envelope::AggregateVersion {
+            aggregate: self.aggregate.to_owned(),
+            id: (*self.id).to_owned(),
+            version: self.version,
+        }
     }
 }
 

@@ -8,13 +8,16 @@
 //! callgrind_annotate /tmp/cg.out | head -40
 //! ```
 //!
-//! The first argument picks the row (`direct`, `bus`), the second how many operations to run.
+//! The first argument picks the row (`direct`, `bus`, `es`: the event-sourced command of
+//! `benches/event_sourced.rs`, a deposit into a new account), the second how many operations
+//! to run.
 //! `tests/benches/instructions.sh` runs every row twice (N and 2N operations) and prints the
 //! difference divided by N: the instructions of one operation, without the process's setup.
 
 use std::hint::black_box;
 
 use cqrs_core::prelude::*;
+use cqrs_core::{Aggregate, MemoryEventStore};
 
 #[derive(Command, Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[command(output = u64)]
@@ -39,6 +42,44 @@ impl CommandHandler<Add> for AddHandler {
     }
 }
 
+#[derive(Event, Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[event(name = "profile.deposited")]
+struct Deposited {
+    amount: u64,
+}
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Account {
+    balance: u64,
+}
+
+impl Aggregate for Account {
+    const NAME: &'static str = "account";
+    type Event = Deposited;
+    fn apply(&mut self, event: &Deposited) {
+        self.balance += event.amount;
+    }
+}
+
+#[derive(Command, Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[command(output = u64)]
+struct Deposit {
+    id: String,
+    amount: u64,
+}
+
+#[command_handler(Deposit)]
+struct DepositHandler;
+
+impl CommandHandler<Deposit> for DepositHandler {
+    async fn handle(&self, cmd: Deposit, cx: &mut CommandContext) -> Result<u64, Error> {
+        let mut account = cx.load::<Account>(&cmd.id).await?;
+        account.record(Deposited { amount: cmd.amount });
+        cx.save(&mut account).await?;
+        Ok(account.balance)
+    }
+}
+
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     let row = args.next().unwrap_or_else(|| "bus".into());
@@ -49,11 +90,21 @@ fn main() {
     let bus = Bus::builder()
         .discover(false)
         .register::<AddHandler>()
+        .register::<DepositHandler>()
+        .event_store(MemoryEventStore::new())
         .build()
         .expect("bus");
     runtime.block_on(async {
         let mut sum = 0u64;
         for i in 0..n {
+            if row == "es" {
+                let cmd = Deposit {
+                    id: format!("acct-{i}"),
+                    amount: 5,
+                };
+                sum = sum.wrapping_add(bus.send(cmd).await.unwrap_or(0));
+                continue;
+            }
             let cmd = black_box(Add { a: i, b: 7 });
             sum = sum.wrapping_add(match row.as_str() {
                 "direct" => AddHandler.apply(cmd).await.unwrap_or(0),

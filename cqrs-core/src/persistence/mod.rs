@@ -60,9 +60,34 @@ pub(crate) struct PersistenceConfig {
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
     outbox: sql::outbox::OutboxSettings,
     event_store: Option<Arc<dyn DynEventStore>>,
+    /// The same store, when it is a [`MemoryEventStore`].
+    memory: Option<Arc<MemoryEventStore>>,
 }
 
 impl PersistenceConfig {
+    fn set_event_store<S: EventStore>(&mut self, store: S) {
+        // `cx.load` and `cx.save` reach the in-memory store directly (typed events, no JSON):
+        // recognise it, whether given as is or in an `Arc` (as `AggregateTest` does).
+        let any: Box<dyn std::any::Any> = Box::new(store);
+        let any = match any.downcast::<MemoryEventStore>() {
+            Ok(memory) => Ok(Arc::new(*memory)),
+            Err(any) => any.downcast::<Arc<MemoryEventStore>>().map(|m| *m),
+        };
+        match any {
+            Ok(memory) => {
+                self.event_store = Some(memory.clone());
+                self.memory = Some(memory);
+            }
+            Err(any) => {
+                let Ok(store) = any.downcast::<S>() else {
+                    unreachable!("a `Box<dyn Any>` of an `S` downcasts to `S`")
+                };
+                self.event_store = Some(Arc::new(*store));
+                self.memory = None;
+            }
+        }
+    }
+
     pub(crate) fn has_database(&self) -> bool {
         #[cfg(any(feature = "sqlite", feature = "postgres"))]
         return self.database.is_some();
@@ -86,14 +111,19 @@ impl PersistenceConfig {
         #[cfg(any(feature = "sqlite", feature = "postgres"))]
         {
             let event_store_in_db = self.event_store.is_none() && self.database.is_some();
-            let event_store = match (self.event_store, &self.database) {
-                (Some(store), _) => store,
-                (None, Some(db)) => {
-                    Arc::new(sql::events::SqlEventStore::new(db.clone())) as Arc<dyn DynEventStore>
+            let (event_store, memory) = match (self.event_store, &self.database) {
+                (Some(store), _) => (store, self.memory),
+                (None, Some(db)) => (
+                    Arc::new(sql::events::SqlEventStore::new(db.clone())) as Arc<dyn DynEventStore>,
+                    None,
+                ),
+                (None, None) => {
+                    let memory = Arc::new(MemoryEventStore::new());
+                    (memory.clone() as Arc<dyn DynEventStore>, Some(memory))
                 }
-                (None, None) => Arc::new(MemoryEventStore::new()),
             };
             Persistence {
+                memory,
                 idempotency_in_tx: !custom_idempotency && self.database.is_some(),
                 database: self.database,
                 outbox: self.outbox,
@@ -104,10 +134,16 @@ impl PersistenceConfig {
         #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
         {
             let _ = custom_idempotency;
+            let (event_store, memory) = match self.event_store {
+                Some(store) => (store, self.memory),
+                None => {
+                    let memory = Arc::new(MemoryEventStore::new());
+                    (memory.clone() as Arc<dyn DynEventStore>, Some(memory))
+                }
+            };
             Persistence {
-                event_store: self
-                    .event_store
-                    .unwrap_or_else(|| Arc::new(MemoryEventStore::new())),
+                event_store,
+                memory,
             }
         }
     }
@@ -124,6 +160,9 @@ pub(crate) struct Persistence {
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) idempotency_in_tx: bool,
     pub(crate) event_store: Arc<dyn DynEventStore>,
+    /// `event_store` itself, when it is the in-memory store: `cx.load` and `cx.save` use it
+    /// directly.
+    pub(crate) memory: Option<Arc<MemoryEventStore>>,
 }
 
 impl BusBuilder {
@@ -146,7 +185,7 @@ impl BusBuilder {
     /// Keeps aggregates' events in this store (the database's when there is one, otherwise in
     /// memory).
     pub fn event_store<S: EventStore>(mut self, store: S) -> Self {
-        self.persistence.event_store = Some(Arc::new(store));
+        self.persistence.set_event_store(store);
         self
     }
 

@@ -7,6 +7,10 @@
 //! passed to the failure sink. Events written to the outbox are marked delivered afterwards;
 //! those whose delivery failed stay pending and are retried by the outbox relay.
 
+use std::future::Future;
+
+use futures_util::future::Either;
+
 use crate::Error;
 use crate::bus::BusInner;
 use crate::envelope::Metadata;
@@ -17,20 +21,53 @@ pub(crate) fn event_metadata(emitted: &EmittedEvent, parent: &Metadata) -> Metad
     let mut metadata = Metadata::new();
     metadata.set_message_id(emitted.id);
     metadata.inherit(parent);
-    metadata.set_aggregate(emitted.aggregate.clone());
+    metadata.set_aggregate(
+        emitted
+            .aggregate
+            .as_ref()
+            .map(|origin| std::sync::Arc::new(origin.to_version())),
+    );
     metadata
 }
 
 /// Publishes what a successful command emitted. Events in the outbox are marked delivered
 /// when every handler took them; the others stay pending for the relay (or, when the bus does
 /// not deliver inline, are left to it entirely).
-pub(crate) async fn after_success(bus: &BusInner, events: Vec<EmittedEvent>, parent: &Metadata) {
-    if events.is_empty() {
-        return;
+///
+/// Events that nobody listens to (no handler, no observer) and that are not in the outbox are
+/// common (an aggregate's events before any projection exists): when they are all there is,
+/// the returned future is ready at once and pointer-sized, and the delivery's own future (large:
+/// event handlers' futures, the outbox) is boxed only when there is something to deliver.
+pub(crate) fn after_success<'a>(
+    bus: &'a BusInner,
+    events: Vec<EmittedEvent>,
+    parent: &'a Metadata,
+) -> impl Future<Output = ()> + Send + 'a {
+    if events.iter().all(|e| !has_work(bus, e)) {
+        return Either::Left(std::future::ready(()));
     }
+    Either::Right(Box::pin(deliver_all(bus, events, parent)))
+}
+
+/// Whether publishing `emitted` does anything: deliver it, or mark it delivered in the outbox.
+fn has_work(bus: &BusInner, emitted: &EmittedEvent) -> bool {
+    if emitted.stored {
+        return bus.delivers_inline();
+    }
+    !bus.observers.is_empty() || !bus.event_handlers(emitted.event.slot()).is_empty()
+}
+
+async fn deliver_all(bus: &BusInner, events: Vec<EmittedEvent>, parent: &Metadata) {
     let mut delivered = Vec::new();
     for emitted in &events {
         if emitted.stored && !bus.delivers_inline() {
+            continue;
+        }
+        // Nobody to deliver it to: skip making its metadata (and its aggregate's version).
+        if bus.observers.is_empty() && bus.event_handlers(emitted.event.slot()).is_empty() {
+            if emitted.stored {
+                delivered.push(emitted.id);
+            }
             continue;
         }
         let metadata = event_metadata(emitted, parent);
@@ -40,7 +77,8 @@ pub(crate) async fn after_success(bus: &BusInner, events: Vec<EmittedEvent>, par
         }
     }
     if !delivered.is_empty() {
-        crate::persistence::mark_delivered(bus, &delivered).await;
+        // Boxed: the database's futures are large, and most publishes have nothing to mark.
+        Box::pin(crate::persistence::mark_delivered(bus, &delivered)).await;
     }
 }
 

@@ -87,7 +87,7 @@ pub(crate) async fn write(
         let metadata = match &event.aggregate {
             None => plain.clone(),
             Some(origin) => serde_json::to_string(&StoredMetadata {
-                aggregate: Some((**origin).clone()),
+                aggregate: Some(origin.to_version()),
                 ..stored.clone()
             })
             .map_err(json_error)?,
