@@ -123,8 +123,8 @@ pub(crate) async fn after(
         stats.events.extend(events.iter().map(EmittedEvent::name));
     }
     // Answers the command made stale go before its events do: a handler reacting to them
-    // must read what the command changed. Both are boxed, and only when there is work: their
-    // futures are large (event handlers, the outbox) and most dispatches have none.
+    // must read what the command changed. Both box their work, and only when there is some:
+    // their futures are large (event handlers, the outbox) and most dispatches have none.
     if !layers.invalidates.is_empty() {
         let invalidate = Box::pin(async {
             for query in &layers.invalidates {
@@ -134,8 +134,9 @@ pub(crate) async fn after(
         invalidate.await;
     }
     if !events.is_empty() {
-        let publish = Box::pin(publish::after_success(bus, events, &cx.metadata));
-        publish.await;
+        // Not boxed here: `after_success` boxes its delivery itself, and only when some event
+        // has a handler, an observer or an outbox row to mark.
+        publish::after_success(bus, events, &cx.metadata).await;
     }
 }
 
