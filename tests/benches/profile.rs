@@ -9,8 +9,8 @@
 //! ```
 //!
 //! The first argument picks the row (`direct`, `bus`, `es`: the event-sourced command of
-//! `benches/event_sourced.rs`, a deposit into a new account), the second how many operations
-//! to run.
+//! `benches/event_sourced.rs`, a deposit into a new account, `hit`: a query through authorize,
+//! validate and a cache hit), the second how many operations to run.
 //! `tests/benches/instructions.sh` runs every row twice (N and 2N operations) and prints the
 //! difference divided by N: the instructions of one operation, without the process's setup.
 
@@ -80,6 +80,26 @@ impl CommandHandler<Deposit> for DepositHandler {
     }
 }
 
+/// The `hit` row: a query through authorize + validate + a cache hit (as in `benches/dispatch.rs`).
+#[derive(Query, validator::Validate, Debug, Clone, Hash, PartialEq, Eq)]
+#[query(output = u64)]
+struct Hit {
+    #[validate(range(min = 1, max = 1_000_000))]
+    user_id: u64,
+    nonce: u64,
+}
+
+#[query_handler(Hit)]
+#[authorize(permissions = ["user:read"])]
+#[cached_query(ttl = "5m", vary_by = [user_id])]
+struct HitHandler;
+
+impl QueryHandler<Hit> for HitHandler {
+    async fn handle(&self, q: Hit, _cx: &QueryContext) -> Result<u64, Error> {
+        Ok(q.user_id ^ q.nonce)
+    }
+}
+
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     let row = args.next().unwrap_or_else(|| "bus".into());
@@ -91,12 +111,23 @@ fn main() {
         .discover(false)
         .register::<AddHandler>()
         .register::<DepositHandler>()
+        .register::<HitHandler>()
         .event_store(MemoryEventStore::new())
         .build()
         .expect("bus");
+    let principal = std::sync::Arc::new(Principal::new("reader").with_permissions(["user:read"]));
     runtime.block_on(async {
         let mut sum = 0u64;
         for i in 0..n {
+            if row == "hit" {
+                let q = black_box(Hit {
+                    user_id: 42,
+                    nonce: i,
+                });
+                let env = Envelope::new(q).principal(principal.clone());
+                sum = sum.wrapping_add(bus.query(env).await.unwrap_or(0));
+                continue;
+            }
             if row == "es" {
                 let cmd = Deposit {
                     id: format!("acct-{i}"),
