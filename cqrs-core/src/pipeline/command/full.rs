@@ -4,8 +4,11 @@
 //! through [`ErasedCommand`] and the two slots the typed caller owns. Its future is boxed by
 //! the caller: one allocation, whatever the number of decorators that do no I/O.
 
+use std::pin::pin;
+
 use super::super::erased::{HandleFuture, Slot, missing};
 use super::super::idempotency::{IdempotencyKey, IdempotencyLayer, Outcome};
+use super::super::trace::InSpan;
 use super::super::{Layers, guard_panic, publish, retry, timeout, trace, with_middleware};
 use crate::Error;
 use crate::bus::BusInner;
@@ -58,39 +61,47 @@ pub(crate) async fn run(
     stats: &mut DispatchStats,
 ) -> Result<(), Error> {
     let name = pipe.message_name();
-    let span = trace::span(MessageKind::Command, name, pipe.handler_name(), &metadata);
-    let body = async {
-        if bus.middleware(MessageKind::Command).is_empty() {
-            let mut cx = CommandContext::new(bus, metadata, pipe.handler_name());
-            guarded(pipe, bus, message, output, &mut cx, stats).await
-        } else {
-            // Boxed: middleware is opt-in, and its (larger) future must not grow the future
-            // of every dispatch without it. The middleware sees a copy of the message; the
-            // handler gets the original.
-            Box::pin(async {
-                let copy = pipe.clone_message(message);
-                let Some(seen) = pipe.peek(&*copy) else {
-                    return Err(missing(name));
-                };
-                let mut cx = CommandContext::new(bus, metadata.clone(), pipe.handler_name());
-                let inner = guarded(pipe, bus, message, output, &mut cx, stats);
-                with_middleware(
-                    bus,
-                    (MessageKind::Command, name),
-                    pipe.handler_name(),
-                    seen,
-                    &metadata,
-                    Some(pipe.to_json()),
-                    inner,
-                )
+    // Futures are pinned where they are built and awaited through wrappers that borrow them
+    // (`InSpan`, a pinned reference given to `timeout::run`): moving one into a wrapper would
+    // keep its moved-from copy's space in this future too, and copy it.
+    let span = trace::lean_span(MessageKind::Command, name, pipe.handler_name(), &metadata);
+    let result = {
+        let body = pin!(async {
+            if bus.middleware(MessageKind::Command).is_empty() {
+                let mut cx = CommandContext::new(bus, metadata, pipe.handler_name());
+                guarded(pipe, bus, message, output, &mut cx, stats).await
+            } else {
+                // Boxed: middleware is opt-in, and its (larger) future must not grow the future
+                // of every dispatch without it. The middleware sees a copy of the message; the
+                // handler gets the original.
+                Box::pin(async {
+                    let copy = pipe.clone_message(message);
+                    let Some(seen) = pipe.peek(&*copy) else {
+                        return Err(missing(name));
+                    };
+                    let mut cx = CommandContext::new(bus, metadata.clone(), pipe.handler_name());
+                    let inner = guarded(pipe, bus, message, output, &mut cx, stats);
+                    with_middleware(
+                        bus,
+                        (MessageKind::Command, name),
+                        pipe.handler_name(),
+                        seen,
+                        &metadata,
+                        Some(pipe.to_json()),
+                        inner,
+                    )
+                    .await
+                })
                 .await
-            })
-            .await
+            }
+        });
+        InSpan {
+            span: span.as_ref(),
+            fut: body,
         }
+        .await
     };
-    let body = trace::within(&span, body);
-    let result = body.await;
-    trace::finish(&span, MessageKind::Command, name, &result, stats);
+    trace::finish_in(span.as_ref(), MessageKind::Command, name, &result, stats);
     result
 }
 
@@ -104,8 +115,10 @@ async fn guarded(
     stats: &mut DispatchStats,
 ) -> Result<(), Error> {
     let deadline = timeout::deadline(pipe.layers().timeout, &cx.metadata);
-    let checked = checked(pipe, bus, message, output, cx, stats);
-    let events = timeout::run(deadline, pipe.message_name(), checked).await?;
+    let events = {
+        let checked = pin!(checked(pipe, bus, message, output, cx, stats));
+        timeout::run(deadline, pipe.message_name(), checked).await?
+    };
     after(pipe.layers(), bus, events, cx, stats).await;
     Ok(())
 }

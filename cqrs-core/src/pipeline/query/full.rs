@@ -4,8 +4,11 @@
 //! [`ErasedQuery`] and the two slots the typed caller owns. Its future is boxed by the caller:
 //! one allocation, whatever the number of decorators that do no I/O.
 
+use std::pin::pin;
+
 use super::super::cache::{Answer, AnswerCodec, CacheLayer};
 use super::super::erased::{HandleFuture, Slot, missing};
+use super::super::trace::InSpan;
 use super::super::{Layers, guard_panic, retry, timeout, trace, with_middleware};
 use crate::Error;
 use crate::bus::BusInner;
@@ -56,38 +59,46 @@ pub(crate) async fn run(
     stats: &mut DispatchStats,
 ) -> Result<(), Error> {
     let name = pipe.message_name();
-    let span = trace::span(MessageKind::Query, name, pipe.handler_name(), &metadata);
-    let body = async {
-        if bus.middleware(MessageKind::Query).is_empty() {
-            let cx = QueryContext::new(bus, metadata, pipe.handler_name());
-            guarded(pipe, bus, message, output, &cx, stats).await
-        } else {
-            // Boxed, as for commands: opt-in, and larger. The middleware sees a copy of the
-            // message; the handler gets the original.
-            Box::pin(async {
-                let copy = pipe.clone_message(message);
-                let Some(seen) = pipe.peek(&*copy) else {
-                    return Err(missing(name));
-                };
-                let cx = QueryContext::new(bus, metadata.clone(), pipe.handler_name());
-                let inner = guarded(pipe, bus, message, output, &cx, stats);
-                with_middleware(
-                    bus,
-                    (MessageKind::Query, name),
-                    pipe.handler_name(),
-                    seen,
-                    &metadata,
-                    None,
-                    inner,
-                )
+    // Futures are pinned where they are built and awaited through wrappers that borrow them
+    // (`InSpan`, a pinned reference given to `timeout::run`): moving one into a wrapper would
+    // keep its moved-from copy's space in this future too, and copy it.
+    let span = trace::lean_span(MessageKind::Query, name, pipe.handler_name(), &metadata);
+    let result = {
+        let body = pin!(async {
+            if bus.middleware(MessageKind::Query).is_empty() {
+                let cx = QueryContext::new(bus, metadata, pipe.handler_name());
+                guarded(pipe, bus, message, output, &cx, stats).await
+            } else {
+                // Boxed, as for commands: opt-in, and larger. The middleware sees a copy of the
+                // message; the handler gets the original.
+                Box::pin(async {
+                    let copy = pipe.clone_message(message);
+                    let Some(seen) = pipe.peek(&*copy) else {
+                        return Err(missing(name));
+                    };
+                    let cx = QueryContext::new(bus, metadata.clone(), pipe.handler_name());
+                    let inner = guarded(pipe, bus, message, output, &cx, stats);
+                    with_middleware(
+                        bus,
+                        (MessageKind::Query, name),
+                        pipe.handler_name(),
+                        seen,
+                        &metadata,
+                        None,
+                        inner,
+                    )
+                    .await
+                })
                 .await
-            })
-            .await
+            }
+        });
+        InSpan {
+            span: span.as_ref(),
+            fut: body,
         }
+        .await
     };
-    let body = trace::within(&span, body);
-    let result = body.await;
-    trace::finish(&span, MessageKind::Query, name, &result, stats);
+    trace::finish_in(span.as_ref(), MessageKind::Query, name, &result, stats);
     result
 }
 
@@ -102,7 +113,7 @@ async fn guarded(
 ) -> Result<(), Error> {
     let name = pipe.message_name();
     let deadline = timeout::deadline(pipe.layers().timeout, &cx.metadata);
-    let checked = async {
+    let checked = pin!(async {
         let Some(query) = pipe.peek(message) else {
             return Err(missing(name));
         };
@@ -129,7 +140,7 @@ async fn guarded(
             })
             .await?;
         pipe.restore_output(answer, output)
-    };
+    });
     timeout::run(deadline, name, checked).await
 }
 
