@@ -9,7 +9,7 @@ use std::pin::pin;
 use super::super::erased::{HandleFuture, Slot, missing};
 use super::super::idempotency::{IdempotencyKey, IdempotencyLayer, Outcome};
 use super::super::trace::InSpan;
-use super::super::{Layers, guard_panic, publish, retry, timeout, trace, with_middleware};
+use super::super::{Guarded, Layers, publish, retry, timeout, trace, with_middleware};
 use crate::Error;
 use crate::bus::BusInner;
 use crate::bus::report::DispatchStats;
@@ -258,16 +258,25 @@ async fn attempt(
 ) -> Result<Vec<EmittedEvent>, Error> {
     let handler = pipe.handler_name();
     match &pipe.layers().transaction {
+        // The handler's future is pinned where it is built and polled through `Guarded`,
+        // which borrows it: handing it to a wrapper by value would keep it twice in the future.
         None => {
-            guard_panic(handler, pipe.handle(message, last, output, cx)?).await?;
+            {
+                let fut = pin!(pipe.handle(message, last, output, cx)?);
+                let span = None;
+                Guarded { handler, span, fut }.await?;
+            }
             Ok(std::mem::take(&mut cx.events))
         }
         // Boxed: a transaction does I/O, and the database driver's futures are large.
         Some(layer) => {
             Box::pin(async move {
                 crate::persistence::begin(layer, cx).await?;
-                let handled = pipe.handle(message, last, &mut *output, cx)?;
-                let result = guard_panic(handler, handled).await;
+                let result = {
+                    let fut = pin!(pipe.handle(message, last, &mut *output, cx)?);
+                    let span = None;
+                    Guarded { handler, span, fut }.await
+                };
                 crate::persistence::finish(layer, cx, result, || pipe.encode_output(output)).await
             })
             .await

@@ -9,7 +9,7 @@ use std::pin::pin;
 use super::super::cache::{Answer, AnswerCodec, CacheLayer};
 use super::super::erased::{HandleFuture, Slot, missing};
 use super::super::trace::InSpan;
-use super::super::{Layers, guard_panic, retry, timeout, trace, with_middleware};
+use super::super::{Guarded, Layers, retry, timeout, trace, with_middleware};
 use crate::Error;
 use crate::bus::BusInner;
 use crate::bus::report::DispatchStats;
@@ -152,16 +152,22 @@ async fn attempts(
     cx: &QueryContext,
     attempts: &mut u32,
 ) -> Result<(), Error> {
+    // The handler's future (up to `HANDLE_INLINE` bytes) is pinned where it is built and
+    // polled through `Guarded`, which borrows it: handing it to a wrapper by value would keep
+    // it twice in this future.
     let handler = pipe.handler_name();
     let Some(retry) = &pipe.layers().retry else {
         *attempts = 1;
-        return guard_panic(handler, pipe.handle(message, true, output, cx)?).await;
+        let fut = pin!(pipe.handle(message, true, output, cx)?);
+        let span = None;
+        return Guarded { handler, span, fut }.await;
     };
     loop {
         *attempts += 1;
         let last = *attempts >= retry.max_attempts();
-        let handled = pipe.handle(message, last, &mut *output, cx)?;
-        match guard_panic(handler, handled).await {
+        let fut = pin!(pipe.handle(message, last, &mut *output, cx)?);
+        let span = None;
+        match (Guarded { handler, span, fut }).await {
             Ok(()) => return Ok(()),
             Err(error) => match retry.next_delay(*attempts, &error) {
                 Some(delay) if !last => retry::pause(delay).await,
