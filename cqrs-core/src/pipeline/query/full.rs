@@ -154,22 +154,18 @@ async fn attempts(
 ) -> Result<(), Error> {
     // The handler's future (up to `HANDLE_INLINE` bytes) is pinned where it is built and
     // polled through `Guarded`, which borrows it: handing it to a wrapper by value would keep
-    // it twice in this future.
+    // it twice in this future. One loop, with or without `#[retry]`: two call sites would be
+    // two pinned locals, which the compiler lays out side by side, not overlapping.
     let handler = pipe.handler_name();
-    let Some(retry) = &pipe.layers().retry else {
-        *attempts = 1;
-        let fut = pin!(pipe.handle(message, true, output, cx)?);
-        let span = None;
-        return Guarded { handler, span, fut }.await;
-    };
+    let retry = pipe.layers().retry;
     loop {
         *attempts += 1;
-        let last = *attempts >= retry.max_attempts();
+        let last = retry.is_none_or(|r| *attempts >= r.max_attempts());
         let fut = pin!(pipe.handle(message, last, &mut *output, cx)?);
         let span = None;
         match (Guarded { handler, span, fut }).await {
             Ok(()) => return Ok(()),
-            Err(error) => match retry.next_delay(*attempts, &error) {
+            Err(error) => match retry.and_then(|r| r.next_delay(*attempts, &error)) {
                 Some(delay) if !last => retry::pause(delay).await,
                 _ => return Err(error),
             },
