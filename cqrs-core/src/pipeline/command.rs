@@ -9,8 +9,8 @@
 //! - **full**: every layer the handler and the envelope ask for, in [`full`]. Written once for
 //!   all handlers (the handler's types reach it through [`ErasedCommand`]; see
 //!   [`erased`](super::erased)), so that a crate with many handlers does not compile it again
-//!   for each. Its future is boxed (one allocation);
-//!   layers that do I/O box their own part only when they run.
+//!   for each. Its future is boxed (one allocation); layers that do I/O box their own part
+//!   only when they run.
 //!
 //! Both end in [`full::after`], so what happens after the handler is the same.
 
