@@ -227,7 +227,7 @@ impl<C: Command, H: CommandHandler<C>> ErasedCommand for CommandPipeline<C, H> {
     }
 
     fn clone_message(&self, message: &Slot) -> Box<Slot> {
-        Box::new(message.downcast_ref::<Option<C>>().cloned().flatten())
+        erased::clone_message::<C>(message)
     }
 
     fn to_json(&self) -> fn(&Slot) -> Option<serde_json::Value> {

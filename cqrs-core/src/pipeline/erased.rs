@@ -42,6 +42,12 @@ pub(crate) fn peek<M: Send + Sync + 'static>(slot: &Slot) -> Option<&Slot> {
     Some(message)
 }
 
+/// A copy of a message slot (`Option<M>`), for middleware to look at while the handler owns
+/// the original.
+pub(crate) fn clone_message<M: Clone + Send + Sync + 'static>(slot: &Slot) -> Box<Slot> {
+    Box::new(slot.downcast_ref::<Option<M>>().cloned().flatten())
+}
+
 /// A message behind `&dyn Any`, as `&M`.
 pub(crate) fn message<M: crate::Message>(message: &Slot) -> Result<&M, Error> {
     message.downcast_ref::<M>().ok_or_else(|| missing(M::NAME))

@@ -197,7 +197,7 @@ impl<Q: Query, H: QueryHandler<Q>> ErasedQuery for QueryPipeline<Q, H> {
     }
 
     fn clone_message(&self, message: &Slot) -> Box<Slot> {
-        Box::new(message.downcast_ref::<Option<Q>>().cloned().flatten())
+        erased::clone_message::<Q>(message)
     }
 
     fn share_output(&self, output: &mut Slot) -> Result<Answer, Error> {
