@@ -27,6 +27,9 @@ use criterion::Criterion;
 use serde::{Deserialize, Serialize};
 use validator::Validate;
 
+mod bare;
+use bare::{Add, AddHandler};
+
 use support::Suite;
 use support::alloc::Counting;
 
@@ -37,30 +40,6 @@ static ALLOCATOR: Counting = Counting;
 const SAMPLE_SIZE: usize = 100;
 
 // ---- 1. a bare command ------------------------------------------------------------------
-
-#[derive(Command, Debug, Clone, Serialize, Deserialize)]
-#[command(output = u64)]
-struct Add {
-    a: u64,
-    b: u64,
-}
-
-#[command_handler(Add)]
-struct AddHandler;
-
-impl AddHandler {
-    /// The handler's body; `handle` is this and nothing else.
-    #[inline]
-    async fn apply(&self, cmd: Add) -> Result<u64, Error> {
-        Ok(cmd.a.wrapping_mul(31).wrapping_add(cmd.b))
-    }
-}
-
-impl CommandHandler<Add> for AddHandler {
-    async fn handle(&self, cmd: Add, _cx: &mut CommandContext) -> Result<u64, Error> {
-        self.apply(cmd).await
-    }
-}
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

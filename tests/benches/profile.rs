@@ -19,28 +19,8 @@ use std::hint::black_box;
 use cqrs_core::prelude::*;
 use cqrs_core::{Aggregate, MemoryEventStore};
 
-#[derive(Command, Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[command(output = u64)]
-struct Add {
-    a: u64,
-    b: u64,
-}
-
-#[command_handler(Add)]
-struct AddHandler;
-
-impl AddHandler {
-    #[inline]
-    async fn apply(&self, cmd: Add) -> Result<u64, Error> {
-        Ok(cmd.a.wrapping_mul(31).wrapping_add(cmd.b))
-    }
-}
-
-impl CommandHandler<Add> for AddHandler {
-    async fn handle(&self, cmd: Add, _cx: &mut CommandContext) -> Result<u64, Error> {
-        self.apply(cmd).await
-    }
-}
+mod bare;
+use bare::{Add, AddHandler};
 
 #[derive(Event, Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[event(name = "profile.deposited")]

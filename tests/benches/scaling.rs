@@ -10,30 +10,9 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use cqrs_core::prelude::*;
-use serde::{Deserialize, Serialize};
 
-#[derive(Command, Debug, Clone, Serialize, Deserialize)]
-#[command(output = u64)]
-struct Add {
-    a: u64,
-    b: u64,
-}
-
-#[command_handler(Add)]
-struct AddHandler;
-
-impl AddHandler {
-    #[inline]
-    async fn apply(&self, cmd: Add) -> Result<u64, Error> {
-        Ok(cmd.a.wrapping_mul(31).wrapping_add(cmd.b))
-    }
-}
-
-impl CommandHandler<Add> for AddHandler {
-    async fn handle(&self, cmd: Add, _cx: &mut CommandContext) -> Result<u64, Error> {
-        self.apply(cmd).await
-    }
-}
+mod bare;
+use bare::{Add, AddHandler};
 
 /// Operations per task per run.
 const OPS: u64 = 400_000;
