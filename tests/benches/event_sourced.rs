@@ -13,8 +13,8 @@ use std::fmt;
 use std::hint::black_box;
 use std::time::Duration;
 
+use cqrs_core::MemoryEventStore;
 use cqrs_core::prelude::*;
-use cqrs_core::{Aggregate, MemoryEventStore};
 use criterion::Criterion;
 use serde::{Deserialize, Serialize};
 
@@ -26,49 +26,8 @@ static ALLOCATOR: Counting = Counting;
 
 // ---- the domain on cqrs ---------------------------------------------------------------------
 
-#[derive(Event, Debug, Clone, Serialize, Deserialize)]
-#[event(name = "bench.deposited")]
-struct Deposited {
-    amount: u64,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Account {
-    balance: u64,
-}
-
-impl Aggregate for Account {
-    const NAME: &'static str = "account";
-    type Event = Deposited;
-    fn apply(&mut self, event: &Deposited) {
-        self.balance += event.amount;
-    }
-}
-
-#[derive(Command, Debug, Clone, Serialize, Deserialize)]
-#[command(output = u64)]
-struct Deposit {
-    id: String,
-    amount: u64,
-}
-
-#[command_handler(Deposit)]
-struct DepositHandler;
-
-impl CommandHandler<Deposit> for DepositHandler {
-    async fn handle(&self, cmd: Deposit, cx: &mut CommandContext) -> Result<u64, Error> {
-        let mut account = cx.load::<Account>(&cmd.id).await?;
-        if cmd.amount == 0 {
-            return Err(Error::new(
-                cqrs_core::Status::Validation,
-                "a deposit is more than zero",
-            ));
-        }
-        account.record(Deposited { amount: cmd.amount });
-        cx.save(&mut account).await?;
-        Ok(account.balance)
-    }
-}
+mod account;
+use account::{Deposit, DepositHandler};
 
 // ---- the same domain on cqrs-es ---------------------------------------------------------------
 

@@ -16,49 +16,13 @@
 
 use std::hint::black_box;
 
+use cqrs_core::MemoryEventStore;
 use cqrs_core::prelude::*;
-use cqrs_core::{Aggregate, MemoryEventStore};
 
+mod account;
 mod bare;
+use account::{Deposit, DepositHandler};
 use bare::{Add, AddHandler};
-
-#[derive(Event, Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[event(name = "profile.deposited")]
-struct Deposited {
-    amount: u64,
-}
-
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-struct Account {
-    balance: u64,
-}
-
-impl Aggregate for Account {
-    const NAME: &'static str = "account";
-    type Event = Deposited;
-    fn apply(&mut self, event: &Deposited) {
-        self.balance += event.amount;
-    }
-}
-
-#[derive(Command, Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[command(output = u64)]
-struct Deposit {
-    id: String,
-    amount: u64,
-}
-
-#[command_handler(Deposit)]
-struct DepositHandler;
-
-impl CommandHandler<Deposit> for DepositHandler {
-    async fn handle(&self, cmd: Deposit, cx: &mut CommandContext) -> Result<u64, Error> {
-        let mut account = cx.load::<Account>(&cmd.id).await?;
-        account.record(Deposited { amount: cmd.amount });
-        cx.save(&mut account).await?;
-        Ok(account.balance)
-    }
-}
 
 /// The `hit` row: a query through authorize + validate + a cache hit (as in `benches/dispatch.rs`).
 #[derive(Query, validator::Validate, Debug, Clone, Hash, PartialEq, Eq)]
