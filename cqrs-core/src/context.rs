@@ -179,7 +179,9 @@ impl QueryContext {
     {
         let mut env = message.into_envelope();
         env.metadata.inherit(&self.metadata);
-        self.bus.get().query_envelope(env, None).await
+        let bus = self.bus.get();
+        let dispatch = std::pin::pin!(bus.query_envelope(env, None));
+        dispatch.await
     }
 }
 

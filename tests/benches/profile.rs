@@ -9,8 +9,8 @@
 //! ```
 //!
 //! The first argument picks the row (`direct`, `bus`, `es`: the event-sourced command of
-//! `benches/event_sourced.rs`, a deposit into a new account, `hit`: a query through authorize,
-//! validate and a cache hit), the second how many operations to run.
+//! `benches/event_sourced.rs`, a deposit into a new account, `query`: a query with no decorator,
+//! `hit`: the same through authorize, validate and a cache hit), the second how many operations to run.
 //! `tests/benches/instructions.sh` runs every row twice (N and 2N operations) and prints the
 //! difference divided by N: the instructions of one operation, without the process's setup.
 
@@ -23,6 +23,23 @@ mod account;
 mod bare;
 use account::{Deposit, DepositHandler};
 use bare::{Add, AddHandler};
+
+/// The `query` row: the same query with no decorator, its baseline.
+#[derive(Query, Debug, Clone, Hash, PartialEq, Eq)]
+#[query(output = u64)]
+struct Bare {
+    user_id: u64,
+    nonce: u64,
+}
+
+#[query_handler(Bare)]
+struct BareHandler;
+
+impl QueryHandler<Bare> for BareHandler {
+    async fn handle(&self, q: Bare, _cx: &QueryContext) -> Result<u64, Error> {
+        Ok(q.user_id ^ q.nonce)
+    }
+}
 
 /// The `hit` row: a query through authorize + validate + a cache hit (as in `benches/dispatch.rs`).
 #[derive(Query, validator::Validate, Debug, Clone, Hash, PartialEq, Eq)]
@@ -56,6 +73,7 @@ fn main() {
         .register::<AddHandler>()
         .register::<DepositHandler>()
         .register::<HitHandler>()
+        .register::<BareHandler>()
         .event_store(MemoryEventStore::new())
         .build()
         .expect("bus");
@@ -65,6 +83,15 @@ fn main() {
         for i in 0..n {
             if row == "hit" {
                 let q = black_box(Hit {
+                    user_id: 42,
+                    nonce: i,
+                });
+                let env = Envelope::new(q).principal(principal.clone());
+                sum = sum.wrapping_add(bus.query(env).await.unwrap_or(0));
+                continue;
+            }
+            if row == "query" {
+                let q = black_box(Bare {
                     user_id: 42,
                     nonce: i,
                 });

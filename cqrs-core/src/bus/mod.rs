@@ -122,23 +122,22 @@ impl BusInner {
     ) -> DispatchFuture<'a, Result<C::Output, Error>> {
         match self.command_pipe::<C>() {
             Some(pipe) => pipe.call(self, env, stats),
-            None => no_handler_future::<C>(),
+            None => no_handler_future::<C, C::Output>(),
         }
     }
 
-    pub(crate) async fn query_envelope<Q: Query>(
-        &self,
+    /// The dispatch of one query, as its pipeline returns it: see
+    /// [`send_envelope`](Self::send_envelope).
+    #[inline]
+    pub(crate) fn query_envelope<'a, Q: Query>(
+        &'a self,
         env: Envelope<Q>,
-        stats: Option<&mut DispatchStats>,
-    ) -> Result<Q::Output, Error> {
-        let Some(pipe) = self.query_pipe::<Q>() else {
-            return Err(no_handler::<Q>());
-        };
-        let mut own = DispatchStats::default();
-        // Pinned where `call` writes it: `dispatch.await` on a local would move the
-        // 768-byte future into a second slot of this future's state first.
-        let dispatch = pin!(pipe.call(self, env, stats.unwrap_or(&mut own)));
-        dispatch.await
+        stats: Option<&'a mut DispatchStats>,
+    ) -> DispatchFuture<'a, Result<Q::Output, Error>> {
+        match self.query_pipe::<Q>() {
+            Some(pipe) => pipe.call(self, env, stats),
+            None => no_handler_future::<Q, Q::Output>(),
+        }
     }
 
     pub(crate) async fn publish_envelope<E: Event>(&self, env: Envelope<E>) -> Result<(), Error> {
@@ -189,8 +188,8 @@ impl BusInner {
 
 #[cold]
 #[inline(never)]
-fn no_handler_future<'a, C: Command>() -> DispatchFuture<'a, Result<C::Output, Error>> {
-    DispatchFuture::from_or_box(std::future::ready(Err(no_handler::<C>())))
+fn no_handler_future<'a, M: Message, T: Send + 'a>() -> DispatchFuture<'a, Result<T, Error>> {
+    DispatchFuture::from_or_box(std::future::ready(Err(no_handler::<M>())))
 }
 
 fn no_handler<M: Message>() -> Error {
@@ -317,7 +316,8 @@ impl Bus {
         M::Message: Query,
     {
         let inner = self.inner.get()?;
-        inner.query_envelope(message.into_envelope(), None).await
+        let dispatch = pin!(inner.query_envelope(message.into_envelope(), None));
+        dispatch.await
     }
 
     /// Asks a query and reports what happened: cache hit or miss, attempts, elapsed time.
@@ -332,9 +332,10 @@ impl Bus {
         let started = Instant::now();
         let inner = self.inner.get()?;
         let mut stats = DispatchStats::reporting();
-        let output = inner
-            .query_envelope(message.into_envelope(), Some(&mut stats))
-            .await?;
+        let output = {
+            let dispatch = pin!(inner.query_envelope(message.into_envelope(), Some(&mut stats)));
+            dispatch.await?
+        };
         Ok(stats.into_report(output, started.elapsed()))
     }
 
@@ -422,7 +423,8 @@ impl QueryBus {
         M::Message: Query,
     {
         let inner = self.inner.get()?;
-        inner.query_envelope(message.into_envelope(), None).await
+        let dispatch = pin!(inner.query_envelope(message.into_envelope(), None));
+        dispatch.await
     }
 }
 

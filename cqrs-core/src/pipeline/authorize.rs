@@ -99,6 +99,68 @@ impl AuthorizeLayer {
         self.resource.is_some()
     }
 
+    /// The checks that need no resource policy: a principal, and its permissions and roles.
+    /// Synchronous, and allocation-free when they pass; with no `resource`, this is the whole
+    /// check (see [`needs_policy`](Self::needs_policy)).
+    pub(crate) fn check_principal<'m>(
+        &self,
+        message_name: &'static str,
+        metadata: &'m Metadata,
+    ) -> Result<&'m Principal, Error> {
+        let Some(principal) = metadata.principal() else {
+            return Err(Error::unauthenticated(format!(
+                "`{message_name}` requires an authenticated principal"
+            )));
+        };
+        if self.admin_override && principal.is_admin() {
+            return Ok(principal);
+        }
+        let has_permissions = self.permissions.iter().all(|p| principal.has_permission(p));
+        let has_role = self.roles.is_empty() || self.roles.iter().any(|r| principal.has_role(r));
+        if has_permissions && has_role {
+            return Ok(principal);
+        }
+        let mut missing: Vec<String> = self
+            .permissions
+            .iter()
+            .filter(|p| !principal.has_permission(p))
+            .map(|p| format!("permission `{p}`"))
+            .collect();
+        if !has_role {
+            let roles: Vec<String> = self.roles.iter().map(|r| format!("`{r}`")).collect();
+            missing.push(if roles.len() == 1 {
+                format!("role {}", roles[0])
+            } else {
+                format!("one of the roles {}", roles.join(", "))
+            });
+        }
+        Err(Error::forbidden(format!(
+            "`{message_name}` requires {}, which principal `{}` lacks",
+            missing.join(" and "),
+            principal.id()
+        )))
+    }
+
+    /// Layer 4 on a lean path, where it may only be a layer that needs no resource policy
+    /// (see `is_lean` in `pipeline/command.rs` and `pipeline/query.rs`).
+    #[inline]
+    pub(crate) fn check_lean(
+        layer: Option<&AuthorizeLayer>,
+        message_name: &'static str,
+        metadata: &Metadata,
+    ) -> Result<(), Error> {
+        match layer {
+            Some(layer) => layer.check_principal(message_name, metadata).map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether this layer can run on a lean path: without a resource policy, it never awaits.
+    #[inline]
+    pub(crate) fn is_lean(layer: Option<&AuthorizeLayer>) -> bool {
+        layer.is_none_or(|layer| !layer.needs_policy())
+    }
+
     /// Checks the principal in `metadata` against this configuration.
     pub(crate) async fn check(
         &self,
@@ -107,40 +169,9 @@ impl AuthorizeLayer {
         message: &(dyn Any + Send + Sync),
         metadata: &Metadata,
     ) -> Result<(), Error> {
-        let Some(principal) = metadata.principal() else {
-            return Err(Error::unauthenticated(format!(
-                "`{message_name}` requires an authenticated principal"
-            )));
-        };
+        let principal = self.check_principal(message_name, metadata)?;
         if self.admin_override && principal.is_admin() {
             return Ok(());
-        }
-        let missing_permissions: Vec<&str> = self
-            .permissions
-            .iter()
-            .copied()
-            .filter(|p| !principal.has_permission(p))
-            .collect();
-        let missing_role =
-            !self.roles.is_empty() && !self.roles.iter().any(|r| principal.has_role(r));
-        if !missing_permissions.is_empty() || missing_role {
-            let mut missing = Vec::new();
-            for p in &missing_permissions {
-                missing.push(format!("permission `{p}`"));
-            }
-            if missing_role {
-                let roles: Vec<String> = self.roles.iter().map(|r| format!("`{r}`")).collect();
-                missing.push(if roles.len() == 1 {
-                    format!("role {}", roles[0])
-                } else {
-                    format!("one of the roles {}", roles.join(", "))
-                });
-            }
-            return Err(Error::forbidden(format!(
-                "`{message_name}` requires {}, which principal `{}` lacks",
-                missing.join(" and "),
-                principal.id()
-            )));
         }
         if let Some(resource) = &self.resource {
             let Some(resource_id) = (resource.id)(message) else {

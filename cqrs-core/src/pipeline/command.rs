@@ -2,8 +2,9 @@
 //!
 //! Two paths, chosen per dispatch in [`CommandPipe::call`]:
 //!
-//! - **lean**: nothing but trace, validation and the handler (no middleware, no timeout or
-//!   deadline, no authorization, no idempotency key, no retry, no transaction). Generic over
+//! - **lean**: nothing but trace, authorization by the principal alone, validation and the
+//!   handler (no middleware, no timeout or deadline, no resource policy, no idempotency key,
+//!   no retry, no transaction). Generic over
 //!   the command and the handler, and small: its future lives inline in the
 //!   [`DispatchFuture`], so the dispatch allocates nothing.
 //! - **full**: every layer the handler and the envelope ask for, in [`full`]. Written once for
@@ -24,6 +25,7 @@ use futures_util::FutureExt;
 use tracing::Span;
 
 use self::full::ErasedCommand;
+use super::authorize::AuthorizeLayer;
 use super::erased::{self, HandleFuture, Slot};
 use super::trace::InSpan;
 use super::{DispatchFuture, Guarded, Layers, idempotency, trace};
@@ -86,7 +88,7 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
             invalidates: _,
         } = &self.layers;
         timeout.is_none()
-            && authorize.is_none()
+            && AuthorizeLayer::is_lean(authorize.as_ref())
             && retry.is_none()
             && transaction.is_none()
             && metadata.deadline().is_none()
@@ -94,7 +96,7 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
             && (metadata.idempotency_key().is_none() || bus.idempotency().is_none())
     }
 
-    /// The lean path: trace, validate, handler, then [`full::after`] when there is anything
+    /// The lean path: trace, authorize (by the principal alone), validate, handler, then [`full::after`] when there is anything
     /// to do after.
     ///
     /// Every future is pinned where it is built (`pin!`) and awaited through a wrapper that
@@ -114,10 +116,13 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
         async move {
             let mut own = DispatchStats::default();
             let stats = stats.unwrap_or(&mut own);
-            stats.attempts = 1;
-            let handled = match message.validate_message() {
+            let authorize = self.layers.authorize.as_ref();
+            let checked = AuthorizeLayer::check_lean(authorize, C::NAME, &cx.metadata)
+                .and_then(|()| message.validate_message());
+            let handled = match checked {
                 Err(error) => Err(error),
                 Ok(()) => {
+                    stats.attempts = 1;
                     let fut = pin!(self.handler.handle(message, &mut cx));
                     let handler = self.name;
                     Guarded {

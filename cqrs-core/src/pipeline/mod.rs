@@ -19,12 +19,14 @@
 //! [`query`] and [`event`] are the only places that compose them. An event handler's pipeline
 //! is short (trace, timeout, retry) and generic. Commands and queries have two paths:
 //!
-//! - the **lean** path (trace, validation, handler) is generic over the message and handler
-//!   types, and its future is stored inline in a [`DispatchFuture`]: an undecorated dispatch
-//!   allocates nothing;
+//! - the **lean** path (trace, authorization by the principal alone, validation, handler) is
+//!   generic over the message and handler types, and its future is stored inline in a
+//!   [`DispatchFuture`]: a dispatch with no other layer allocates nothing;
 //! - the **full** path (every layer) is written once for all handlers, over `dyn` and slots
 //!   (see [`erased`]), so that a crate with many handlers does not compile it once per handler.
-//!   Its future is boxed: one allocation, whatever the number of layers.
+//!   Its future is boxed: one allocation, whatever the number of layers. A cached query is
+//!   first authorized, validated and looked up without any future when none of that awaits
+//!   (`query::full::early`): a cache hit allocates nothing either.
 //!
 //! Layers that do I/O (transaction, idempotency store, publishing) box their own part, and only
 //! when they run, so they do not grow every dispatch's future.

@@ -1,9 +1,11 @@
 //! A query's pipeline: layers 1 to 10 around one query handler.
 //!
-//! As for commands, a lean path (trace, validation, handler) runs inline in the
-//! [`DispatchFuture`] with no allocation when the handler has no decorator, the bus no
-//! middleware and the envelope no deadline; every other dispatch takes the full path, boxed,
-//! in [`full`]: written once for all query handlers (see [`erased`](super::erased)).
+//! As for commands, a lean path (trace, authorization by the principal alone, validation,
+//! handler) runs inline in the [`DispatchFuture`] with no allocation when the handler has no
+//! other decorator, the bus no middleware and the envelope no deadline; every other dispatch takes the full path, boxed,
+//! in [`full`]: written once for all query handlers (see [`erased`](super::erased)). Before
+//! it, a cached query is authorized, validated and looked up without awaiting when nothing
+//! there needs to await ([`full::early`]): a refusal or a cache hit then builds no future.
 
 mod full;
 
@@ -16,7 +18,8 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tracing::Span;
 
-use self::full::ErasedQuery;
+use self::full::{Checked, Early, ErasedQuery};
+use super::authorize::AuthorizeLayer;
 use super::cache::{Answer, AnswerCodec, CacheLayer};
 use super::erased::{self, HandleFuture, Slot};
 use super::{DispatchFuture, Guarded, Layers, trace};
@@ -30,11 +33,12 @@ use crate::{Error, Status};
 
 /// The type-erased entry point of a query's pipeline.
 pub(crate) trait QueryPipe<Q: Query>: Send + Sync {
+    /// `stats` is where a report is collected, `None` when nobody asked for one.
     fn call<'a>(
         &'a self,
         bus: &'a BusInner,
         env: Envelope<Q>,
-        stats: &'a mut DispatchStats,
+        stats: Option<&'a mut DispatchStats>,
     ) -> DispatchFuture<'a, Result<Q::Output, Error>>;
 
     fn invalidate(&self) -> BoxFuture<'_, Result<(), Error>>;
@@ -54,11 +58,30 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipe<Q> for QueryPipeline<Q, H> {
         &'a self,
         bus: &'a BusInner,
         env: Envelope<Q>,
-        stats: &'a mut DispatchStats,
+        mut stats: Option<&'a mut DispatchStats>,
     ) -> DispatchFuture<'a, Result<Q::Output, Error>> {
         if !self.is_lean(bus, &env.metadata) {
             let Envelope { message, metadata } = env;
-            return DispatchFuture::from_or_box(self.full(bus, message, metadata, stats));
+            let span = trace::lean_span(MessageKind::Query, Q::NAME, self.name, &metadata);
+            let mut own = DispatchStats::default();
+            let early_stats = stats.as_deref_mut().unwrap_or(&mut own);
+            let early = {
+                let _entered = span.as_ref().map(Span::enter);
+                full::early(self, bus, &message, &metadata, early_stats)
+            };
+            let checked = match early {
+                Early::Done(result) => {
+                    // Refused, or a cache hit: no future to build, nothing to box.
+                    let result = result.and_then(unshare::<Q>);
+                    let stats = stats.as_deref().unwrap_or(&own);
+                    trace::finish_in(span.as_ref(), MessageKind::Query, Q::NAME, &result, stats);
+                    return DispatchFuture::from_or_box(std::future::ready(result));
+                }
+                Early::Checked(checked) => Some(checked),
+                Early::Later => None,
+            };
+            let full = self.full(bus, message, metadata, span, checked, stats);
+            return DispatchFuture::from_or_box(full);
         }
         // Built outside the future, as for commands (see `CommandPipe::call`).
         let Envelope { message, metadata } = env;
@@ -78,33 +101,39 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipe<Q> for QueryPipeline<Q, H> {
 }
 
 impl<Q: Query, H: QueryHandler<Q>> QueryPipeline<Q, H> {
-    /// Whether this dispatch needs no layer beyond trace and validation.
+    /// Whether this dispatch needs no layer beyond trace, authorization by the principal alone
+    /// and validation.
     #[inline]
     fn is_lean(&self, bus: &BusInner, metadata: &Metadata) -> bool {
         self.cache.is_none()
             && self.layers.timeout.is_none()
-            && self.layers.authorize.is_none()
+            && AuthorizeLayer::is_lean(self.layers.authorize.as_ref())
             && self.layers.retry.is_none()
             && metadata.deadline().is_none()
             && bus.middleware(MessageKind::Query).is_empty()
     }
 
-    /// The lean path: trace, validate, handler.
+    /// The lean path: trace, authorize (by the principal alone), validate, handler.
     #[allow(clippy::manual_async_fn)] // deliberate: see the comment in the body
     fn lean<'a>(
         &'a self,
         message: Q,
         cx: QueryContext,
         span: Option<Span>,
-        stats: &'a mut DispatchStats,
+        stats: Option<&'a mut DispatchStats>,
     ) -> impl Future<Output = Result<Q::Output, Error>> + Send + 'a {
         // `async move`, not `async fn`, and the handler's future pinned where it is built:
         // see `CommandPipeline::lean`.
         async move {
-            stats.attempts = 1;
-            let result = match message.validate_message() {
+            let mut own = DispatchStats::default();
+            let stats = stats.unwrap_or(&mut own);
+            let authorize = self.layers.authorize.as_ref();
+            let checked = AuthorizeLayer::check_lean(authorize, Q::NAME, &cx.metadata)
+                .and_then(|()| message.validate_message());
+            let result = match checked {
                 Err(error) => Err(error),
                 Ok(()) => {
+                    stats.attempts = 1;
                     let fut = pin!(self.handler.handle(message, &cx));
                     let handler = self.name;
                     Guarded {
@@ -127,10 +156,14 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipeline<Q, H> {
         bus: &'a BusInner,
         message: Q,
         metadata: Metadata,
-        stats: &'a mut DispatchStats,
+        span: Option<Span>,
+        checked: Option<Checked>,
+        stats: Option<&'a mut DispatchStats>,
     ) -> impl Future<Output = Result<Q::Output, Error>> + Send + 'a {
         let mut message = Some(message);
         async move {
+            let mut own = DispatchStats::default();
+            let stats = stats.unwrap_or(&mut own);
             let mut output: Option<Q::Output> = None;
             {
                 let run = pin!(full::run(
@@ -139,6 +172,8 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipeline<Q, H> {
                     &mut message,
                     &mut output,
                     metadata,
+                    span,
+                    checked,
                     stats
                 ));
                 run.await?;
@@ -211,15 +246,21 @@ impl<Q: Query, H: QueryHandler<Q>> ErasedQuery for QueryPipeline<Q, H> {
     }
 
     fn restore_output(&self, answer: Answer, output: &mut Slot) -> Result<(), Error> {
-        let (Some(slot), Ok(answer)) = (
-            output.downcast_mut::<Option<Q::Output>>(),
-            answer.downcast::<Q::Output>(),
-        ) else {
+        let Some(slot) = output.downcast_mut::<Option<Q::Output>>() else {
             return Err(erased::missing(Q::NAME));
         };
-        *slot = Some(Arc::try_unwrap(answer).unwrap_or_else(|shared| (*shared).clone()));
+        *slot = Some(unshare::<Q>(answer)?);
         Ok(())
     }
+}
+
+/// The output behind a shared answer: moved out when nothing else holds it, cloned if the cache
+/// (or another caller) does.
+fn unshare<Q: Query>(answer: Answer) -> Result<Q::Output, Error> {
+    let answer = answer
+        .downcast::<Q::Output>()
+        .map_err(|_| erased::missing(Q::NAME))?;
+    Ok(Arc::try_unwrap(answer).unwrap_or_else(|shared| (*shared).clone()))
 }
 
 /// Serializing answers, for cache backends that store JSON.

@@ -7,9 +7,14 @@
 //! never stored; `None` only with `cache_none = true`.
 //!
 //! Storage is behind [`QueryCache`]: the bus asks it for one [`CacheRegion`] per cached query at
-//! startup. The default, [`MemoryCache`], keeps answers in process on `quick_cache`; its lookups finish
-//! without awaiting anything, so a hit costs no allocation. A shared backend (Redis) implements
-//! the same traits with serialized values.
+//! startup. The default, [`MemoryCache`] ([`memory`]), keeps answers in process; its lookups
+//! finish without awaiting anything, so that a hit is answered before the dispatch builds any
+//! future (see `pipeline/query/full.rs`, `early`). A shared backend (Redis) implements the same
+//! traits with serialized values.
+
+mod memory;
+
+pub use self::memory::MemoryCache;
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -20,7 +25,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use tokio::sync::watch;
@@ -199,121 +204,6 @@ pub trait CacheRegion: Send + Sync + 'static {
     fn invalidate_all(&self) -> CacheFuture<'_, ()>;
 }
 
-/// The in-process [`QueryCache`], on `quick_cache` (S3-FIFO: scan resistant, frequently read
-/// answers stay), bounded by `max_entries` per region. It is the bus's default.
-///
-/// Why `quick_cache` rather than `moka`: both are maintained and widely used, but a `moka` hit
-/// logs the read for its LRU policy and runs pending housekeeping, about 800 instructions; a
-/// `quick_cache` hit is a read lock on one shard and one atomic, and no background work. What
-/// `quick_cache` lacks is per-entry expiry: each answer is stored with the instant it expires,
-/// and a lookup past it drops the entry and misses. An expired answer nobody asks for again
-/// stays until evicted (`max_entries` bounds the memory either way).
-#[derive(Debug, Clone, Default)]
-pub struct MemoryCache;
-
-impl MemoryCache {
-    /// The in-process cache.
-    pub fn new() -> Self {
-        MemoryCache
-    }
-}
-
-/// An answer and when it expires.
-#[derive(Clone)]
-struct Entry {
-    expires: Instant,
-    value: Arc<dyn Any + Send + Sync>,
-}
-
-struct MemoryRegion {
-    ttl: Duration,
-    entries: quick_cache::sync::Cache<
-        u128,
-        Entry,
-        quick_cache::UnitWeighter,
-        KeyIsAHash,
-        quick_cache::sync::DefaultLifecycle<u128, Entry>,
-    >,
-}
-
-/// The keys are already SipHash outputs: hash them again with nothing more than a fold.
-#[derive(Clone, Default)]
-struct KeyIsAHash;
-
-impl std::hash::BuildHasher for KeyIsAHash {
-    type Hasher = FoldHasher;
-    fn build_hasher(&self) -> FoldHasher {
-        FoldHasher(0)
-    }
-}
-
-struct FoldHasher(u64);
-
-impl Hasher for FoldHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 ^= u64::from_le_bytes(word);
-        }
-    }
-    fn write_u128(&mut self, value: u128) {
-        self.0 ^= (value as u64) ^ ((value >> 64) as u64);
-    }
-}
-
-impl QueryCache for MemoryCache {
-    fn region(&self, _query: &'static str, spec: &CacheSpec) -> Arc<dyn CacheRegion> {
-        let capacity = spec.max_entries.max(1);
-        Arc::new(MemoryRegion {
-            ttl: spec.ttl,
-            entries: quick_cache::sync::Cache::with(
-                usize::try_from(capacity).unwrap_or(usize::MAX),
-                capacity,
-                quick_cache::UnitWeighter,
-                KeyIsAHash,
-                quick_cache::sync::DefaultLifecycle::default(),
-            ),
-        })
-    }
-}
-
-impl CacheRegion for MemoryRegion {
-    fn representation(&self) -> Representation {
-        Representation::Shared
-    }
-    fn get(&self, key: u128) -> CacheFuture<'_, Option<CachedValue>> {
-        let found = match self.entries.get(&key) {
-            Some(entry) if entry.expires > Instant::now() => Some(CachedValue::Shared(entry.value)),
-            Some(_) => {
-                self.entries.remove(&key);
-                None
-            }
-            None => None,
-        };
-        CacheFuture::ready(Ok(found))
-    }
-    fn insert(&self, key: u128, value: CachedValue) -> CacheFuture<'_, ()> {
-        match value {
-            CachedValue::Shared(value) => {
-                let expires = Instant::now() + self.ttl;
-                self.entries.insert(key, Entry { expires, value });
-                CacheFuture::ready(Ok(()))
-            }
-            CachedValue::Json(_) => CacheFuture::ready(Err(Error::internal(
-                "the in-process cache stores values, not JSON",
-            ))),
-        }
-    }
-    fn invalidate_all(&self) -> CacheFuture<'_, ()> {
-        self.entries.clear();
-        CacheFuture::ready(Ok(()))
-    }
-}
-
 /// A query's region that counts its invalidations (`invalidates = [..]`, `bus.invalidate`), so
 /// that an answer computed before one is not stored after it, and a caller who asks after one
 /// does not wait for a computation that started before it.
@@ -396,8 +286,28 @@ impl CacheLayer {
         cache_key(|h| (self.spec.key)(query, h))
     }
 
+    /// The answer under `key`, if the backend can tell without awaiting (the in-process one
+    /// always can): `Some(None)` is a miss, `None` means it would have to be awaited.
+    pub(crate) fn peek(&self, codec: &dyn AnswerCodec, key: u128) -> Option<Option<Answer>> {
+        match self.region.get(key) {
+            CacheFuture::Ready(Some(found)) => Some(self.found(codec, found)),
+            // A remote lookup, not started: futures do nothing until polled.
+            CacheFuture::Ready(None) | CacheFuture::Pending(_) => None,
+        }
+    }
+
     async fn lookup(&self, codec: &dyn AnswerCodec, key: u128) -> Option<Answer> {
-        let found = match self.region.get(key).await {
+        self.found(codec, self.region.get(key).await)
+    }
+
+    /// What a lookup found, as an answer; a failed lookup or an answer that does not decode is
+    /// a miss (logged), not an error: the handler can still answer.
+    fn found(
+        &self,
+        codec: &dyn AnswerCodec,
+        found: Result<Option<CachedValue>, Error>,
+    ) -> Option<Answer> {
+        let found = match found {
             Ok(found) => found?,
             Err(error) => {
                 tracing::warn!(target: "cqrs", query = self.query, %error, "cache lookup failed; running the handler");
@@ -447,11 +357,13 @@ impl CacheLayer {
     }
 
     /// Answers from the cache under `key` (see [`key`](Self::key)), or runs `compute` once for
-    /// all concurrent callers with this key.
+    /// all concurrent callers with this key. `looked`: the caller has just looked `key` up
+    /// (with [`peek`](Self::peek)) and missed, so the first lookup is skipped.
     pub(crate) async fn run<F, Fut>(
         &self,
         codec: &dyn AnswerCodec,
         key: u128,
+        looked: bool,
         cache_hit: &mut bool,
         compute: F,
     ) -> Result<Answer, Error>
@@ -459,7 +371,7 @@ impl CacheLayer {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Answer, Error>>,
     {
-        if let Some(hit) = self.lookup(codec, key).await {
+        if !looked && let Some(hit) = self.lookup(codec, key).await {
             *cache_hit = true;
             return Ok(hit);
         }
@@ -599,7 +511,7 @@ mod tests {
         answer: Result<Option<u32>, Error>,
     ) -> Result<Option<u32>, Error> {
         let answer = l
-            .run(&Codec, l.key(&Q(q)), hit, || async move {
+            .run(&Codec, l.key(&Q(q)), false, hit, || async move {
                 answer.map(|a| Arc::new(a) as Answer)
             })
             .await?;
@@ -629,6 +541,18 @@ mod tests {
         assert_eq!(v, Some(11));
     }
 
+    #[tokio::test]
+    async fn peek_answers_in_process_lookups_without_awaiting() {
+        let l = layer(false);
+        let key = l.key(&Q(4));
+        assert!(matches!(l.peek(&Codec, key), Some(None)), "a miss");
+        let mut hit = false;
+        run(&l, 4, &mut hit, Ok(Some(40))).await.unwrap();
+        let found = l.peek(&Codec, key).expect("in process: no await needed");
+        let found = found.expect("a hit after the answer was stored");
+        assert_eq!(found.downcast_ref::<Option<u32>>(), Some(&Some(40)));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_misses_run_once() {
         let l = layer(true);
@@ -639,7 +563,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 let mut hit = false;
                 let answer = l
-                    .run(&Codec, l.key(&Q(7)), &mut hit, || async {
+                    .run(&Codec, l.key(&Q(7)), false, &mut hit, || async {
                         runs.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         Ok(Arc::new(Some(7u32)) as Answer)
@@ -652,30 +576,5 @@ mod tests {
             assert_eq!(t.await.unwrap().unwrap(), Some(7));
         }
         assert_eq!(runs.load(Ordering::SeqCst), 1);
-    }
-
-    #[tokio::test]
-    async fn the_memory_cache_keeps_at_most_max_entries() {
-        let spec =
-            CacheSpec::new(Duration::from_secs(60), hash_whole::<Q>, |_| false).max_entries(50);
-        let region = MemoryCache.region("Q", &spec);
-        for key in 0..1_000u128 {
-            region
-                .insert(key, CachedValue::Shared(Arc::new(key)))
-                .await
-                .unwrap();
-        }
-        let mut kept = 0;
-        for key in 0..1_000u128 {
-            if let Some(CachedValue::Shared(value)) = region.get(key).await.unwrap() {
-                assert_eq!(value.downcast_ref::<u128>(), Some(&key));
-                kept += 1;
-            }
-        }
-        // The bound is approximate (per shard), but nowhere near the 1,000 inserted.
-        assert!(
-            (1..=60).contains(&kept),
-            "kept {kept} answers with max_entries = 50"
-        );
     }
 }
