@@ -129,7 +129,9 @@ impl FieldError {
 /// Handlers build one with the constructors (`Error::not_found("user 42")`) or with `?` on any
 /// [`std::error::Error`], which gives [`Status::Internal`] (or a better status for errors the bus
 /// recognises: I/O and connection errors are `Unavailable`, `tokio`'s elapsed timer is `Timeout`,
-/// and with the database features, serialization failures and unique violations are `Conflict`)
+/// and with the database features, serialization failures and unique violations are `Conflict`,
+/// and a lost connection, a server shutting down, a busy or locked SQLite file, a full disk or
+/// a database I/O error are `Unavailable`)
 /// and keeps the original error as the [`source`](Error::source).
 ///
 /// ```

@@ -334,3 +334,116 @@ async fn sqlite_locked_database_is_unavailable_then_serves_again() {
     impatient.close().await;
     db.cleanup().await;
 }
+
+/// Inserts a row, then a blob: the second write needs new pages.
+#[derive(Command, Debug, Clone, Serialize, Deserialize)]
+struct InsertWithBlob {
+    name: String,
+    blob_bytes: u32,
+}
+
+#[command_handler(InsertWithBlob)]
+#[transactional]
+struct InsertWithBlobHandler;
+
+impl CommandHandler<InsertWithBlob> for InsertWithBlobHandler {
+    async fn handle(&self, cmd: InsertWithBlob, cx: &mut CommandContext) -> Result<(), Error> {
+        insert_thing(cx, &cmd.name).await?;
+        let tx = cx.tx::<sqlx::Sqlite>()?;
+        sqlx::query("INSERT INTO blobs (data) VALUES (randomblob(?))")
+            .bind(cmd.blob_bytes)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+/// SQLite's form of "the database goes away mid-handler": the disk fills up between two writes
+/// of one transaction. A full disk is simulated with `PRAGMA max_page_count`, set on each
+/// connection as the pool hands it out: past it SQLite fails exactly as on a full disk
+/// (`SQLITE_FULL`). The caller gets `Unavailable`, the first write is rolled back with the rest,
+/// and once there is room again the same bus serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_disk_full_mid_handler_is_unavailable_then_serves_again() {
+    use cqrs_core::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+
+    let db = TestDb::sqlite().await;
+    db.execute("CREATE TABLE things (name TEXT PRIMARY KEY)")
+        .await;
+    db.execute("CREATE TABLE blobs (data BLOB NOT NULL)").await;
+    let TestDb::Sqlite { path, .. } = &db else {
+        unreachable!()
+    };
+    // Pages the database may grow to; 1: as large as it is now (SQLite never sets it lower).
+    let room = Arc::new(AtomicI32::new(1_000_000));
+    let pool = {
+        let room = room.clone();
+        SqlitePoolOptions::new()
+            .max_connections(2)
+            .before_acquire(move |conn, _| {
+                let pages = room.load(Ordering::SeqCst);
+                Box::pin(async move {
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "PRAGMA max_page_count = {pages}"
+                    )))
+                    .execute(&mut *conn)
+                    .await?;
+                    Ok(true)
+                })
+            })
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(path)
+                    .journal_mode(SqliteJournalMode::Wal),
+            )
+            .await
+            .unwrap()
+    };
+    let bus = Bus::builder()
+        .discover(false)
+        .sqlite(pool.clone())
+        .register::<InsertWithBlobHandler>()
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+    bus.send(InsertWithBlob {
+        name: "before".into(),
+        blob_bytes: 16,
+    })
+    .await
+    .unwrap();
+
+    // The disk is full: the row still fits in a page the table has, the blob does not.
+    room.store(1, Ordering::SeqCst);
+    let err = bus
+        .send(InsertWithBlob {
+            name: "during".into(),
+            blob_bytes: 256 * 1024,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Status::Unavailable, "{err}");
+    assert!(
+        err.find_source::<sqlx::Error>().is_some() && err.to_string().contains("full"),
+        "SQLite's \"database or disk is full\" is kept as the source: {err}"
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM things WHERE name = 'during'")
+            .await,
+        0,
+        "the first write was rolled back with the second"
+    );
+
+    // Room again: the same bus serves.
+    room.store(1_000_000, Ordering::SeqCst);
+    bus.send(InsertWithBlob {
+        name: "after".into(),
+        blob_bytes: 256 * 1024,
+    })
+    .await
+    .unwrap();
+    assert_eq!(db.count("SELECT COUNT(*) FROM things").await, 2);
+    drop(bus);
+    pool.close().await;
+    db.cleanup().await;
+}

@@ -135,6 +135,14 @@ pub(crate) fn now_ms() -> i64 {
 /// The status of a database error: connection trouble is `Unavailable` (transient),
 /// serialization failures, deadlocks and unique violations are `Conflict` (retry may succeed,
 /// or the caller must know), a missing row is `NotFound`.
+///
+/// `Unavailable`, by database:
+/// - PostgreSQL: connection exceptions (class `08`), the server shutting down or restarting
+///   (`57P01`..`57P03`), too many connections (`53300`), a full disk (`53100`), out of memory
+///   (`53200`), an I/O error (`58030`);
+/// - SQLite: the database busy or locked past the busy timeout (`SQLITE_BUSY`,
+///   `SQLITE_LOCKED`), an I/O error (`SQLITE_IOERR`), a full disk (`SQLITE_FULL`), the file
+///   gone or unopenable (`SQLITE_CANTOPEN`).
 pub(crate) fn classify(error: &sqlx::Error) -> Option<crate::Status> {
     use crate::Status;
     match error {
@@ -156,15 +164,18 @@ pub(crate) fn classify(error: &sqlx::Error) -> Option<crate::Status> {
                 return Some(Status::Conflict);
             }
             if code.starts_with("08")
-                || code == "57P01"
-                || code == "57P02"
-                || code == "57P03"
-                || code == "53300"
+                || matches!(
+                    code,
+                    "57P01" | "57P02" | "57P03" | "53100" | "53200" | "53300" | "58030"
+                )
             {
                 return Some(Status::Unavailable);
             }
-            // SQLite (extended) result codes: BUSY and LOCKED.
-            if code.parse::<i32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6)) {
+            // SQLite (extended) result codes: BUSY, LOCKED, IOERR, FULL, CANTOPEN.
+            if code
+                .parse::<i32>()
+                .is_ok_and(|n| matches!(n & 0xff, 5 | 6 | 10 | 13 | 14))
+            {
                 return Some(Status::Unavailable);
             }
             None
