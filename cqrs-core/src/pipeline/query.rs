@@ -2,10 +2,11 @@
 //!
 //! As for commands, a lean path (trace, authorization by the principal alone, validation,
 //! handler) runs inline in the [`DispatchFuture`] with no allocation when the handler has no
-//! other decorator, the bus no middleware and the envelope no deadline; every other dispatch takes the full path, boxed,
-//! in [`full`]: written once for all query handlers (see [`erased`](super::erased)). Before
-//! it, a cached query is authorized, validated and looked up without awaiting when nothing
-//! there needs to await ([`full::early`]): a refusal or a cache hit then builds no future.
+//! other decorator, the bus no middleware and the envelope no deadline; every other dispatch
+//! takes the full path, boxed, in [`full`]: written once for all query handlers (see
+//! [`erased`](super::erased)). Before it, a cached query is authorized, validated and looked
+//! up without awaiting when nothing there needs to await ([`full::early`]): a refusal or a
+//! cache hit then builds no future.
 
 mod full;
 
