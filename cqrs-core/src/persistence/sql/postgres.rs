@@ -75,15 +75,23 @@ pub(crate) async fn outbox_insert(
 }
 
 pub(crate) async fn outbox_mark_delivered(pool: &PgPool, ids: &[Uuid]) -> Result<(), Error> {
-    sqlx::query(
-        "UPDATE cqrs_outbox SET delivered_at_ms = $1, locked_until_ms = NULL, last_error = NULL
-         WHERE id = ANY($2)",
-    )
-    .bind(now_ms())
-    .bind(ids)
-    .execute(pool)
-    .await
-    .map_err(db_error)?;
+    // One event (the common case) by its key: `= ANY($2)` plans a bitmap scan, measurably
+    // slower than the index scan of `= $2` on a busy server.
+    let query = match ids {
+        [id] => sqlx::query(
+            "UPDATE cqrs_outbox SET delivered_at_ms = $1, locked_until_ms = NULL, last_error = NULL
+             WHERE id = $2",
+        )
+        .bind(now_ms())
+        .bind(id),
+        _ => sqlx::query(
+            "UPDATE cqrs_outbox SET delivered_at_ms = $1, locked_until_ms = NULL, last_error = NULL
+             WHERE id = ANY($2)",
+        )
+        .bind(now_ms())
+        .bind(ids),
+    };
+    query.execute(pool).await.map_err(db_error)?;
     Ok(())
 }
 
