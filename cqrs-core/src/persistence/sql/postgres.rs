@@ -75,23 +75,15 @@ pub(crate) async fn outbox_insert(
 }
 
 pub(crate) async fn outbox_mark_delivered(pool: &PgPool, ids: &[Uuid]) -> Result<(), Error> {
-    // One event (the common case) by its key: a plain index scan, where `= ANY($2)` plans a
-    // bitmap scan and sends an array.
-    let query = match ids {
-        [id] => sqlx::query(
-            "UPDATE cqrs_outbox SET delivered_at_ms = $1, locked_until_ms = NULL, last_error = NULL
-             WHERE id = $2",
-        )
-        .bind(now_ms())
-        .bind(id),
-        _ => sqlx::query(
-            "UPDATE cqrs_outbox SET delivered_at_ms = $1, locked_until_ms = NULL, last_error = NULL
-             WHERE id = ANY($2)",
-        )
-        .bind(now_ms())
-        .bind(ids),
-    };
-    query.execute(pool).await.map_err(db_error)?;
+    sqlx::query(
+        "UPDATE cqrs_outbox SET delivered_at_ms = $1, locked_until_ms = NULL, last_error = NULL
+         WHERE id = ANY($2)",
+    )
+    .bind(now_ms())
+    .bind(ids)
+    .execute(pool)
+    .await
+    .map_err(db_error)?;
     Ok(())
 }
 
