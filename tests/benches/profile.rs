@@ -10,7 +10,8 @@
 //!
 //! The first argument picks the row (`direct`, `bus`, `es`: the event-sourced command of
 //! `benches/event_sourced.rs`, a deposit into a new account, `query`: a query with no decorator,
-//! `hit`: the same through authorize, validate and a cache hit), the second how many operations to run.
+//! `hit`: the same through authorize, validate and a cache hit, `publish`: an event published to
+//! one handler), the second how many operations to run.
 //! `tests/benches/instructions.sh` runs every row twice (N and 2N operations) and prints the
 //! difference divided by N: the instructions of one operation, without the process's setup.
 
@@ -61,6 +62,22 @@ impl QueryHandler<Hit> for HitHandler {
     }
 }
 
+/// The `publish` row: an event with one handler, which does nothing.
+#[derive(Event, Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Pinged {
+    n: u64,
+}
+
+#[event_handler(Pinged)]
+struct PingedHandler;
+
+impl EventHandler<Pinged> for PingedHandler {
+    async fn handle(&self, e: &Pinged, _cx: &mut EventContext) -> Result<(), Error> {
+        black_box(e.n);
+        Ok(())
+    }
+}
+
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     let row = args.next().unwrap_or_else(|| "bus".into());
@@ -74,6 +91,7 @@ fn main() {
         .register::<DepositHandler>()
         .register::<HitHandler>()
         .register::<BareHandler>()
+        .register::<PingedHandler>()
         .event_store(MemoryEventStore::new())
         .build()
         .expect("bus");
@@ -97,6 +115,11 @@ fn main() {
                 });
                 let env = Envelope::new(q).principal(principal.clone());
                 sum = sum.wrapping_add(bus.query(env).await.unwrap_or(0));
+                continue;
+            }
+            if row == "publish" {
+                let published = bus.publish(black_box(Pinged { n: i })).await;
+                sum = sum.wrapping_add(u64::from(published.is_ok()));
                 continue;
             }
             if row == "es" {

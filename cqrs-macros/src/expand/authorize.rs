@@ -4,6 +4,7 @@ use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 
 use crate::attr::{Kind, Leading, opt};
+use crate::expand::call_site;
 use crate::expand::decorator::{Decorator, Generated};
 
 pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
@@ -38,8 +39,10 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         if let Some(field) = args.ident("resource") {
             let message = handler.message();
             // The field access is spanned on the user's field name: a typo reads
-            // "no field `ownr` on type `DeleteDocument`" right under it.
-            let access = quote_spanned!(field.span()=> ::cqrs_core::__private::resource_id(&(*message).#field));
+            // "no field `ownr` on type `DeleteDocument`" right under it. `message` is not (see
+            // `expand::call_site`).
+            let message_var = call_site("message");
+            let access = quote_spanned!(field.span()=> ::cqrs_core::__private::resource_id(&(*#message_var).#field));
             let name = field.to_string();
             items = quote! {
                 fn __cqrs_resource_id(message: &(dyn #p::Any + #p::Send + #p::Sync)) -> #p::Option<#p::String> {

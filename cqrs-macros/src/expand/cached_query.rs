@@ -4,6 +4,7 @@ use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 
 use crate::attr::{self, Kind, Leading, opt};
+use crate::expand::call_site;
 use crate::expand::decorator::{Decorator, Generated};
 
 pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
@@ -52,9 +53,12 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                     );
                 }
                 // Each field access is spanned on the user's field name, so a missing field or
-                // one that is not `Hash` is reported right there.
+                // one that is not `Hash` is reported right there. The function's own variables
+                // are not: inside a `macro_rules!` that span carries the macro's hygiene, under
+                // which `query` and `hasher` written with it would name nothing.
+                let (query_var, hasher) = (call_site("query"), call_site("hasher"));
                 let hashes = fields.iter().map(|f| {
-                    quote_spanned!(f.span()=> ::cqrs_core::__private::hash_key_field(&(*query).#f, hasher);)
+                    quote_spanned!(f.span()=> ::cqrs_core::__private::hash_key_field(&(*#query_var).#f, #hasher);)
                 });
                 quote!({
                     fn __cqrs_cache_key(query: &(dyn #p::Any + #p::Send + #p::Sync), hasher: &mut dyn #p::Hasher) {

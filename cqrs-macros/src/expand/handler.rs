@@ -7,6 +7,7 @@ use syn::{ItemStruct, LitStr, Type};
 
 use crate::attr::{self, Kind, Leading, Positional, opt};
 use crate::errors::Errors;
+use crate::expand::call_site;
 use crate::item::{self, Target};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -264,11 +265,13 @@ fn build_fields(item: &mut ItemStruct, errors: &mut Errors) -> TokenStream {
             .replace("< ", "<")
             .replace(" ,", ",");
         let written = LitStr::new(&written, ty.span());
-        // Spanned on the field's type: a type that cannot be injected is reported there.
+        // Spanned on the field's type: a type that cannot be injected is reported there. The
+        // resolver variable is not (see `expand::call_site`).
+        let resolver = call_site("__cqrs_resolver");
         let resolve = if default {
-            quote_spanned!(ty.span()=> ::cqrs_core::__private::resolve_or_default::<#ty>(__cqrs_resolver, #label))
+            quote_spanned!(ty.span()=> ::cqrs_core::__private::resolve_or_default::<#ty>(#resolver, #label))
         } else {
-            quote_spanned!(ty.span()=> __cqrs_resolver.resolve::<#ty>(#label, #written))
+            quote_spanned!(ty.span()=> #resolver.resolve::<#ty>(#label, #written))
         };
         lets.push(quote!(let #var: #p::Option<#ty> = #resolve;));
         inits.push(quote!(#member: #var?));
