@@ -198,15 +198,49 @@ impl fmt::Debug for QueryContext {
 /// saga or process manager reacts to events).
 pub struct EventContext {
     bus: BusPtr,
-    pub(crate) metadata: Metadata,
+    metadata: MetadataPtr,
     pub(crate) handler: &'static str,
 }
 
+/// The metadata of the event being delivered, shared by every handler of that event rather than
+/// cloned for each: a clone would have to fix the event's id first (so that both copies agree
+/// on it), which generates a UUID for every delivery whether or not a handler reads it.
+///
+/// The same invariant as [`BusPtr`]: **an event context never outlives the `&Metadata` it was
+/// created from.** The one caller, the event pipeline, creates the context inside a future
+/// that borrows that metadata for its whole life, and users only ever get `&`/`&mut` access to
+/// the context.
+#[derive(Clone, Copy)]
+struct MetadataPtr(NonNull<Metadata>);
+
+// SAFETY: `Metadata` is `Sync`, and `MetadataPtr` only ever gives out `&Metadata`.
+#[allow(unsafe_code)]
+unsafe impl Send for MetadataPtr {}
+// SAFETY: as above.
+#[allow(unsafe_code)]
+unsafe impl Sync for MetadataPtr {}
+
+const _: () = {
+    const fn sync<T: Sync>() {}
+    sync::<Metadata>();
+};
+
+impl MetadataPtr {
+    #[allow(unsafe_code)]
+    fn get(&self) -> &Metadata {
+        // SAFETY: see the invariant on `MetadataPtr`: the metadata outlives every context made
+        // from it, and the returned reference is bounded by the borrow of the context.
+        unsafe { self.0.as_ref() }
+    }
+}
+
 impl EventContext {
-    pub(crate) fn new(bus: &BusInner, metadata: Metadata, handler: &'static str) -> Self {
+    /// See [`MetadataPtr`] for what the caller guarantees: the context must not outlive
+    /// `metadata`.
+    pub(crate) fn new(bus: &BusInner, metadata: &Metadata, handler: &'static str) -> Self {
         EventContext {
             bus: BusPtr::new(bus),
-            metadata,
+            metadata: MetadataPtr(NonNull::from(metadata)),
             handler,
         }
     }
@@ -214,19 +248,19 @@ impl EventContext {
     /// The event's id: the same on every delivery of this event, so a handler can skip events it
     /// has already processed (delivery from the outbox is at least once).
     pub fn event_id(&self) -> Uuid {
-        self.metadata.message_id()
+        self.metadata().message_id()
     }
 
     /// For an event saved by an aggregate (`cx.save`): the aggregate's type, id, and the
     /// event's version, so a projection can order and de-duplicate by version.
     pub fn aggregate(&self) -> Option<&crate::envelope::AggregateVersion> {
-        self.metadata.aggregate()
+        self.metadata().aggregate()
     }
 
     /// The event's metadata: its correlation id is the one of the command that emitted it, its
     /// causation id that command's id.
     pub fn metadata(&self) -> &Metadata {
-        &self.metadata
+        self.metadata.get()
     }
 
     /// Sends a command through the bus, as a child of this event.
@@ -236,7 +270,7 @@ impl EventContext {
         M::Message: Command,
     {
         let mut env = message.into_envelope();
-        env.metadata.inherit(&self.metadata);
+        env.metadata.inherit(self.metadata());
         let dispatch = pin!(self.bus.get().send_envelope(env, None));
         dispatch.await
     }
@@ -246,7 +280,7 @@ impl fmt::Debug for EventContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EventContext")
             .field("handler", &self.handler)
-            .field("metadata", &self.metadata)
+            .field("metadata", self.metadata())
             .finish_non_exhaustive()
     }
 }

@@ -349,7 +349,8 @@ impl Bus {
         M::Message: Event,
     {
         let inner = self.inner.get()?;
-        inner.publish_envelope(event.into_envelope()).await
+        // Pinned in place, not moved into this future's state: see `BusInner::send_envelope`.
+        pin!(inner.publish_envelope(event.into_envelope())).await
     }
 
     /// Drops every cached answer of query `Q`.

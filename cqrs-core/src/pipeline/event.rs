@@ -1,10 +1,13 @@
 //! An event handler's pipeline: trace, timeout, retry, handler. Its future lives inline in
 //! the [`DispatchFuture`] when it fits, so publishing to N handlers allocates nothing for them.
+//! A handler with no timeout (and an event with no deadline) and no retry takes a lean path:
+//! the handler's future, polled in place with its panics caught, and nothing around it.
 
 use std::any::Any;
 use std::marker::PhantomData;
+use std::pin::pin;
 
-use super::{DispatchFuture, Layers, guard_panic, retry, timeout, trace};
+use super::{DispatchFuture, Guarded, Layers, guard_panic, retry, timeout, trace};
 use crate::Error;
 use crate::bus::BusInner;
 use crate::bus::report::DispatchStats;
@@ -59,10 +62,27 @@ impl<E: Event, H: EventHandler<E>> EventPipe for EventPipeline<E, H> {
                     E::NAME
                 )));
             };
+            let mut cx = EventContext::new(bus, metadata, self.name);
+            let deadline = timeout::deadline(self.layers.timeout, metadata);
+            if deadline.is_none() && self.layers.retry.is_none() {
+                // The lean path: the handler, its panics caught, in its span if traced.
+                let span = trace::lean_span(MessageKind::Event, E::NAME, self.name, metadata);
+                let stats = DispatchStats {
+                    attempts: 1,
+                    ..DispatchStats::default()
+                };
+                let fut = pin!(self.handler.handle(event, &mut cx));
+                let result = Guarded {
+                    handler: self.name,
+                    span: span.as_ref(),
+                    fut,
+                }
+                .await;
+                trace::finish_in(span.as_ref(), MessageKind::Event, E::NAME, &result, &stats);
+                return result;
+            }
             let span = trace::span(MessageKind::Event, E::NAME, self.name, metadata);
             let mut stats = DispatchStats::default();
-            let deadline = timeout::deadline(self.layers.timeout, metadata);
-            let mut cx = EventContext::new(bus, metadata.clone(), self.name);
             let body = trace::within(
                 &span,
                 timeout::run(

@@ -8,6 +8,7 @@
 //! those whose delivery failed stay pending and are retried by the outbox relay.
 
 use std::future::Future;
+use std::pin::pin;
 
 use futures_util::future::Either;
 
@@ -93,7 +94,9 @@ pub(crate) async fn deliver(
         observer.published(event, metadata);
     }
     for pipe in bus.event_handlers(event.slot()) {
-        let result = pipe.call(bus, event.as_any(), metadata).await;
+        // Pinned where it is returned: awaiting it by value would copy its inline storage
+        // (`DispatchFuture`, 768 bytes) into this future's state first.
+        let result = pin!(pipe.call(bus, event.as_any(), metadata)).await;
         for observer in &bus.observers {
             observer.delivered(event, metadata, pipe.handler_name(), &result);
         }
