@@ -268,7 +268,6 @@ impl MemoryEventStore {
         snapshot: Option<Snapshot>,
         emitted: &mut Vec<EmittedEvent>,
     ) -> Result<(), Error> {
-        let now = crate::persistence::now_ms();
         let saved_by = SavedBy::of(parent);
         let mut streams = self.lock();
         let (origin_id, stream) = stream_entry(
@@ -295,6 +294,13 @@ impl MemoryEventStore {
             let version = root.version + 1 + i as u64;
             let event: Arc<dyn ErasedEvent> = Arc::new(event.clone());
             let event_id = Uuid::now_v7();
+            // The time in the id: one clock read for both.
+            let now = event_id
+                .get_timestamp()
+                .map_or_else(crate::persistence::now_ms, |ts| {
+                    let (secs, nanos) = ts.to_unix();
+                    secs as i64 * 1000 + i64::from(nanos / 1_000_000)
+                });
             stream.events.push(MemoryEvent {
                 event_id,
                 version,
