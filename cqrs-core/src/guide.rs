@@ -234,7 +234,7 @@
 //!
 //! ## 5. Transactions and the outbox (features `sqlite`, `postgres`)
 //!
-//! Give the bus a database, create its tables with [`Bus::migrate`](crate::Bus::migrate), and a
+//! Give the bus a database, create its tables with `Bus::migrate`, and a
 //! `#[transactional]` handler runs in a transaction it reaches with `cx.tx::<DB>()`: its SQL,
 //! the events it emits (written to the outbox) and its idempotent reply commit together, or not
 //! at all. Events are delivered after commit, at least once, even across a crash.

@@ -13,7 +13,7 @@
 //!   its own transaction;
 //! - aggregates' events live in `cqrs_events`, snapshots in `cqrs_snapshots`.
 //!
-//! Create the tables with [`Bus::migrate`](crate::Bus::migrate).
+//! Create the tables with `Bus::migrate` (features `sqlite`, `postgres`).
 
 pub(crate) mod event_store;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
