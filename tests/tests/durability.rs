@@ -447,3 +447,52 @@ async fn sqlite_disk_full_mid_handler_is_unavailable_then_serves_again() {
     pool.close().await;
     db.cleanup().await;
 }
+
+/// Runs SQL that PostgreSQL refuses with a numeric SQLSTATE, and counts its runs.
+#[derive(Command, Debug, Clone, Serialize, Deserialize)]
+struct BadBytes;
+
+#[command_handler(BadBytes)]
+#[transactional]
+#[retry(max_attempts = 3, delay = "1ms")]
+struct BadBytesHandler {
+    runs: Arc<AtomicUsize>,
+}
+
+impl CommandHandler<BadBytes> for BadBytesHandler {
+    async fn handle(&self, _: BadBytes, cx: &mut CommandContext) -> Result<(), Error> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        let tx = cx.tx::<sqlx::Postgres>()?;
+        // SQLSTATE 22021 (character_not_in_repertoire).
+        sqlx::query("SELECT convert_from('\\xff'::bytea, 'UTF8')")
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set CQRS_POSTGRES_URL"]
+async fn postgres_numeric_sqlstate_is_not_read_as_a_sqlite_code() {
+    // 22021's low byte is 5, SQLite's BUSY: read as a SQLite code, this refusal became
+    // `Unavailable`, and `#[retry]` ran it again.
+    let db = TestDb::postgres().await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let bus = db
+        .attach(Bus::builder().discover(false))
+        .register::<BadBytesHandler>()
+        .provide(runs.clone())
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+
+    let err = bus.send(BadBytes).await.unwrap_err();
+    assert_eq!(err.status(), Status::Internal, "{err}");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "an internal error is not retried"
+    );
+    drop(bus);
+    db.cleanup().await;
+}

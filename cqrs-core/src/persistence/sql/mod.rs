@@ -159,6 +159,17 @@ pub(crate) fn classify(error: &sqlx::Error) -> Option<crate::Status> {
             }
             let code = db.code()?;
             let code = code.as_ref();
+            // Each backend's codes are read only on its own errors: a SQLSTATE such as
+            // `42501` (insufficient privilege) is numeric too, and read as a SQLite code its
+            // low byte is `SQLITE_BUSY`.
+            #[cfg(feature = "sqlite")]
+            if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                // SQLite (extended) result codes: BUSY, LOCKED, IOERR, FULL, CANTOPEN.
+                return code
+                    .parse::<i32>()
+                    .is_ok_and(|n| matches!(n & 0xff, 5 | 6 | 10 | 13 | 14))
+                    .then_some(Status::Unavailable);
+            }
             // PostgreSQL SQLSTATEs.
             if code == "40001" || code == "40P01" {
                 return Some(Status::Conflict);
@@ -168,13 +179,6 @@ pub(crate) fn classify(error: &sqlx::Error) -> Option<crate::Status> {
                     code,
                     "57P01" | "57P02" | "57P03" | "53100" | "53200" | "53300" | "58030"
                 )
-            {
-                return Some(Status::Unavailable);
-            }
-            // SQLite (extended) result codes: BUSY, LOCKED, IOERR, FULL, CANTOPEN.
-            if code
-                .parse::<i32>()
-                .is_ok_and(|n| matches!(n & 0xff, 5 | 6 | 10 | 13 | 14))
             {
                 return Some(Status::Unavailable);
             }
