@@ -128,7 +128,9 @@ impl FieldError {
 ///
 /// Handlers build one with the constructors (`Error::not_found("user 42")`) or with `?` on any
 /// [`std::error::Error`], which gives [`Status::Internal`] (or a better status for errors the bus
-/// recognises: I/O and connection errors are `Unavailable`, `tokio`'s elapsed timer is `Timeout`,
+/// recognises: connection-level I/O errors (refused, reset, timed out, unreachable,
+/// interrupted) are `Unavailable`, `tokio`'s elapsed timer is `Timeout`, a [`StdErrorAdapter`]
+/// gives back the `Error` it carries,
 /// and with the database features, serialization failures and unique violations are `Conflict`,
 /// and a lost connection, a server shutting down, a busy or locked SQLite file, a full disk or
 /// a database I/O error are `Unavailable`)
@@ -440,6 +442,18 @@ where
     E: StdError + Send + Sync + 'static,
 {
     fn from(error: E) -> Self {
+        // An adapter carries an `Error` already: give it back as it was (its message, its
+        // fields), rather than one whose message is the adapter's `Display` of it.
+        let mut slot = Some(error);
+        if let Some(StdErrorAdapter(inner)) = (&mut slot as &mut dyn Any)
+            .downcast_mut::<Option<StdErrorAdapter>>()
+            .and_then(Option::take)
+        {
+            return inner;
+        }
+        let Some(error) = slot else {
+            return Error::internal("an error was lost converting it");
+        };
         let status = classify(&error);
         Error::new(status, error.to_string()).with_source(error)
     }
@@ -495,7 +509,8 @@ fn classify_one(e: &(dyn StdError + 'static)) -> Option<Status> {
             ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected | BrokenPipe
             | AddrNotAvailable | TimedOut | Interrupted | WouldBlock | UnexpectedEof
             | HostUnreachable | NetworkUnreachable | NetworkDown => Some(Status::Unavailable),
-            NotFound => Some(Status::NotFound),
+            // A missing file is the server's problem, not a missing resource the caller asked
+            // for: it stays `Internal` (and its detail out of HTTP responses).
             _ => None,
         };
     }
@@ -527,11 +542,42 @@ mod tests {
     }
 
     #[test]
-    fn adapter_round_trips_status() {
+    fn a_missing_file_is_internal_not_a_missing_resource() {
+        let e: Error = std::io::Error::from(std::io::ErrorKind::NotFound).into();
+        assert_eq!(e.status(), Status::Internal);
+    }
+
+    #[test]
+    fn adapter_round_trips_the_error_as_it_was() {
         let boxed: Box<dyn StdError + Send + Sync> = Error::conflict("v2 != v3").into();
+        assert!(boxed.to_string().contains("v2 != v3"));
+
         let back = Error::from(StdErrorAdapter(Error::conflict("again")));
         assert_eq!(back.status(), Status::Conflict);
-        assert!(boxed.to_string().contains("v2 != v3"));
+        assert_eq!(back.to_string(), "conflict: again");
+
+        let fields = [FieldError::new("email", "email", "not an email")];
+        let back = Error::from(StdErrorAdapter(Error::validation(fields.clone())));
+        assert_eq!(back.fields(), &fields[..]);
+    }
+
+    #[test]
+    fn an_adapter_deeper_in_the_source_chain_gives_its_status() {
+        #[derive(Debug)]
+        struct Wrapper(StdErrorAdapter);
+        impl fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("while saving")
+            }
+        }
+        impl StdError for Wrapper {
+            fn source(&self) -> Option<&(dyn StdError + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Error::from(Wrapper(StdErrorAdapter(Error::unavailable("db down"))));
+        assert_eq!(e.status(), Status::Unavailable);
+        assert!(e.find_source::<Wrapper>().is_some());
     }
 
     #[test]
