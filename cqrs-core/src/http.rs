@@ -23,13 +23,17 @@
 //!         .layer(http::authenticate(|token: String| async move {
 //!             Ok((token == "secret").then(|| Principal::new("admin").with_permissions(["product:create"])))
 //!         }))
+//!         .layer(http::correlation()) // outermost: every response gets `X-Correlation-Id`
 //!         .with_state(bus)
 //! }
 //! ```
 //!
 //! Every helper builds the envelope from the request: the principal the authentication layer
-//! found, the `Idempotency-Key` header, and an `X-Correlation-Id` header when the caller sends
-//! one (it is echoed on the response either way).
+//! found, the `Idempotency-Key` header, and the request's correlation id: the caller's
+//! `X-Correlation-Id` (a UUID) when it sends one, a new one otherwise. The helpers echo it on
+//! their answers; the [`correlation`] layer puts it on every response, errors included (a
+//! refused token, a malformed body, a `403` from the bus), which is when a client most needs
+//! it to find the request in the logs.
 
 use std::future::Future;
 
@@ -189,7 +193,9 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestMetadata {
         if let Some(key) = idempotency_key(&parts.headers)? {
             metadata.set_idempotency_key(key);
         }
-        if let Some(value) = parts.headers.get(&CORRELATION_ID) {
+        if let Some(RequestCorrelation(id)) = parts.extensions.get::<RequestCorrelation>() {
+            metadata.set_correlation_id(*id);
+        } else if let Some(value) = parts.headers.get(&CORRELATION_ID) {
             let id = value
                 .to_str()
                 .ok()
@@ -350,6 +356,63 @@ where
     let QueryString(query) = params
         .map_err(|r| Error::validation([FieldError::new("query", "query", r.body_text())]))?;
     ask(&bus, metadata, query).await
+}
+
+/// The correlation id the [`correlation`] layer gave the request.
+#[derive(Debug, Clone, Copy)]
+struct RequestCorrelation(Uuid);
+
+/// A layer that gives every request a correlation id and every response its
+/// `X-Correlation-Id` header, errors included.
+///
+/// The id is the caller's `X-Correlation-Id` when it is a UUID, a new UUID v7 otherwise; the
+/// extractors ([`RequestMetadata`], and every helper through it) put it in the message's
+/// metadata, so it is on the dispatch's span and on the events the request causes. A header
+/// that is not a UUID is still refused by [`RequestMetadata`] (`422`); that answer, and every
+/// other, carries a fresh id. A response that already has the header keeps it.
+///
+/// Add it last (outermost), so that it also covers what the layers inside it answer, such as
+/// [`authenticate`]'s `401`.
+pub fn correlation() -> CorrelationLayer {
+    axum::middleware::from_fn(correlate as CorrelateFn)
+}
+
+/// The layer [`correlation`] returns.
+pub type CorrelationLayer = axum::middleware::FromFnLayer<CorrelateFn, (), (Request,)>;
+
+/// The function behind [`CorrelationLayer`].
+pub type CorrelateFn = fn(Request, Next) -> futures_util::future::BoxFuture<'static, Response>;
+
+fn correlate(
+    mut request: Request,
+    next: Next,
+) -> futures_util::future::BoxFuture<'static, Response> {
+    let sent = request
+        .headers()
+        .get(&CORRELATION_ID)
+        .map(|value| value.to_str().ok().and_then(|s| Uuid::parse_str(s).ok()));
+    let id = match sent {
+        Some(Some(id)) => {
+            request.extensions_mut().insert(RequestCorrelation(id));
+            id
+        }
+        // Not a UUID: left to `RequestMetadata` to refuse, and answered with an id of ours.
+        Some(None) => Uuid::now_v7(),
+        None => {
+            let id = Uuid::now_v7();
+            request.extensions_mut().insert(RequestCorrelation(id));
+            id
+        }
+    };
+    Box::pin(async move {
+        let mut response = next.run(request).await;
+        if !response.headers().contains_key(&CORRELATION_ID)
+            && let Ok(value) = HeaderValue::from_str(&id.to_string())
+        {
+            response.headers_mut().insert(CORRELATION_ID, value);
+        }
+        response
+    })
 }
 
 /// Turns a bearer token into the caller, for [`authenticate`].

@@ -18,6 +18,7 @@ on_both_databases!(
     users_are_created_once_per_idempotency_key,
     invalid_email_is_a_422_naming_the_field,
     missing_token_is_401_and_missing_permission_403,
+    every_answer_carries_a_correlation_id,
     product_reads_are_cached_until_an_update,
     placed_order_reaches_the_projection,
     fifty_orders_for_the_last_ten_units,
@@ -177,6 +178,79 @@ async fn missing_token_is_401_and_missing_permission_403(shop: Shop) {
             .await,
         0
     );
+}
+
+/// The `X-Correlation-Id` of a response, which must be a UUID.
+fn correlation_of(response: &reqwest::Response) -> uuid::Uuid {
+    let value = response
+        .headers()
+        .get("x-correlation-id")
+        .unwrap_or_else(|| panic!("no x-correlation-id on a {}", response.status()));
+    uuid::Uuid::parse_str(value.to_str().unwrap()).expect("a UUID")
+}
+
+async fn every_answer_carries_a_correlation_id(shop: Shop) {
+    let mine = uuid::Uuid::now_v7();
+    let body = json!({ "email": "eve@example.com", "name": "Eve" });
+    let send = |request: reqwest::RequestBuilder| async move { request.send().await.unwrap() };
+
+    // Refused by the authentication layer, before any route runs: a fresh id.
+    let refused = send(shop.http.post(shop.at("/users")).bearer_auth("not-a-token")).await;
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    correlation_of(&refused);
+
+    // Refused by the bus (403), by the body's parser (422), and not found (404): the caller's.
+    let forbidden = send(
+        shop.http
+            .post(shop.at("/users"))
+            .bearer_auth(ALICE)
+            .header("X-Correlation-Id", mine.to_string())
+            .json(&body),
+    )
+    .await;
+    assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
+    assert_eq!(correlation_of(&forbidden), mine);
+    let malformed = send(
+        shop.http
+            .post(shop.at("/users"))
+            .bearer_auth(STAFF)
+            .header("X-Correlation-Id", mine.to_string())
+            .header("content-type", "application/json")
+            .body("{ not json"),
+    )
+    .await;
+    assert_eq!(malformed.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(correlation_of(&malformed), mine);
+    let missing = send(
+        shop.http
+            .get(shop.at("/products/987654321"))
+            .header("X-Correlation-Id", mine.to_string()),
+    )
+    .await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    assert_eq!(correlation_of(&missing), mine);
+
+    // A header that is not a UUID is refused, and the answer carries an id of the shop's.
+    let garbled = send(
+        shop.http
+            .get(shop.at("/products/1"))
+            .header("X-Correlation-Id", "not-a-uuid"),
+    )
+    .await;
+    assert_eq!(garbled.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    correlation_of(&garbled);
+
+    // A success without one: the id the shop made, the same on the answer as in the message
+    // (the helpers echo the metadata's, the layer leaves a header that is there).
+    let created = send(
+        shop.http
+            .post(shop.at("/users"))
+            .bearer_auth(STAFF)
+            .json(&body),
+    )
+    .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    correlation_of(&created);
 }
 
 async fn product_reads_are_cached_until_an_update(shop: Shop) {

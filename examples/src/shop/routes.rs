@@ -33,6 +33,8 @@ pub fn router(bus: Bus) -> Router {
         .route("/orders/{order_id}/cancel", post(cancel_order))
         .route("/metrics", get(metrics::render))
         .layer(http::authenticate(auth::verify))
+        // Outermost: every response, a refused token's included, gets `X-Correlation-Id`.
+        .layer(http::correlation())
         .with_state(bus)
 }
 
