@@ -38,9 +38,30 @@ impl QueryHandler<Balance> for BalanceHandler {
     }
 }
 
-fn main() {
-    let _ = Bus::builder()
+#[tokio::main]
+async fn main() {
+    let pool = cqrs_core::sqlite_pool(":memory:").await.expect("in-memory SQLite");
+    let bus = Bus::builder()
         .discover(false)
         .register::<ChargeHandler>()
-        .register::<BalanceHandler>();
+        .register::<BalanceHandler>()
+        .sqlite(pool)
+        .build()
+        .expect("every decorator registered, a database for #[transactional]");
+    // Whatever order the attributes were written in, the layers run in DESIGN §5's.
+    let description = bus.describe();
+    for (message, expected) in [
+        ("Charge", &["trace", "timeout(5s)", "authorize", "idempotency", "retry", "transaction", "handler"][..]),
+        ("Balance", &["trace", "timeout(1s)", "authorize", "cache", "retry", "handler"][..]),
+    ] {
+        let layers = &description.message(message).expect("described").handlers[0].layers;
+        let mut at = 0;
+        for want in expected {
+            let found = layers[at..]
+                .iter()
+                .position(|l| l.starts_with(want))
+                .unwrap_or_else(|| panic!("{message}: no `{want}` after position {at} in {layers:?}"));
+            at += found + 1;
+        }
+    }
 }

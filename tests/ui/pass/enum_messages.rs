@@ -61,5 +61,12 @@ impl QueryHandler<Total> for TotalHandler {
 fn main() {
     assert_eq!(Adjust::NAME, "account.adjust");
     assert_eq!(AccountChanged::NAME, "account.changed");
-    let _ = Bus::builder().build();
+    let bus = Bus::builder().build().expect("every handler discovered and built");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        assert_eq!(bus.send(Adjust::Credit { amount: 5 }).await.unwrap(), 5);
+        assert_eq!(bus.send(Adjust::Debit(2)).await.unwrap(), -2);
+        assert_eq!(bus.query(Total::Since(3)).await.unwrap(), 0);
+        bus.publish(AccountChanged::Reset).await.unwrap();
+    });
 }

@@ -51,6 +51,10 @@ impl QueryHandler<Recent<u32>> for RecentHandler {
     }
 }
 
-fn main() {
-    let _ = Bus::builder().build();
+#[tokio::main]
+async fn main() {
+    let bus = Bus::builder().build().expect("every handler discovered and built");
+    let rows = vec!["ada".to_owned(), "bob".to_owned()];
+    assert_eq!(bus.send(Import { rows }).await.unwrap(), 2);
+    assert_eq!(bus.query(Recent { limit: 3u32 }).await.unwrap(), vec![0, 1, 2]);
 }

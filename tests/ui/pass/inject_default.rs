@@ -29,9 +29,12 @@ impl CommandHandler<Tick> for TickHandler {
     }
 }
 
-fn main() {
-    let _ = Bus::builder()
+#[tokio::main]
+async fn main() {
+    let bus = Bus::builder()
         .discover(false)
         .register::<TickHandler>()
-        .build();
+        .build()
+        .expect("nothing provided: every field falls back to Default");
+    bus.send(Tick).await.unwrap();
 }

@@ -55,6 +55,9 @@ impl QueryHandler<CanLogin> for CanLoginHandler {
     }
 }
 
-fn main() {
-    let _ = Bus::builder().build();
+#[tokio::main]
+async fn main() {
+    let bus = Bus::builder().build().expect("every handler discovered and built");
+    bus.send(Login { email: "ada@example.com".into() }).await.unwrap();
+    assert!(!bus.query(CanLogin { email: "ada@example.com".into() }).await.unwrap());
 }

@@ -32,6 +32,11 @@ impl EventHandler<Pinged> for OnPinged {
     }
 }
 
-fn main() {
-    let _ = Bus::builder().provide(Arc::new(Clock)).build();
+#[tokio::main]
+async fn main() {
+    let bus = Bus::builder()
+        .provide(Arc::new(Clock))
+        .build()
+        .expect("the tuple fields resolved: Arc<Clock> provided, u64 by default");
+    bus.send(Ping).await.unwrap();
 }
