@@ -496,3 +496,54 @@ async fn postgres_numeric_sqlstate_is_not_read_as_a_sqlite_code() {
     drop(bus);
     db.cleanup().await;
 }
+
+/// Leaves a row that breaks a deferred foreign key, then fails with a status that commits.
+#[derive(Command, Debug, Clone, Serialize, Deserialize)]
+struct OrphanThenNotFound;
+
+#[command_handler(OrphanThenNotFound)]
+#[transactional(rollback_on = [Conflict])]
+struct OrphanThenNotFoundHandler;
+
+impl CommandHandler<OrphanThenNotFound> for OrphanThenNotFoundHandler {
+    async fn handle(&self, _: OrphanThenNotFound, cx: &mut CommandContext) -> Result<(), Error> {
+        let tx = cx.tx::<sqlx::Sqlite>()?;
+        sqlx::query("PRAGMA defer_foreign_keys = ON")
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("INSERT INTO children (parent) VALUES (42)")
+            .execute(&mut **tx)
+            .await?;
+        Err(Error::not_found("parent 42 is not there"))
+    }
+}
+
+#[tokio::test]
+async fn sqlite_failed_commit_after_a_kept_error_reports_both() {
+    let db = TestDb::sqlite().await;
+    db.execute("CREATE TABLE parents (id INTEGER PRIMARY KEY)")
+        .await;
+    db.execute("CREATE TABLE children (parent INTEGER NOT NULL REFERENCES parents(id))")
+        .await;
+    let bus = db
+        .attach(Bus::builder().discover(false))
+        .register::<OrphanThenNotFoundHandler>()
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+
+    // NotFound is not in `rollback_on`, so the layer commits; the commit fails on the deferred
+    // foreign key. The caller learns both: the commit failed, and what the handler returned.
+    let err = bus.send(OrphanThenNotFound).await.unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("FOREIGN KEY"), "{message}");
+    assert!(message.contains("parent 42 is not there"), "{message}");
+    assert_ne!(
+        err.status(),
+        Status::NotFound,
+        "the work did not commit: {message}"
+    );
+    assert_eq!(db.count("SELECT COUNT(*) FROM children").await, 0);
+    drop(bus);
+    db.cleanup().await;
+}

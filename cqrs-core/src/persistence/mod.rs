@@ -440,8 +440,13 @@ pub(crate) async fn finish(
             }
             Err(error) => {
                 if let Err(commit) = tx.commit().await {
-                    tracing::error!(target: "cqrs", handler = cx.handler, error = %commit, "commit after a non-rollback error failed");
-                    return Err(commit);
+                    // The caller gets the commit's failure (what happened to the work), and
+                    // the handler's own error with it: neither is lost.
+                    tracing::error!(target: "cqrs", handler = cx.handler, error = %commit, handler_error = %error, "commit after a non-rollback error failed");
+                    return Err(commit.context(format_args!(
+                        "committing the work of `{}`, which had returned: {error}",
+                        cx.handler
+                    )));
                 }
                 Err(error)
             }
