@@ -136,6 +136,10 @@ impl FieldError {
 /// a database I/O error are `Unavailable`)
 /// and keeps the original error as the [`source`](Error::source).
 ///
+/// `to_string()` is the status and the message; `format!("{error:#}")` adds the causes along
+/// the source chain, as the bus's own log lines do (a `500` response shows neither: the details
+/// are in the logs).
+///
 /// ```
 /// use cqrs_core::{Error, Status};
 ///
@@ -418,7 +422,22 @@ impl fmt::Display for Error {
             Status::Internal => "internal error",
             Status::NoHandler => "no handler",
         };
-        write!(f, "{label}: {}", self.message())
+        write!(f, "{label}: {}", self.message())?;
+        if f.alternate() {
+            // `{:#}`: the causes too, as `anyhow` prints them, skipping one whose text the
+            // message already holds (`?` on a standard error copies its text into the message).
+            let mut written = self.message().into_owned();
+            let mut next = self.source().map(|s| s as &(dyn StdError + 'static));
+            while let Some(cause) = next {
+                let text = cause.to_string();
+                if !written.contains(&text) {
+                    write!(f, ": {text}")?;
+                    written.push_str(&text);
+                }
+                next = cause.source();
+            }
+        }
+        Ok(())
     }
 }
 
@@ -539,6 +558,23 @@ mod tests {
         let e: Error = std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into();
         assert_eq!(e.status(), Status::Unavailable);
         assert!(e.find_source::<std::io::Error>().is_some());
+    }
+
+    #[test]
+    fn alternate_display_adds_the_causes_once() {
+        let io = std::io::Error::other("disk on fire");
+        let e = Error::from_std(Status::Unavailable, io).context("saving the order");
+        assert_eq!(e.to_string(), format!("unavailable: {}", e.message()));
+        let full = format!("{e:#}");
+        assert!(full.contains("saving the order"), "{full}");
+        assert_eq!(full.matches("disk on fire").count(), 1, "{full}");
+
+        let wrapped = Error::internal("the projection failed")
+            .with_source(std::io::Error::other("connection refused by 10.0.0.7"));
+        assert_eq!(
+            format!("{wrapped:#}"),
+            "internal error: the projection failed: connection refused by 10.0.0.7"
+        );
     }
 
     #[test]

@@ -114,7 +114,8 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
         if matches!(status, Status::Internal | Status::NoHandler) {
-            tracing::error!(target: "cqrs::http", error = %self, "request failed");
+            // `{:#}`: with its causes, which the response leaves out.
+            tracing::error!(target: "cqrs::http", error = %format_args!("{self:#}"), "request failed");
         }
         let problem = ProblemDetails::from_error(&self);
         let body = serde_json::to_vec(&problem).unwrap_or_else(|_| b"{}".to_vec());

@@ -177,7 +177,7 @@ impl BusInner {
             event_id = %failure.event_id,
             handler = failure.handler,
             status = %failure.error.status(),
-            "event handler failed: {}",
+            "event handler failed: {:#}",
             failure.error
         );
         if let Some(sink) = &self.failure_sink {

@@ -442,7 +442,7 @@ pub(crate) async fn finish(
                 if let Err(commit) = tx.commit().await {
                     // The caller gets the commit's failure (what happened to the work), and
                     // the handler's own error with it: neither is lost.
-                    tracing::error!(target: "cqrs", handler = cx.handler, error = %commit, handler_error = %error, "commit after a non-rollback error failed");
+                    tracing::error!(target: "cqrs", handler = cx.handler, error = %format_args!("{commit:#}"), handler_error = %format_args!("{error:#}"), "commit after a non-rollback error failed");
                     return Err(commit.context(format_args!(
                         "committing the work of `{}`, which had returned: {error}",
                         cx.handler
@@ -509,7 +509,7 @@ pub(crate) async fn mark_delivered(bus: &BusInner, ids: &[uuid::Uuid]) {
     if let Some(db) = &bus.persistence.database
         && let Err(error) = sql::outbox::mark_delivered(db, ids).await
     {
-        tracing::warn!(target: "cqrs::outbox", %error, "could not mark events delivered; the relay will deliver them again");
+        tracing::warn!(target: "cqrs::outbox", error = %format_args!("{error:#}"), "could not mark events delivered; the relay will deliver them again");
     }
     #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
     let _ = (bus, ids);
@@ -547,7 +547,7 @@ pub(crate) fn start(bus: &Bus) {
                     match sql::outbox::relay_once(&inner, db, &inner.persistence.outbox).await {
                         Ok(0) => {}
                         Ok(n) => tracing::debug!(target: "cqrs::outbox", delivered = n, "relay delivered pending events"),
-                        Err(error) => tracing::warn!(target: "cqrs::outbox", %error, "outbox relay failed; retrying"),
+                        Err(error) => tracing::warn!(target: "cqrs::outbox", error = %format_args!("{error:#}"), "outbox relay failed; retrying"),
                     }
                     if ticks.is_multiple_of(300)
                         && let Err(error) = sql::idempotency::purge(db).await

@@ -158,7 +158,7 @@ pub(crate) fn finish_in<T>(
         span.record("cache_hit", stats.cache_hit);
         span.record("status", status);
         if let Err(e) = result {
-            span.in_scope(|| tracing::debug!(target: "cqrs", error = %e, "dispatch failed"));
+            span.in_scope(|| tracing::debug!(target: "cqrs", error = %format_args!("{e:#}"), "dispatch failed"));
         }
     }
     crate::metrics::record_dispatch(kind, message, status, stats);

@@ -181,7 +181,7 @@ pub(crate) async fn relay_once(
         match deliver_row(bus, &row).await {
             Ok(()) => delivered.push(row.id),
             Err(error) => {
-                tracing::warn!(target: "cqrs::outbox", event = %row.event_name, event_id = %row.id, attempts = row.attempts, %error, "outbox delivery failed; will retry");
+                tracing::warn!(target: "cqrs::outbox", event = %row.event_name, event_id = %row.id, attempts = row.attempts, error = %format_args!("{error:#}"), "outbox delivery failed; will retry");
                 defer(db, row.id, row.attempts, &error.to_string()).await?;
             }
         }
