@@ -248,14 +248,20 @@ impl EventRecorder {
         self.inner.lock().published.iter().map(|e| e.name).collect()
     }
 
-    /// The events of type `E` published, decoded, in order.
+    /// The events of type `E` published, decoded, in order. Panics if one does not decode
+    /// (rather than leave it out of the list a test then compares).
+    #[track_caller]
     pub fn published_of<E: Event + DeserializeOwned>(&self) -> Vec<E> {
         self.inner
             .lock()
             .published
             .iter()
             .filter(|e| e.name == E::NAME)
-            .filter_map(|e| serde_json::from_value(e.payload.clone()).ok())
+            .map(|e| {
+                serde_json::from_value(e.payload.clone()).unwrap_or_else(|err| {
+                    panic!("a published `{}` does not decode: {err}", E::NAME)
+                })
+            })
             .collect()
     }
 
@@ -295,7 +301,13 @@ impl EventRecorder {
             .collect();
         let expected: Vec<serde_json::Value> = expected
             .iter()
-            .map(|e| serde_json::to_value(e).unwrap_or(serde_json::Value::Null))
+            .map(|e| {
+                // Not `Null` on failure: an event that serializes to nothing would then equal
+                // every other one that does.
+                serde_json::to_value(e).unwrap_or_else(|err| {
+                    panic!("an expected `{}` does not serialize: {err}", E::NAME)
+                })
+            })
             .collect();
         assert!(
             actual == expected,
