@@ -86,15 +86,33 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn timeout_drops_the_inner_future() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        /// Counts its drops.
+        struct Guard(std::sync::Arc<AtomicUsize>);
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let dropped = std::sync::Arc::new(AtomicUsize::new(0));
+        let finished = std::sync::Arc::new(AtomicBool::new(false));
+        let (guard, done) = (Guard(dropped.clone()), finished.clone());
         let d = deadline(Some(Duration::from_millis(50)), &Metadata::new());
-        let err = run(d, "Slow", async {
+        let timed = run(d, "Slow", async move {
+            let _guard = guard;
             tokio::time::sleep(Duration::from_secs(10)).await;
+            done.store(true, Ordering::SeqCst);
             Ok(())
-        })
-        .await
-        .unwrap_err();
+        });
+        let err = timed.await.unwrap_err();
         assert_eq!(err.status(), Status::Timeout);
         assert!(err.to_string().contains("50ms"), "{err}");
+        // The handler's future, and what it holds, is dropped with the answer: it does not
+        // run on in the background once its time would be up.
+        assert_eq!(dropped.load(Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_secs(20)).await;
+        tokio::task::yield_now().await;
+        assert!(!finished.load(Ordering::SeqCst));
     }
 
     #[test]
