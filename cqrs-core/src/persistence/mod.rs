@@ -538,9 +538,10 @@ pub(crate) fn start(bus: &Bus) {
             loop {
                 let Some(inner) = weak.upgrade() else { return };
                 if !schema_ready && let Some(db) = &inner.persistence.database {
-                    schema_ready = sql::schema::is_current(db).await;
-                    if !schema_ready {
-                        tracing::debug!(target: "cqrs::outbox", "the relay waits for the tables: call `bus.migrate()`");
+                    match sql::schema::is_current(db).await {
+                        Ok(true) => schema_ready = true,
+                        Ok(false) => tracing::debug!(target: "cqrs::outbox", "the relay waits for the tables: call `bus.migrate()`"),
+                        Err(error) => tracing::warn!(target: "cqrs::outbox", error = %format_args!("{error:#}"), "the outbox relay cannot reach the database; retrying"),
                     }
                 }
                 if schema_ready && let Some(db) = &inner.persistence.database {

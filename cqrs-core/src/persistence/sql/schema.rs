@@ -112,8 +112,9 @@ CREATE TABLE cqrs_snapshots (
 }];
 
 /// Whether every migration has run (the relay waits for it rather than failing on missing
-/// tables).
-pub(crate) async fn is_current(database: &Database) -> bool {
+/// tables). An error is returned only when the database cannot be reached: a missing table
+/// means "not migrated yet".
+pub(crate) async fn is_current(database: &Database) -> Result<bool, Error> {
     let latest = MIGRATIONS.last().map_or(0, |m| m.version);
     let applied: Result<(Option<i64>,), sqlx::Error> = match database {
         #[cfg(feature = "sqlite")]
@@ -129,7 +130,13 @@ pub(crate) async fn is_current(database: &Database) -> bool {
                 .await
         }
     };
-    applied.is_ok_and(|(v,)| v.unwrap_or(0) >= latest)
+    match applied {
+        Ok((version,)) => Ok(version.unwrap_or(0) >= latest),
+        Err(error) if super::classify(&error) == Some(crate::Status::Unavailable) => {
+            Err(super::db_error(error))
+        }
+        Err(_) => Ok(false),
+    }
 }
 
 /// Applies the migrations that have not run yet; returns how many ran.
