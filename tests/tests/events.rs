@@ -379,6 +379,12 @@ async fn publishing_an_event_reaches_every_handler_and_reports_the_ones_that_fai
     );
     assert!(message.contains("`ExplodingProjection`"), "{message}");
     assert!(message.contains("`RefusingWebhook`"), "{message}");
+    // The first failure is kept whole as the source, not only as text.
+    let first = err
+        .find_source::<cqrs_core::StdErrorAdapter>()
+        .expect("the first failure as the source");
+    assert_eq!(first.0.status(), Status::Internal, "{}", first.0);
+    assert!(first.0.message().contains("panicked"), "{}", first.0);
 
     let ran: BTreeSet<_> = log.who().into_iter().collect();
     assert_eq!(

@@ -150,6 +150,7 @@ impl BusInner {
             .iter()
             .map(|(h, e)| format!("`{h}`: {e}"))
             .collect();
+        // The first failure stays the source, with its own causes (`find_source` reaches them).
         Err(Error::new(
             first.status(),
             format!(
@@ -158,7 +159,8 @@ impl BusInner {
                 E::NAME,
                 detail.join("; ")
             ),
-        ))
+        )
+        .with_source(crate::StdErrorAdapter(first.clone())))
     }
 
     pub(crate) async fn invalidate_by_name(&self, query: &str) {

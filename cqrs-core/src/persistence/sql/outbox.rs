@@ -205,12 +205,14 @@ async fn deliver_row(bus: &BusInner, row: &ClaimedRow) -> Result<(), Error> {
     let failures = publish::deliver(bus, &*event, &metadata).await;
     match failures.first() {
         None => Ok(()),
+        // The first failure stays the source, with its own causes.
         Some((handler, error)) => Err(Error::new(
             error.status(),
             format!(
                 "{} handler(s) failed, first `{handler}`: {error}",
                 failures.len()
             ),
-        )),
+        )
+        .with_source(crate::StdErrorAdapter(error.clone()))),
     }
 }
