@@ -1,6 +1,7 @@
 //! # The guide: from a first command to a transactional, cached, authorized service
 //!
-//! Every example below compiles and runs as a test (`cargo test --doc -p cqrs-core`).
+//! Every example below compiles and runs as a test (`cargo test --doc -p cqrs-core --all-features`;
+//! section 5 needs the `sqlite` feature).
 //!
 //! ## 1. A command and its handler
 //!

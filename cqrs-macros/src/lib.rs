@@ -29,7 +29,10 @@ use crate::expand::message::MessageKind;
 ///
 /// Options, in `#[command(..)]`: `output = Type` (default `()`), `name = "users.register"`
 /// (default: the type's name; logs, metrics, caches and stores use it). A command is a struct
-/// or an enum, possibly generic. Field rules written with the `validator` crate
+/// or an enum, possibly generic. A name leaves out the type arguments, so one bus handles one
+/// instance of a generic message: `build()` refuses a second (`Import<String>` and
+/// `Import<u64>` share the name `Import`, and with it cache regions and stored records), naming
+/// both types; declare a non-generic message per instance instead. Field rules written with the `validator` crate
 /// (`#[derive(validator::Validate)]` and `#[validate(..)]`) are checked before the handler runs.
 #[proc_macro_derive(Command, attributes(command))]
 pub fn derive_command(input: TokenStream) -> TokenStream {

@@ -247,7 +247,11 @@ impl BusRef {
 /// The command, query and event bus.
 ///
 /// Built once with [`Bus::builder`], then cloned freely (a clone is an `Arc` clone) and shared
-/// across tasks. It never changes after `build()` and takes no lock to dispatch.
+/// across tasks. It never changes after `build()`, and finding a message's pipeline takes no
+/// lock (an array index for a non-generic message; a generic one, whose slot is assigned at
+/// run time, reads it under a read lock). Layers that share state take their own: a cache
+/// miss registers itself so that concurrent misses run the handler once, and the in-memory
+/// idempotency store locks its map.
 ///
 /// ```
 /// use cqrs_core::prelude::*;

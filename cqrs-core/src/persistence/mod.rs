@@ -190,15 +190,22 @@ impl BusBuilder {
     }
 
     /// Whether events in the outbox are delivered right after commit, in the dispatch (on by
-    /// default). Off, only the relay delivers them (within its interval).
+    /// default). Off, only a relay delivers them (within its interval): this process's, or,
+    /// with [`outbox_relay(false)`](Self::outbox_relay), another process's.
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub fn outbox_inline_delivery(mut self, inline: bool) -> Self {
         self.persistence.outbox.inline = inline;
         self
     }
 
-    /// Whether this bus runs the outbox relay in the background (on by default). Turn it off in
-    /// processes that should not deliver events (a CLI sharing the service's database).
+    /// Whether this bus runs the outbox relay in the background (on by default).
+    ///
+    /// A bus delivers an outbox event to *its own* event handlers, then marks it delivered for
+    /// every process sharing the database. So processes that share a database either register
+    /// the same event handlers, or do not deliver at all: a CLI or a one-off job that sends
+    /// commands against the service's database turns off both this and inline delivery,
+    /// `.outbox_relay(false).outbox_inline_delivery(false)`, and its events (written without a
+    /// claim) reach the service's handlers through the service's relay.
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub fn outbox_relay(mut self, relay: bool) -> Self {
         self.persistence.outbox.relay = relay;

@@ -64,7 +64,8 @@ impl CacheSpec {
         }
     }
 
-    /// Keep at most this many answers (least recently used go first).
+    /// Keep at most this many answers; which go first is the backend's policy (S3-FIFO in
+    /// memory: answers read once go before those read again).
     pub const fn max_entries(mut self, max: u64) -> Self {
         self.max_entries = max;
         self
