@@ -225,6 +225,10 @@ impl Metadata {
         self.deadline = Some(deadline);
     }
 
+    pub(crate) fn clear_deadline(&mut self) {
+        self.deadline = None;
+    }
+
     /// The metadata of a message sent by the handler of the message this metadata belongs to:
     /// same correlation id, this message's id as causation id, same principal, saga and
     /// deadline, and no idempotency key (that belongs to the parent only).
@@ -361,6 +365,10 @@ impl<M> Envelope<M> {
     }
 
     /// Sets an absolute deadline; the handler's own timeout applies too, whichever is sooner.
+    ///
+    /// Commands and queries a handler sends inherit it. The events a command emits do not:
+    /// they are delivered once the command has succeeded, and cutting them short would lose
+    /// those that are not in the outbox; their handlers' own `timeout = ..` bounds them.
     pub fn deadline(mut self, deadline: Instant) -> Self {
         self.metadata.set_deadline(deadline);
         self

@@ -1,6 +1,7 @@
 //! Timeouts (DESIGN §5, layer 3): `timeout = ".."` on the handler attribute or `#[timeout("..")]`
 //! is an overall deadline, retries included; the envelope's deadline applies too, whichever is
 //! sooner. When it passes the handler's future is dropped and the caller gets `Timeout`.
+//! Children a handler sends inherit the deadline; the events a command emits do not.
 //! All on tokio's paused clock: nothing here really waits.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -493,4 +494,73 @@ async fn an_event_handler_past_its_timeout_is_a_reported_failure_and_the_others_
         *failures.lock().unwrap(),
         [("SlowSubscriber", Status::Timeout)]
     );
+}
+
+#[derive(Event, Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Announced {
+    secs: u64,
+}
+
+/// Emits `Announced` and answers at once.
+#[derive(Command, Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Announce {
+    secs: u64,
+}
+
+#[command_handler(Announce)]
+struct AnnounceHandler;
+
+impl CommandHandler<Announce> for AnnounceHandler {
+    async fn handle(&self, cmd: Announce, cx: &mut CommandContext) -> Result<(), Error> {
+        cx.emit(Announced { secs: cmd.secs });
+        Ok(())
+    }
+}
+
+/// Takes `secs` over each event, with no timeout of its own; records the deadline it saw.
+#[event_handler(Announced)]
+struct PatientSubscriber {
+    fate: Arc<Fate>,
+    deadlines: Arc<Mutex<Vec<Option<Instant>>>>,
+}
+
+impl EventHandler<Announced> for PatientSubscriber {
+    async fn handle(&self, e: &Announced, cx: &mut EventContext) -> Result<(), Error> {
+        self.deadlines
+            .lock()
+            .unwrap()
+            .push(cx.metadata().deadline());
+        work(&self.fate, e.secs).await;
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn emitted_events_are_not_cut_short_by_the_commands_deadline() {
+    let fate = Arc::new(Fate::default());
+    let deadlines: Arc<Mutex<Vec<Option<Instant>>>> = Arc::default();
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let sink = failures.clone();
+    let bus = Bus::builder()
+        .discover(false)
+        .register::<AnnounceHandler>()
+        .register::<PatientSubscriber>()
+        .provide(fate.clone())
+        .provide(deadlines.clone())
+        .on_handler_failure(move |f| sink.lock().unwrap().push(f.handler))
+        .build()
+        .unwrap();
+
+    // The command is done well within its second; its event takes three.
+    let announce = Envelope::new(Announce { secs: 3 }).timeout(Duration::from_secs(1));
+    bus.send(announce).await.unwrap();
+    assert_eq!(fate.counts(), (1, 1, 0), "started, finished, dropped");
+    assert_eq!(*deadlines.lock().unwrap(), [None]);
+    assert!(failures.lock().unwrap().is_empty());
+
+    // An event published with a deadline of its own keeps it.
+    let published = Envelope::new(Announced { secs: 3 }).timeout(Duration::from_secs(1));
+    let err = bus.publish(published).await.unwrap_err();
+    assert_eq!(err.status(), Status::Timeout);
+    assert_eq!(fate.counts(), (2, 1, 1));
 }

@@ -22,6 +22,10 @@ pub(crate) fn event_metadata(emitted: &EmittedEvent, parent: &Metadata) -> Metad
     let mut metadata = Metadata::new();
     metadata.set_message_id(emitted.id);
     metadata.inherit(parent);
+    // The command has succeeded by now: its caller's deadline bounded the command, not the
+    // delivery of what it emitted, which cut short would lose an event that is not in the
+    // outbox. Event handlers keep their own `timeout = ..`.
+    metadata.clear_deadline();
     metadata.set_aggregate(
         emitted
             .aggregate
