@@ -66,18 +66,14 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipe<Q> for QueryPipeline<Q, H> {
             let span = trace::lean_span(MessageKind::Query, Q::NAME, self.name, &metadata);
             let mut own = DispatchStats::default();
             let early_stats = stats.as_deref_mut().unwrap_or(&mut own);
-            let mut output: Option<Q::Output> = None;
             let early = {
                 let _entered = span.as_ref().map(Span::enter);
-                full::early(self, bus, &message, &metadata, &mut output, early_stats)
+                full::early(self, bus, &message, &metadata, early_stats)
             };
             let checked = match early {
                 Early::Done(result) => {
                     // Refused, or a cache hit: no future to build, nothing to box.
-                    let result = result.and_then(|answer| match answer {
-                        Some(shared) => unshare::<Q>(shared),
-                        None => output.ok_or_else(|| erased::missing(Q::NAME)),
-                    });
+                    let result = result.and_then(unshare::<Q>);
                     let stats = stats.as_deref().unwrap_or(&own);
                     trace::finish_in(span.as_ref(), MessageKind::Query, Q::NAME, &result, stats);
                     return DispatchFuture::from_or_box(std::future::ready(result));
@@ -281,18 +277,5 @@ impl<Q: Query, H: QueryHandler<Q>> AnswerCodec for QueryPipeline<Q, H> {
         let answer: Q::Output =
             serde_json::from_slice(json).map_err(|e| Error::from_std(Status::Internal, e))?;
         Ok(Arc::new(answer))
-    }
-
-    fn clone_into(&self, answer: &Slot, output: &mut Slot) -> bool {
-        match (
-            answer.downcast_ref::<Q::Output>(),
-            output.downcast_mut::<Option<Q::Output>>(),
-        ) {
-            (Some(answer), Some(output)) => {
-                *output = Some(answer.clone());
-                true
-            }
-            _ => false,
-        }
     }
 }

@@ -31,7 +31,6 @@ use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
 use crate::Error;
-use crate::pipeline::erased::Slot;
 
 /// The configuration of `#[cached_query(..)]`.
 #[derive(Clone, Copy)]
@@ -200,18 +199,6 @@ pub trait CacheRegion: Send + Sync + 'static {
     fn representation(&self) -> Representation;
     /// The answer stored under `key`, if any and not expired.
     fn get(&self, key: u128) -> CacheFuture<'_, Option<CachedValue>>;
-    /// Lends the answer stored under `key` to `read`, without handing out a share of it, when
-    /// this backend holds it in this process: `Some(true)` if `read` was called, `Some(false)`
-    /// if there is no (unexpired) answer, `None` if this backend cannot tell without awaiting
-    /// (the default; the bus then calls [`get`](Self::get)).
-    ///
-    /// What it saves on a hit is the share (`Arc`) of the answer, two atomic operations; the
-    /// in-process backend implements it. `read` runs while the backend holds its lock: it only
-    /// clones the answer.
-    fn read(&self, key: u128, read: &mut dyn FnMut(&(dyn Any + Send + Sync))) -> Option<bool> {
-        let _ = (key, read);
-        None
-    }
     /// Stores an answer.
     fn insert(&self, key: u128, value: CachedValue) -> CacheFuture<'_, ()>;
     /// Drops every answer of this query.
@@ -246,9 +233,6 @@ impl CacheRegion for Invalidated {
     fn get(&self, key: u128) -> CacheFuture<'_, Option<CachedValue>> {
         self.region.get(key)
     }
-    fn read(&self, key: u128, read: &mut dyn FnMut(&(dyn Any + Send + Sync))) -> Option<bool> {
-        self.region.read(key, read)
-    }
     fn insert(&self, key: u128, value: CachedValue) -> CacheFuture<'_, ()> {
         self.region.insert(key, value)
     }
@@ -269,19 +253,6 @@ pub(crate) trait AnswerCodec: Send + Sync {
     fn encode(&self, answer: &(dyn Any + Send + Sync)) -> Result<Vec<u8>, Error>;
     /// An answer from its JSON.
     fn decode(&self, json: &[u8]) -> Result<Answer, Error>;
-    /// Clones `answer` (the output type, as stored) into `output` (the query's output slot,
-    /// `Option<Output>`); `false` if either is not of the query's output type.
-    fn clone_into(&self, answer: &(dyn Any + Send + Sync), output: &mut Slot) -> bool;
-}
-
-/// What [`CacheLayer::peek`] found without awaiting.
-pub(crate) enum Peeked {
-    /// A hit, cloned into the output slot.
-    Filled,
-    /// A hit, shared.
-    Hit(Answer),
-    /// No answer.
-    Miss,
 }
 
 /// A computation in progress, and the invalidation epoch it started in.
@@ -317,29 +288,10 @@ impl CacheLayer {
     }
 
     /// The answer under `key`, if the backend can tell without awaiting (the in-process one
-    /// always can), cloned into `output` (the query's `Option<Output>` slot) when the backend
-    /// lends it in place; `None` means it would have to be awaited.
-    pub(crate) fn peek(
-        &self,
-        codec: &dyn AnswerCodec,
-        key: u128,
-        output: &mut Slot,
-    ) -> Option<Peeked> {
-        let mut filled = false;
-        match self
-            .region
-            .read(key, &mut |answer| filled = codec.clone_into(answer, output))
-        {
-            Some(true) if filled => return Some(Peeked::Filled),
-            Some(false) => return Some(Peeked::Miss),
-            // Lent but not of the output type (a bug), or not lent: ask for a share.
-            Some(true) | None => {}
-        }
+    /// always can): `Some(None)` is a miss, `None` means it would have to be awaited.
+    pub(crate) fn peek(&self, codec: &dyn AnswerCodec, key: u128) -> Option<Option<Answer>> {
         match self.region.get(key) {
-            CacheFuture::Ready(Some(found)) => Some(match self.found(codec, found) {
-                Some(answer) => Peeked::Hit(answer),
-                None => Peeked::Miss,
-            }),
+            CacheFuture::Ready(Some(found)) => Some(self.found(codec, found)),
             // A remote lookup, not started: futures do nothing until polled.
             CacheFuture::Ready(None) | CacheFuture::Pending(_) => None,
         }
@@ -539,18 +491,6 @@ mod tests {
                 serde_json::from_slice::<Option<u32>>(json).unwrap(),
             ))
         }
-        fn clone_into(&self, answer: &(dyn Any + Send + Sync), output: &mut Slot) -> bool {
-            match (
-                answer.downcast_ref::<Option<u32>>(),
-                output.downcast_mut::<Option<Option<u32>>>(),
-            ) {
-                (Some(answer), Some(output)) => {
-                    *output = Some(*answer);
-                    true
-                }
-                _ => false,
-            }
-        }
     }
 
     fn layer(cache_none: bool) -> Arc<CacheLayer> {
@@ -606,17 +546,12 @@ mod tests {
     async fn peek_answers_in_process_lookups_without_awaiting() {
         let l = layer(false);
         let key = l.key(&Q(4));
-        let mut output: Option<Option<u32>> = None;
-        assert!(
-            matches!(l.peek(&Codec, key, &mut output), Some(Peeked::Miss)),
-            "a miss"
-        );
+        assert!(matches!(l.peek(&Codec, key), Some(None)), "a miss");
         let mut hit = false;
         run(&l, 4, &mut hit, Ok(Some(40))).await.unwrap();
-        let found = l.peek(&Codec, key, &mut output);
-        // The in-process cache lends the answer: it is cloned into the slot, not shared.
-        assert!(matches!(found, Some(Peeked::Filled)), "a hit, in place");
-        assert_eq!(output, Some(Some(40)));
+        let found = l.peek(&Codec, key).expect("in process: no await needed");
+        let found = found.expect("a hit after the answer was stored");
+        assert_eq!(found.downcast_ref::<Option<u32>>(), Some(&Some(40)));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

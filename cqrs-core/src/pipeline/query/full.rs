@@ -6,7 +6,7 @@
 
 use std::pin::pin;
 
-use super::super::cache::{Answer, AnswerCodec, CacheLayer, Peeked};
+use super::super::cache::{Answer, AnswerCodec, CacheLayer};
 use super::super::erased::{HandleFuture, Slot, missing};
 use super::super::trace::InSpan;
 use super::super::{Guarded, Layers, retry, timeout, trace, with_middleware};
@@ -51,9 +51,8 @@ pub(crate) trait ErasedQuery: AnswerCodec {
 
 /// What a dispatch of a cached query settled before building any future (see [`early`]).
 pub(crate) enum Early {
-    /// The dispatch is over: refused by layer 4 or 5, or answered by a cache hit (`None`: the
-    /// answer is in the output slot).
-    Done(Result<Option<Answer>, Error>),
+    /// The dispatch is over: refused by layer 4 or 5, or answered by a cache hit.
+    Done(Result<Answer, Error>),
     /// Authorized and valid; the full path goes on at the cache (layer 7).
     Checked(Checked),
     /// Something before the cache has to be awaited (middleware, a resource policy), or the
@@ -83,7 +82,6 @@ pub(crate) fn early(
     bus: &BusInner,
     query: &Slot,
     metadata: &Metadata,
-    output: &mut Slot,
     stats: &mut DispatchStats,
 ) -> Early {
     let Some(cache) = pipe.cache() else {
@@ -105,16 +103,12 @@ pub(crate) fn early(
     }
     let key = cache.key(query);
     stats.cached = true;
-    match cache.peek(pipe.codec(), key, output) {
-        Some(Peeked::Filled) => {
+    match cache.peek(pipe.codec(), key) {
+        Some(Some(hit)) => {
             stats.cache_hit = true;
-            Early::Done(Ok(None))
+            Early::Done(Ok(hit))
         }
-        Some(Peeked::Hit(hit)) => {
-            stats.cache_hit = true;
-            Early::Done(Ok(Some(hit)))
-        }
-        Some(Peeked::Miss) => Early::Checked(Checked { key, looked: true }),
+        Some(None) => Early::Checked(Checked { key, looked: true }),
         None => Early::Checked(Checked { key, looked: false }),
     }
 }
