@@ -197,6 +197,48 @@ fn item(i: u64, prefix: &str) -> AddItem {
     }
 }
 
+/// The rows of one database: the hand-written code before and after the framework's row (so
+/// that a drift of the disk shows as two baselines that disagree), then [`interleaved`].
+fn compare<H, HF>(suite: &Suite, c: &mut Criterion, database: &str, bus: &Bus, hand: H)
+where
+    H: Fn(AddItem) -> HF,
+    HF: std::future::Future<Output = Result<(), sqlx::Error>>,
+{
+    let before = format!("{database}: by hand with sqlx");
+    let after = format!("{database}: by hand with sqlx, again after");
+    let baselines = [before.as_str(), after.as_str()];
+    let mut g = suite.group(
+        c,
+        &format!("transactional insert + event, {database}"),
+        &["vs by hand (before)", "vs by hand (after)"],
+    );
+    let hand = &hand;
+    g.row(&before, &baselines, |i| async move {
+        black_box(hand(item(i, "hand")).await).expect("by hand");
+    });
+    g.row(
+        &format!("{database}: bus.send, #[transactional]"),
+        &baselines,
+        |i| async move {
+            black_box(bus.send(item(i, "bus")).await).expect("framework");
+        },
+    );
+    g.row(&after, &baselines, |i| async move {
+        black_box(hand(item(i, "again")).await).expect("by hand");
+    });
+    g.finish();
+    suite.runtime().block_on(interleaved(
+        database,
+        INTERLEAVED,
+        |i| async move {
+            black_box(hand(item(i, "ih")).await).expect("by hand");
+        },
+        |i| async move {
+            black_box(bus.send(item(i, "ib")).await).expect("framework");
+        },
+    ));
+}
+
 fn sqlite(suite: &Suite, c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("cqrs-bench-{}", uuid::Uuid::now_v7().simple()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -223,40 +265,10 @@ fn sqlite(suite: &Suite, c: &mut Criterion) {
         (pool, bus)
     });
     // Each commit waits for an fsync of the WAL, on a disk other processes share: the time of
-    // one row drifts with the disk's load. The hand-written baseline is measured before and
-    // after the framework's row, so that a drift shows as two baselines that disagree.
-    const HAND: &str = "SQLite (file, WAL): by hand with sqlx";
-    const AFTER: &str = "SQLite (file, WAL): by hand with sqlx, again after";
-    let mut g = suite.group(
-        c,
-        "transactional insert + event, SQLite",
-        &["vs by hand (before)", "vs by hand (after)"],
-    );
-    let (pool_ref, bus_ref) = (&pool, &bus);
-    g.row(HAND, &[HAND, AFTER], |i| async move {
-        black_box(by_hand_sqlite(pool_ref, item(i, "hand")).await).expect("by hand");
+    // one row drifts with the disk's load.
+    compare(suite, c, "SQLite (file, WAL)", &bus, |cmd| {
+        by_hand_sqlite(&pool, cmd)
     });
-    g.row(
-        "SQLite (file, WAL): bus.send, #[transactional]",
-        &[HAND, AFTER],
-        |i| async move {
-            black_box(bus_ref.send(item(i, "bus")).await).expect("framework");
-        },
-    );
-    g.row(AFTER, &[HAND, AFTER], |i| async move {
-        black_box(by_hand_sqlite(pool_ref, item(i, "again")).await).expect("by hand");
-    });
-    g.finish();
-    suite.runtime().block_on(interleaved(
-        "SQLite (file, WAL)",
-        INTERLEAVED,
-        |i| async move {
-            black_box(by_hand_sqlite(pool_ref, item(i, "ih")).await).expect("by hand");
-        },
-        |i| async move {
-            black_box(bus_ref.send(item(i, "ib")).await).expect("framework");
-        },
-    ));
     drop(bus);
     suite.runtime().block_on(pool.close());
     let _ = std::fs::remove_dir_all(&dir);
@@ -299,39 +311,10 @@ fn postgres(suite: &Suite, c: &mut Criterion, url: &str) {
             .expect("by hand");
         (admin, pool, bus)
     });
-    // Before and after, as for SQLite: each commit waits for the server's WAL flush.
-    const HAND: &str = "PostgreSQL: by hand with sqlx";
-    const AFTER: &str = "PostgreSQL: by hand with sqlx, again after";
-    let mut g = suite.group(
-        c,
-        "transactional insert + event, PostgreSQL",
-        &["vs by hand (before)", "vs by hand (after)"],
-    );
-    let (pool_ref, bus_ref) = (&pool, &bus);
-    g.row(HAND, &[HAND, AFTER], |i| async move {
-        black_box(by_hand_postgres(pool_ref, item(i, "hand")).await).expect("by hand");
+    // Each commit waits for the server's WAL flush, as for SQLite.
+    compare(suite, c, "PostgreSQL", &bus, |cmd| {
+        by_hand_postgres(&pool, cmd)
     });
-    g.row(
-        "PostgreSQL: bus.send, #[transactional]",
-        &[HAND, AFTER],
-        |i| async move {
-            black_box(bus_ref.send(item(i, "bus")).await).expect("framework");
-        },
-    );
-    g.row(AFTER, &[HAND, AFTER], |i| async move {
-        black_box(by_hand_postgres(pool_ref, item(i, "again")).await).expect("by hand");
-    });
-    g.finish();
-    suite.runtime().block_on(interleaved(
-        "PostgreSQL",
-        INTERLEAVED,
-        |i| async move {
-            black_box(by_hand_postgres(pool_ref, item(i, "ih")).await).expect("by hand");
-        },
-        |i| async move {
-            black_box(bus_ref.send(item(i, "ib")).await).expect("framework");
-        },
-    ));
     drop(bus);
     suite.runtime().block_on(async {
         pool.close().await;
