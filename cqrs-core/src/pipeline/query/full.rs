@@ -6,6 +6,7 @@
 
 use std::pin::pin;
 
+use super::super::authorize::AuthorizeLayer;
 use super::super::cache::{Answer, AnswerCodec, CacheLayer};
 use super::super::erased::{HandleFuture, Slot, missing};
 use super::super::trace::InSpan;
@@ -90,13 +91,13 @@ pub(crate) fn early(
     if !bus.middleware(MessageKind::Query).is_empty() {
         return Early::Later;
     }
-    if let Some(authorize) = &pipe.layers().authorize {
-        if authorize.needs_policy() {
-            return Early::Later;
-        }
-        if let Err(error) = authorize.check_principal(pipe.message_name(), metadata) {
-            return Early::Done(Err(error));
-        }
+    // Layer 4 as the lean paths run it: only a check that needs no resource policy.
+    let authorize = pipe.layers().authorize.as_ref();
+    if !AuthorizeLayer::is_lean(authorize) {
+        return Early::Later;
+    }
+    if let Err(error) = AuthorizeLayer::check_lean(authorize, pipe.message_name(), metadata) {
+        return Early::Done(Err(error));
     }
     if let Err(error) = pipe.validate(query) {
         return Early::Done(Err(error));
