@@ -73,19 +73,6 @@ pub(crate) async fn outbox_insert(
 }
 
 pub(crate) async fn outbox_mark_delivered(pool: &SqlitePool, ids: &[Uuid]) -> Result<(), Error> {
-    // One event (the common case) by its key, without building and parsing a JSON array.
-    if let [id] = ids {
-        sqlx::query(
-            "UPDATE cqrs_outbox SET delivered_at_ms = ?, locked_until_ms = NULL, last_error = NULL
-             WHERE id = ?",
-        )
-        .bind(now_ms())
-        .bind(id.to_string())
-        .execute(pool)
-        .await
-        .map_err(db_error)?;
-        return Ok(());
-    }
     let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
     let ids =
         serde_json::to_string(&ids).map_err(|e| Error::from_std(crate::Status::Internal, e))?;
