@@ -238,7 +238,11 @@
 //! Give the bus a database, create its tables with `Bus::migrate`, and a
 //! `#[transactional]` handler runs in a transaction it reaches with `cx.tx::<DB>()`: its SQL,
 //! the events it emits (written to the outbox) and its idempotent reply commit together, or not
-//! at all. Events are delivered after commit, at least once, even across a crash.
+//! at all. Events are delivered after commit, at least once, even across a crash. (On
+//! PostgreSQL the outbox marks a delivered event with `synchronous_commit = off` for that one
+//! statement, which saves a wait for the disk per command: a crash just after a delivery can
+//! lose the mark, and the event is then delivered again, as at-least-once allows. The
+//! handler's own transaction waits for the disk as usual.)
 //!
 #![cfg_attr(feature = "sqlite", doc = "```")]
 #![cfg_attr(not(feature = "sqlite"), doc = "```ignore")]

@@ -173,6 +173,62 @@ on_both!(
     commit_delivers_once_per_handler
 );
 
+#[derive(Command, Debug, Clone, Serialize, Deserialize)]
+#[command(output = ())]
+struct CreateSeveral {
+    names: Vec<String>,
+}
+
+#[command_handler(CreateSeveral)]
+#[transactional]
+struct CreateSeveralHandler;
+
+impl CommandHandler<CreateSeveral> for CreateSeveralHandler {
+    async fn handle(&self, cmd: CreateSeveral, cx: &mut CommandContext) -> Result<(), Error> {
+        for name in cmd.names {
+            insert_thing(cx, &name).await?;
+            cx.emit(ThingCreated { name });
+        }
+        Ok(())
+    }
+}
+
+/// A command's one event and a command's several are marked delivered by different statements
+/// (`id = $1` and `id = ANY($1)` on PostgreSQL): both leave nothing for the relay.
+async fn several_events_are_all_marked_delivered(db: &TestDb) {
+    setup(db).await;
+    let deliveries = Deliveries::default();
+    let bus = db
+        .attach(Bus::builder().discover(false))
+        .register::<CreateSeveralHandler>()
+        .register::<Projection>()
+        .provide(deliveries.clone())
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+    let names = ["x", "y", "z"].map(str::to_owned).to_vec();
+    bus.send(CreateSeveral { names }).await.unwrap();
+    assert_eq!(deliveries.count.load(Ordering::SeqCst), 3);
+    assert_eq!(bus.pending_events().await.unwrap(), 0);
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM cqrs_outbox WHERE delivered_at_ms IS NOT NULL AND locked_until_ms IS NULL")
+            .await,
+        3,
+        "all three marked, their claims cleared"
+    );
+    assert_eq!(bus.relay_outbox().await.unwrap(), 0);
+    assert_eq!(
+        deliveries.count.load(Ordering::SeqCst),
+        3,
+        "none delivered twice"
+    );
+}
+on_both!(
+    several_events_sqlite,
+    several_events_postgres,
+    several_events_are_all_marked_delivered
+);
+
 async fn rollback_on_lets_other_errors_commit(db: &TestDb) {
     setup(db).await;
     let deliveries = Deliveries::default();
@@ -534,6 +590,78 @@ async fn postgres_runs_each_isolation_level() {
         Some("serializable")
     );
     drop(bus);
+    db.cleanup().await;
+}
+
+/// Emits an event, and answers with the `synchronous_commit` its own transaction runs with.
+#[derive(Command, Debug, Clone, Serialize, Deserialize)]
+#[command(output = String)]
+struct ReadSynchronousCommit;
+
+#[command_handler(ReadSynchronousCommit)]
+#[transactional]
+struct ReadSynchronousCommitHandler;
+
+impl CommandHandler<ReadSynchronousCommit> for ReadSynchronousCommitHandler {
+    async fn handle(
+        &self,
+        _: ReadSynchronousCommit,
+        cx: &mut CommandContext,
+    ) -> Result<String, Error> {
+        let cqrs_core::AnyTx::Postgres(conn) = cx.any_tx()? else {
+            return Err(Error::internal("this test runs on PostgreSQL"));
+        };
+        let (setting,): (String,) = cqrs_core::sqlx::query_as("SHOW synchronous_commit")
+            .fetch_one(conn)
+            .await?;
+        cx.emit(ThingCreated {
+            name: setting.clone(),
+        });
+        Ok(setting)
+    }
+}
+
+/// The outbox commits its "delivered" mark with `synchronous_commit = off`, for that statement's
+/// own transaction only: the handlers' transactions, on the same connection afterwards, wait
+/// for their WAL flush as always (a pool of one connection makes them share it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set CQRS_POSTGRES_URL"]
+async fn postgres_asynchronous_mark_does_not_leak_into_the_next_transaction() {
+    let db = TestDb::postgres().await;
+    let TestDb::Postgres { options, .. } = &db else {
+        unreachable!()
+    };
+    let one = cqrs_core::sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.clone())
+        .await
+        .unwrap();
+    let deliveries = Deliveries::default();
+    let bus = Bus::builder()
+        .discover(false)
+        .postgres(one.clone())
+        .register::<ReadSynchronousCommitHandler>()
+        .register::<Projection>()
+        .provide(deliveries.clone())
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(bus.send(ReadSynchronousCommit).await.unwrap(), "on");
+    }
+    assert_eq!(deliveries.count.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        bus.pending_events().await.unwrap(),
+        0,
+        "all marked delivered"
+    );
+    let (after,): (String,) = cqrs_core::sqlx::query_as("SHOW synchronous_commit")
+        .fetch_one(&one)
+        .await
+        .unwrap();
+    assert_eq!(after, "on");
+    drop(bus);
+    one.close().await;
     db.cleanup().await;
 }
 

@@ -74,16 +74,32 @@ pub(crate) async fn outbox_insert(
     Ok(())
 }
 
+/// Marks rows delivered, committed *asynchronously*: the statement's own transaction sets
+/// `synchronous_commit = off` for itself (`set_config(.., true)` lasts until its commit, which
+/// reads it), so it returns without waiting for the WAL flush. A crash in the next few hundred
+/// milliseconds can lose the mark, never anything else: the relay then delivers the event
+/// again, which at-least-once delivery allows and event handlers already expect. The
+/// transaction that wrote the event was committed synchronously, as the user's work must be.
 pub(crate) async fn outbox_mark_delivered(pool: &PgPool, ids: &[Uuid]) -> Result<(), Error> {
-    sqlx::query(
-        "UPDATE cqrs_outbox SET delivered_at_ms = $1, locked_until_ms = NULL, last_error = NULL
-         WHERE id = ANY($2)",
-    )
-    .bind(now_ms())
-    .bind(ids)
-    .execute(pool)
-    .await
-    .map_err(db_error)?;
+    // One id (a command's one event, the common case) by `=`: with `= ANY($2)` and a one-element
+    // array the whole operation measured 3 to 6% slower (BENCHMARKS.md, transactional).
+    let query = match ids {
+        [id] => sqlx::query(
+            "UPDATE cqrs_outbox SET delivered_at_ms = $1, locked_until_ms = NULL, last_error = NULL
+             FROM (SELECT set_config('synchronous_commit', 'off', true)) AS asynchronous_commit
+             WHERE id = $2",
+        )
+        .bind(now_ms())
+        .bind(*id),
+        _ => sqlx::query(
+            "UPDATE cqrs_outbox SET delivered_at_ms = $1, locked_until_ms = NULL, last_error = NULL
+             FROM (SELECT set_config('synchronous_commit', 'off', true)) AS asynchronous_commit
+             WHERE id = ANY($2)",
+        )
+        .bind(now_ms())
+        .bind(ids),
+    };
+    query.execute(pool).await.map_err(db_error)?;
     Ok(())
 }
 
