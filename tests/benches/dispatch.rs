@@ -435,6 +435,64 @@ fn queries(suite: &Suite, c: &mut Criterion) {
         },
     );
     g.finish();
+    suite
+        .runtime()
+        .block_on(paired_decorator_cost(bus, principal));
+}
+
+/// What authorize + validate + a cache hit add to the bare `bus.query`, measured paired: rounds
+/// of a batch of bare queries and a batch of decorated ones back to back (which goes first
+/// alternates), the difference taken within each round. The criterion rows are measured seconds
+/// apart, and on a shared machine their difference moves by tens of nanoseconds between runs;
+/// the median of many paired differences does not follow the machine's load as much.
+async fn paired_decorator_cost(bus: &Bus, principal: &Arc<Principal>) {
+    const ROUNDS: usize = 301;
+    const BATCH: u64 = 2_000;
+    async fn batch<Q>(bus: &Bus, principal: &Arc<Principal>, make: impl Fn(u64) -> Q) -> f64
+    where
+        Q: Query<Output = u64>,
+    {
+        let started = std::time::Instant::now();
+        for i in 0..BATCH {
+            let _ = black_box(
+                bus.query(Envelope::new(black_box(make(i))).principal(Arc::clone(principal)))
+                    .await,
+            );
+        }
+        started.elapsed().as_nanos() as f64 / BATCH as f64
+    }
+    let bare = |nonce| Bare {
+        user_id: USER,
+        nonce,
+    };
+    let hit = |_| Hit {
+        user_id: USER,
+        nonce: 0,
+    };
+    let (mut added, mut bare_ns) = (Vec::with_capacity(ROUNDS), Vec::with_capacity(ROUNDS));
+    for round in 0..ROUNDS {
+        let (b, h) = if round % 2 == 0 {
+            let b = batch(bus, principal, bare).await;
+            (b, batch(bus, principal, hit).await)
+        } else {
+            let h = batch(bus, principal, hit).await;
+            (batch(bus, principal, bare).await, h)
+        };
+        added.push(h - b);
+        bare_ns.push(b);
+    }
+    let quartiles = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 4], v[v.len() / 2], v[3 * v.len() / 4])
+    };
+    let (q1, median, q3) = quartiles(&mut added);
+    let (_, bare_median, _) = quartiles(&mut bare_ns);
+    println!(
+        "\n### authorize + validate + cache hit over the bare bus.query, paired \
+         ({ROUNDS} rounds of {BATCH} each)\n\
+         | bare bus.query (median) | added (median) | added (quartiles) |\n|---:|---:|---:|\n\
+         | {bare_median:.1} ns | **+{median:.1} ns** | +{q1:.1} to +{q3:.1} ns |"
+    );
 }
 
 // ---- 3. publishing an event -------------------------------------------------------------
