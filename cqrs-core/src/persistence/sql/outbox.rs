@@ -11,8 +11,8 @@
 //! On PostgreSQL the "delivered" mark is committed asynchronously (`synchronous_commit = off`
 //! for its own statement, see `postgres::outbox_mark_delivered`): losing it in a crash costs a
 //! redelivery, which at-least-once allows, and not waiting for its WAL flush made a
-//! transactional command with one event 15 to 25% faster (BENCHMARKS.md). SQLite in WAL mode with `synchronous = NORMAL`
-//! (the pool `sqlite_pool` opens) already commits without an fsync.
+//! transactional command with one event 20 to 30% faster (BENCHMARKS.md). SQLite in WAL mode
+//! with `synchronous = NORMAL` (the pool `sqlite_pool` opens) already commits without an fsync.
 
 use std::time::Duration;
 
