@@ -104,13 +104,11 @@ mod es {
     }
 }
 
-fn main() {
-    let mut c = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .configure_from_args();
-    let suite = Suite::new(100);
-
+/// Each framework with an empty in-memory store.
+fn frameworks() -> (
+    Bus,
+    cqrs_es::CqrsFramework<es::Account, cqrs_es::mem_store::MemStore<es::Account>>,
+) {
     let bus = Bus::builder()
         .discover(false)
         .register::<DepositHandler>()
@@ -122,6 +120,17 @@ fn main() {
         vec![],
         (),
     );
+    (bus, peer)
+}
+
+fn main() {
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .configure_from_args();
+    let suite = Suite::new(100);
+
+    let (bus, peer) = frameworks();
     suite.runtime().block_on(async {
         let deposit = Deposit {
             id: "check".into(),
@@ -174,17 +183,7 @@ async fn paired() {
     let mut peer_ns = Vec::with_capacity(ROUNDS);
     let mut ratios = Vec::with_capacity(ROUNDS);
     for round in 0..ROUNDS {
-        let bus = Bus::builder()
-            .discover(false)
-            .register::<DepositHandler>()
-            .event_store(MemoryEventStore::new())
-            .build()
-            .expect("bus");
-        let peer = cqrs_es::CqrsFramework::new(
-            cqrs_es::mem_store::MemStore::<es::Account>::default(),
-            vec![],
-            (),
-        );
+        let (bus, peer) = frameworks();
         let run_ours = async || {
             let started = std::time::Instant::now();
             for i in 0..BATCH {
