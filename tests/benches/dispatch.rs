@@ -481,12 +481,8 @@ async fn paired_decorator_cost(bus: &Bus, principal: &Arc<Principal>) {
         added.push(h - b);
         bare_ns.push(b);
     }
-    let quartiles = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        (v[v.len() / 4], v[v.len() / 2], v[3 * v.len() / 4])
-    };
-    let (q1, median, q3) = quartiles(&mut added);
-    let (_, bare_median, _) = quartiles(&mut bare_ns);
+    let (q1, median, q3) = support::quartiles(&mut added);
+    let (_, bare_median, _) = support::quartiles(&mut bare_ns);
     println!(
         "\n### authorize + validate + cache hit over the bare bus.query, paired \
          ({ROUNDS} rounds of {BATCH} each)\n\

@@ -214,13 +214,9 @@ async fn paired() {
         peer_ns.push(theirs);
         ratios.push(ours / theirs);
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        (v[v.len() / 4], v[v.len() / 2], v[3 * v.len() / 4])
-    };
-    let (_, peer_median, _) = median(&mut peer_ns);
-    let (_, ours_median, _) = median(&mut ours_ns);
-    let (q1, ratio, q3) = median(&mut ratios);
+    let (_, peer_median, _) = support::quartiles(&mut peer_ns);
+    let (_, ours_median, _) = support::quartiles(&mut ours_ns);
+    let (q1, ratio, q3) = support::quartiles(&mut ratios);
     println!(
         "\n### event-sourced command, paired on fresh stores ({ROUNDS} rounds of {BATCH} commands each)\n\
          | cqrs-es (median) | cqrs (median) | cqrs / cqrs-es (median) | quartiles |\n|---:|---:|---:|---:|\n\

@@ -199,24 +199,15 @@ async fn by_hand_postgres(pool: &PgPool, cmd: AddItem, mark: Mark) -> Result<(),
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    if framework {
-        sqlx::query(
-            "UPDATE cqrs_outbox SET delivered_at_ms = $1, locked_until_ms = NULL, last_error = NULL
-             FROM (SELECT set_config('synchronous_commit', 'off', true)) AS asynchronous_commit
-             WHERE id = $2",
-        )
-        .bind(now_ms())
-        .bind(id)
-        .execute(pool)
-        .await?;
-        return Ok(());
-    }
     sqlx::query(match mark {
-        Mark::Synchronous | Mark::Framework => {
-            "UPDATE cqrs_outbox SET delivered_at_ms = $1 WHERE id = $2"
-        }
+        Mark::Synchronous => "UPDATE cqrs_outbox SET delivered_at_ms = $1 WHERE id = $2",
         Mark::Asynchronous => {
             "UPDATE cqrs_outbox SET delivered_at_ms = $1
+             FROM (SELECT set_config('synchronous_commit', 'off', true)) AS asynchronous_commit
+             WHERE id = $2"
+        }
+        Mark::Framework => {
+            "UPDATE cqrs_outbox SET delivered_at_ms = $1, locked_until_ms = NULL, last_error = NULL
              FROM (SELECT set_config('synchronous_commit', 'off', true)) AS asynchronous_commit
              WHERE id = $2"
         }
@@ -414,7 +405,7 @@ fn postgres(suite: &Suite, c: &mut Criterion, url: &str) {
             .expect("by hand");
         (admin, pool, bus)
     });
-    // Each commit waits for the server's WAL flush, as for SQLite.
+    // Each commit waits for the server's WAL flush (`synchronous_commit` is on by default).
     // The framework commits the "delivered" mark asynchronously (losing it in a crash only
     // redelivers the event). The third variant does the same by hand, so that the difference
     // between it and `bus.send` is what the framework adds; the fourth sends the framework's

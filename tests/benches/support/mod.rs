@@ -60,6 +60,14 @@ impl Row {
     }
 }
 
+/// The first quartile, the median and the third quartile of paired measurements (sorts them).
+#[allow(dead_code)] // only the benches with a paired measurement use it
+pub fn quartiles(values: &mut [f64]) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    (values[n / 4], values[n / 2], values[3 * n / 4])
+}
+
 /// The runtime, the rows measured so far, and criterion's settings.
 pub struct Suite {
     runtime: Runtime,
