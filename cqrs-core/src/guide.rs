@@ -202,6 +202,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Cached answers are kept **per caller**: the key includes the principal's id (anonymous
+//! callers share one scope), because the handler may read `cx.principal()` and the macro cannot
+//! see its body. A query whose answer is the same for everyone says so with
+//! `#[cached_query(.., public)]`, and then every caller shares one cached answer.
+//!
 //! Mistakes in these attributes are compile errors on the offending token: an unknown option
 //! (with the list of known ones), `vary_by` naming a field the query lacks, `#[cached_query]` on
 //! a command handler, `max_attempts = 0`, `ttl = "5 minutes"`.
@@ -212,6 +217,10 @@
 //! the first reply (and emits nothing), a repeat with another payload is a `Conflict`, and
 //! concurrent repeats wait for the first. Keys are kept in memory, or in the database when the
 //! bus has one.
+//!
+//! A key belongs to its caller and its command: it is stored under (command, principal id, key),
+//! anonymous callers sharing one scope. Another caller sending the same key and body runs their
+//! own command; they never receive the first caller's reply.
 //!
 //! ```
 //! # use cqrs_core::prelude::*;

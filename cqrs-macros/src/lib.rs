@@ -109,10 +109,13 @@ pub fn authorize(args: TokenStream, input: TokenStream) -> TokenStream {
 }
 
 /// Caches a query handler's answers:
-/// `#[cached_query(ttl = "5m", vary_by = [user_id], cache_none = false, max_entries = 10000)]`.
+/// `#[cached_query(ttl = "5m", vary_by = [user_id], cache_none = false, max_entries = 10000, public)]`.
 ///
 /// On query handlers only. The key is the whole query (which must be `Hash`) unless `vary_by`
-/// names the fields that make it. `ttl` defaults to one minute.
+/// names the fields that make it, and the caller: answers are kept per principal (anonymous
+/// callers share one scope), since a handler may read `cx.principal()`. `public` declares the
+/// answer the same for every caller, so that all of them share one cached answer. `ttl`
+/// defaults to one minute.
 #[proc_macro_attribute]
 pub fn cached_query(args: TokenStream, input: TokenStream) -> TokenStream {
     expand::cached_query::expand(args.into(), input.into()).into()

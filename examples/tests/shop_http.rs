@@ -16,6 +16,7 @@ const BOB: &str = "bob-token";
 
 on_both_databases!(
     users_are_created_once_per_idempotency_key,
+    an_idempotency_key_answers_only_its_own_caller,
     invalid_email_is_a_422_naming_the_field,
     missing_token_is_401_and_missing_permission_403,
     every_answer_carries_a_correlation_id,
@@ -112,6 +113,45 @@ async fn users_are_created_once_per_idempotency_key(shop: Shop) {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(user, first);
+}
+
+async fn an_idempotency_key_answers_only_its_own_caller(shop: Shop) {
+    let product = create_product(&shop, "Shared key tea", 500, 10).await;
+    let order = |token: &'static str| {
+        shop.http
+            .post(shop.at("/orders"))
+            .bearer_auth(token)
+            .header("Idempotency-Key", "order-1")
+            .json(&json!({ "product_id": product, "quantity": 2 }))
+    };
+    let (status, alice) = call(order(ALICE)).await;
+    assert_eq!(status, StatusCode::CREATED, "{alice}");
+    // Bob sends alice's key with alice's body: his own order, not her stored receipt.
+    let (status, bob) = call(order(BOB)).await;
+    assert_eq!(status, StatusCode::CREATED, "{bob}");
+    assert_ne!(bob["order_id"], alice["order_id"], "bob got alice's order");
+    // Each one's retry gets their own receipt back, and nothing more is ordered.
+    assert_eq!(call(order(ALICE)).await.1, alice);
+    assert_eq!(call(order(BOB)).await.1, bob);
+    let (status, stock) = call(shop.http.get(shop.at(&format!("/products/{product}")))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(stock["stock"], 6, "two orders of two: {stock}");
+    // Bob's receipt names an order he can read; alice's stays hers.
+    let read = |token: &'static str, receipt: &Value| {
+        shop.http
+            .get(shop.at(&format!(
+                "/orders/{}",
+                receipt["order_id"].as_str().unwrap()
+            )))
+            .bearer_auth(token)
+    };
+    eventually(
+        "bob's order in the projection",
+        Duration::from_secs(5),
+        || async { (call(read(BOB, &bob)).await.0 == StatusCode::OK).then_some(()) },
+    )
+    .await;
+    assert_eq!(call(read(BOB, &alice)).await.0, StatusCode::FORBIDDEN);
 }
 
 async fn invalid_email_is_a_422_naming_the_field(shop: Shop) {

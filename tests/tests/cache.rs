@@ -123,6 +123,42 @@ impl QueryHandler<Ticker> for TickerHandler {
     }
 }
 
+/// "My orders": the answer depends on who asks, which the macro cannot see.
+#[derive(Query, Debug, Clone, Hash, PartialEq, Eq)]
+#[query(output = String)]
+struct MyOrders;
+
+#[query_handler(MyOrders)]
+#[cached_query(ttl = "5m")]
+struct MyOrdersHandler {
+    store: Arc<Store>,
+}
+
+impl QueryHandler<MyOrders> for MyOrdersHandler {
+    async fn handle(&self, _q: MyOrders, cx: &QueryContext) -> Result<String, Error> {
+        let n = self.store.read();
+        let who = cx.principal().map_or("nobody", |p| p.id());
+        Ok(format!("orders of {who}, read #{n}"))
+    }
+}
+
+/// The catalogue: the same for everyone, declared `public`.
+#[derive(Query, Debug, Clone, Hash, PartialEq, Eq)]
+#[query(output = usize)]
+struct Catalogue;
+
+#[query_handler(Catalogue)]
+#[cached_query(ttl = "5m", public)]
+struct CatalogueHandler {
+    store: Arc<Store>,
+}
+
+impl QueryHandler<Catalogue> for CatalogueHandler {
+    async fn handle(&self, _q: Catalogue, _cx: &QueryContext) -> Result<usize, Error> {
+        Ok(self.store.read())
+    }
+}
+
 #[derive(Command, Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct RenameUser {
     user_id: u32,
@@ -158,6 +194,8 @@ fn world() -> (Bus, Arc<Store>) {
         .register::<LookupOrNoneHandler>()
         .register::<TickerHandler>()
         .register::<RenameUserHandler>()
+        .register::<MyOrdersHandler>()
+        .register::<CatalogueHandler>()
         .provide(store.clone())
         .build()
         .unwrap();
@@ -194,6 +232,53 @@ async fn a_second_identical_query_is_answered_from_the_cache() {
         bus.query(profile(1, "en")).await.unwrap(),
         "user-1 [en] read #1"
     );
+}
+
+#[tokio::test]
+async fn answers_are_kept_per_caller_unless_the_query_is_public() {
+    let (bus, store) = world();
+    let as_who = |who: Option<&str>| match who {
+        Some(id) => Envelope::new(MyOrders).principal(Principal::new(id)),
+        None => Envelope::new(MyOrders),
+    };
+    assert_eq!(
+        bus.query(as_who(Some("alice"))).await.unwrap(),
+        "orders of alice, read #1"
+    );
+    // Bob asks the same query: his own answer, not alice's cached one.
+    assert_eq!(
+        bus.query(as_who(Some("bob"))).await.unwrap(),
+        "orders of bob, read #2"
+    );
+    assert_eq!(
+        bus.query(as_who(None)).await.unwrap(),
+        "orders of nobody, read #3"
+    );
+    // Each caller's repeat is a hit on their own answer; anonymous callers share one.
+    for (who, expected) in [
+        (Some("alice"), "orders of alice, read #1"),
+        (Some("bob"), "orders of bob, read #2"),
+        (None, "orders of nobody, read #3"),
+    ] {
+        let hit = bus.query_with_report(as_who(who)).await.unwrap();
+        assert!(hit.cache_hit);
+        assert_eq!(hit.output, expected);
+    }
+    assert_eq!(store.reads(), 3);
+
+    // `public`: one answer for every caller.
+    let first = bus
+        .query(Envelope::new(Catalogue).principal(Principal::new("alice")))
+        .await
+        .unwrap();
+    let other = bus
+        .query_with_report(Envelope::new(Catalogue).principal(Principal::new("bob")))
+        .await
+        .unwrap();
+    assert!(other.cache_hit);
+    assert_eq!(other.output, first);
+    assert!(bus.query_with_report(Catalogue).await.unwrap().cache_hit);
+    assert_eq!(store.reads(), 4);
 }
 
 #[tokio::test]

@@ -122,6 +122,63 @@ on_both!(
     idempotency_survives_the_bus
 );
 
+/// A key is scoped to its caller: bob reusing alice's key with alice's body runs his own
+/// command, on the database's store, where other processes see the same keys.
+async fn idempotency_keys_are_scoped_to_their_caller(db: &TestDb) {
+    db.execute("CREATE TABLE things (name TEXT PRIMARY KEY)")
+        .await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let bus = bus(db, &runs);
+    bus.migrate().await.unwrap();
+    let as_caller = |who: Option<&str>, quantity| {
+        let envelope = order("shared-key", quantity);
+        match who {
+            Some(id) => envelope.principal(Principal::new(id)),
+            None => envelope,
+        }
+    };
+    let alice = bus.send(as_caller(Some("alice"), 1)).await.unwrap();
+    let bob = bus
+        .send_with_report(as_caller(Some("bob"), 1))
+        .await
+        .unwrap();
+    assert!(!bob.replayed, "bob got alice's stored reply");
+    assert_ne!(bob.output, alice);
+    // Anonymous callers share one scope of their own.
+    let anonymous = bus.send(as_caller(None, 1)).await.unwrap();
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+    // Each caller's repeat gets its own reply back, and another payload is a conflict for
+    // that caller only.
+    for (who, expected) in [
+        (Some("alice"), &alice),
+        (Some("bob"), &bob.output),
+        (None, &anonymous),
+    ] {
+        let again = bus.send_with_report(as_caller(who, 1)).await.unwrap();
+        assert!(again.replayed);
+        assert_eq!(&again.output, expected);
+    }
+    let err = bus.send(as_caller(Some("alice"), 2)).await.unwrap_err();
+    assert_eq!(err.status(), Status::Conflict);
+    // A principal whose id looks like the anonymous scope's name is still not anonymous.
+    let lookalike = bus
+        .send_with_report(as_caller(Some("anonymous"), 1))
+        .await
+        .unwrap();
+    assert!(!lookalike.replayed);
+    assert_eq!(runs.load(Ordering::SeqCst), 4);
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM cqrs_idempotency WHERE key = 'shared-key'")
+            .await,
+        4
+    );
+}
+on_both!(
+    sqlite_idempotency_keys_are_scoped_to_their_caller,
+    postgres_idempotency_keys_are_scoped_to_their_caller,
+    idempotency_keys_are_scoped_to_their_caller
+);
+
 /// Blocks mid-transaction until the test has killed its connection.
 #[derive(Command, Debug, Clone, Serialize, Deserialize)]
 struct SlowInsert {

@@ -214,6 +214,41 @@ async fn keys_are_scoped_by_command() {
 }
 
 #[tokio::test]
+async fn keys_are_scoped_by_caller() {
+    let w = world();
+    let from = |who: Option<&str>| match who {
+        Some(id) => pay(1, 500, "k").principal(Principal::new(id)),
+        None => pay(1, 500, "k"),
+    };
+    // Alice pays; bob sends the same body under the same key: his own payment runs, he does
+    // not receive alice's receipt.
+    let alice = w.bus.send(from(Some("alice"))).await.unwrap();
+    let bob = w.bus.send_with_report(from(Some("bob"))).await.unwrap();
+    assert!(!bob.replayed);
+    assert_eq!((alice.number, bob.output.number), (1, 2));
+    // Anonymous callers share one scope, apart from every principal's.
+    let anonymous = w.bus.send(from(None)).await.unwrap();
+    assert_eq!(anonymous.number, 3);
+    assert_eq!(w.bus.send(from(None)).await.unwrap().number, 3);
+    assert_eq!(w.bus.send(from(Some("alice"))).await.unwrap().number, 1);
+    assert_eq!(w.bus.send(from(Some("bob"))).await.unwrap().number, 2);
+    assert_eq!(w.provider.charges.load(Ordering::SeqCst), 3);
+    // Another payload under alice's key conflicts for her; carol may still use the key.
+    let err = w
+        .bus
+        .send(pay(1, 900, "k").principal(Principal::new("alice")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Status::Conflict);
+    let carol = w
+        .bus
+        .send(pay(1, 900, "k").principal(Principal::new("carol")))
+        .await
+        .unwrap();
+    assert_eq!(carol.number, 4);
+}
+
+#[tokio::test]
 async fn without_a_key_every_send_runs() {
     let w = world();
     let a = w.bus.send(Pay { order: 1, cents: 5 }).await.unwrap();

@@ -1,5 +1,10 @@
 //! Layer 6: commands sent with an idempotency key run at most once per key.
 //!
+//! A key belongs to its caller and its command: the store is asked for (command, principal id,
+//! key), anonymous callers sharing one scope. So bob reusing the key alice sent, with the same
+//! body, runs his own command instead of receiving her reply, and a key reused for another
+//! command is another key.
+//!
 //! The first send with a key claims it in the [`IdempotencyStore`], runs the inner layers, and
 //! stores the reply if they succeed (a failure releases the claim, so the key can be tried
 //! again). A repeat with the same key and the same payload gets the stored reply without running
@@ -25,11 +30,15 @@ pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// (when the first one crashed).
 pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
-/// One idempotency key, as the store sees it.
+/// One idempotency key, as the store sees it: a store keeps one entry per
+/// ([`scope`](Self::scope), [`caller`](Self::caller), [`key`](Self::key)).
 #[derive(Debug, Clone)]
 pub struct IdempotencyKey {
     /// The command's name: keys are scoped by command.
     pub scope: &'static str,
+    /// The id of the principal that sent the command (`None`: an anonymous caller). Keys are
+    /// scoped by caller: one caller's key never answers another.
+    pub principal: Option<String>,
     /// The key the caller gave.
     pub key: String,
     /// The fingerprint of the payload (32 hex digits).
@@ -38,6 +47,17 @@ pub struct IdempotencyKey {
     pub ttl: Duration,
     /// How long a claim lasts without a reply.
     pub lease: Duration,
+}
+
+impl IdempotencyKey {
+    /// The caller as one string a store can key on: `anonymous`, or `principal:` followed by
+    /// the principal's id (so no principal's id can be mistaken for the anonymous scope).
+    pub fn caller(&self) -> String {
+        match &self.principal {
+            None => "anonymous".to_owned(),
+            Some(id) => format!("principal:{id}"),
+        }
+    }
 }
 
 /// What a store found when asked to claim a key.
@@ -108,8 +128,15 @@ pub struct MemoryIdempotencyStore {
 
 #[derive(Default)]
 struct MemoryEntries {
-    map: HashMap<(&'static str, String), MemoryEntry>,
+    map: HashMap<MemoryId, MemoryEntry>,
     claims_since_sweep: usize,
+}
+
+/// (command, principal id, key).
+type MemoryId = (&'static str, Option<String>, String);
+
+fn memory_id(key: &IdempotencyKey) -> MemoryId {
+    (key.scope, key.principal.clone(), key.key.clone())
 }
 
 struct MemoryEntry {
@@ -143,7 +170,7 @@ impl IdempotencyStore for MemoryIdempotencyStore {
             entries.claims_since_sweep = 0;
             entries.map.retain(|_, e| e.expires > now);
         }
-        let id = (key.scope, key.key.clone());
+        let id = memory_id(key);
         if let Some(entry) = entries.map.get(&id).filter(|e| e.expires > now) {
             return Ok(match &entry.reply {
                 Some(reply) => Claim::Completed {
@@ -169,7 +196,7 @@ impl IdempotencyStore for MemoryIdempotencyStore {
     async fn complete(&self, key: &IdempotencyKey, reply: &[u8]) -> Result<(), Error> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.map.insert(
-            (key.scope, key.key.clone()),
+            memory_id(key),
             MemoryEntry {
                 fingerprint: key.fingerprint.clone(),
                 reply: Some(reply.to_vec()),
@@ -181,7 +208,7 @@ impl IdempotencyStore for MemoryIdempotencyStore {
 
     async fn release(&self, key: &IdempotencyKey) -> Result<(), Error> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let id = (key.scope, key.key.clone());
+        let id = memory_id(key);
         if entries.map.get(&id).is_some_and(|e| e.reply.is_none()) {
             entries.map.remove(&id);
         }
@@ -220,12 +247,14 @@ impl IdempotencyLayer {
     pub(crate) fn key(
         &self,
         scope: &'static str,
+        principal: Option<&str>,
         key: &str,
         fingerprint: String,
         lease: Option<Duration>,
     ) -> IdempotencyKey {
         IdempotencyKey {
             scope,
+            principal: principal.map(str::to_owned),
             key: key.to_owned(),
             fingerprint,
             ttl: self.ttl,
@@ -363,7 +392,7 @@ mod tests {
         payload: u32,
         runs: &mut u32,
     ) -> Result<(u32, bool), Error> {
-        let key = l.key("Cmd", "k1", fingerprint(&payload).unwrap(), None);
+        let key = l.key("Cmd", None, "k1", fingerprint(&payload).unwrap(), None);
         let out = l
             .run(&key, || async {
                 *runs += 1;
@@ -391,7 +420,7 @@ mod tests {
     #[tokio::test]
     async fn failures_release_the_key() {
         let l = layer();
-        let key = l.key("Cmd", "k2", fingerprint(&1).unwrap(), None);
+        let key = l.key("Cmd", None, "k2", fingerprint(&1).unwrap(), None);
         let err = l
             .run(&key, || async {
                 Err::<(u32, _), _>(Error::unavailable("db down"))

@@ -1,4 +1,4 @@
-//! `#[cached_query(ttl = "5m", vary_by = [fields], cache_none = false, max_entries = 10000)]`.
+//! `#[cached_query(ttl = "5m", vary_by = [fields], cache_none = false, max_entries = 10000, public)]`.
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
@@ -13,6 +13,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         opt("vary_by", Kind::Idents),
         opt("cache_none", Kind::Bool),
         opt("max_entries", Kind::Int),
+        opt("public", Kind::Flag),
     ];
     let decorator = Decorator {
         attribute: "cached_query",
@@ -98,6 +99,9 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                 );
             }
             spec = quote!(#spec.max_entries(#max));
+        }
+        if let Some((public, _)) = args.bool("public") {
+            spec = quote!(#spec.public(#public));
         }
         Some(Generated {
             items: TokenStream::new(),

@@ -148,7 +148,7 @@ impl CommandHandler<ReleaseStock> for ReleaseStockHandler {
 }
 
 #[query_handler(GetProduct)]
-#[cached_query(ttl = "30s", vary_by = [id])]
+#[cached_query(ttl = "30s", vary_by = [id], public)] // the catalogue is the same for every caller
 #[timeout("2s")]
 pub struct GetProductHandler {
     db: Db,

@@ -173,10 +173,11 @@ pub(crate) async fn idempotency_insert(
     expires_at_ms: i64,
 ) -> Result<bool, Error> {
     let done = sqlx::query(
-        "INSERT INTO cqrs_idempotency (scope, key, fingerprint, reply, expires_at_ms) VALUES ($1, $2, $3, NULL, $4)
-         ON CONFLICT (scope, key) DO NOTHING",
+        "INSERT INTO cqrs_idempotency (scope, caller, key, fingerprint, reply, expires_at_ms) VALUES ($1, $2, $3, $4, NULL, $5)
+         ON CONFLICT (scope, caller, key) DO NOTHING",
     )
     .bind(key.scope)
+    .bind(key.caller())
     .bind(&key.key)
     .bind(&key.fingerprint)
     .bind(expires_at_ms)
@@ -190,8 +191,9 @@ pub(crate) async fn idempotency_select(
     pool: &PgPool,
     key: &IdempotencyKey,
 ) -> Result<Option<(String, Option<Vec<u8>>, i64)>, Error> {
-    sqlx::query_as("SELECT fingerprint, reply, expires_at_ms FROM cqrs_idempotency WHERE scope = $1 AND key = $2")
+    sqlx::query_as("SELECT fingerprint, reply, expires_at_ms FROM cqrs_idempotency WHERE scope = $1 AND caller = $2 AND key = $3")
         .bind(key.scope)
+        .bind(key.caller())
         .bind(&key.key)
         .fetch_optional(pool)
         .await
@@ -206,11 +208,12 @@ pub(crate) async fn idempotency_take_over(
 ) -> Result<bool, Error> {
     let done = sqlx::query(
         "UPDATE cqrs_idempotency SET fingerprint = $1, reply = NULL, expires_at_ms = $2
-         WHERE scope = $3 AND key = $4 AND expires_at_ms = $5",
+         WHERE scope = $3 AND caller = $4 AND key = $5 AND expires_at_ms = $6",
     )
     .bind(&key.fingerprint)
     .bind(expires_at_ms)
     .bind(key.scope)
+    .bind(key.caller())
     .bind(&key.key)
     .bind(old_expires_at_ms)
     .execute(pool)
@@ -227,11 +230,12 @@ pub(crate) async fn idempotency_complete(
 ) -> Result<(), Error> {
     sqlx::query(
         "UPDATE cqrs_idempotency SET reply = $1, expires_at_ms = $2
-         WHERE scope = $3 AND key = $4 AND fingerprint = $5",
+         WHERE scope = $3 AND caller = $4 AND key = $5 AND fingerprint = $6",
     )
     .bind(reply)
     .bind(expires_at_ms)
     .bind(key.scope)
+    .bind(key.caller())
     .bind(&key.key)
     .bind(&key.fingerprint)
     .execute(conn)
@@ -241,8 +245,9 @@ pub(crate) async fn idempotency_complete(
 }
 
 pub(crate) async fn idempotency_release(pool: &PgPool, key: &IdempotencyKey) -> Result<(), Error> {
-    sqlx::query("DELETE FROM cqrs_idempotency WHERE scope = $1 AND key = $2 AND reply IS NULL")
+    sqlx::query("DELETE FROM cqrs_idempotency WHERE scope = $1 AND caller = $2 AND key = $3 AND reply IS NULL")
         .bind(key.scope)
+        .bind(key.caller())
         .bind(&key.key)
         .execute(pool)
         .await

@@ -16,11 +16,12 @@ pub(crate) struct Migration {
 }
 
 /// Every migration, oldest first. Never edit one that has shipped: add the next.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "outbox, idempotency keys, events, snapshots",
-    #[cfg(feature = "sqlite")]
-    sqlite: r#"
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "outbox, idempotency keys, events, snapshots",
+        #[cfg(feature = "sqlite")]
+        sqlite: r#"
 CREATE TABLE cqrs_outbox (
     id              TEXT PRIMARY KEY,
     event_name      TEXT NOT NULL,
@@ -64,8 +65,8 @@ CREATE TABLE cqrs_snapshots (
     PRIMARY KEY (aggregate_type, aggregate_id)
 );
 "#,
-    #[cfg(feature = "postgres")]
-    postgres: r#"
+        #[cfg(feature = "postgres")]
+        postgres: r#"
 CREATE TABLE cqrs_outbox (
     id              UUID PRIMARY KEY,
     event_name      TEXT NOT NULL,
@@ -109,7 +110,41 @@ CREATE TABLE cqrs_snapshots (
     PRIMARY KEY (aggregate_type, aggregate_id)
 );
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        description: "idempotency keys scoped to their caller",
+        // A key is now (command, caller, key). Rows written before this migration have no
+        // caller and could answer the wrong one: they are dropped, so a request retried across
+        // the upgrade runs once more rather than receive another caller's reply.
+        #[cfg(feature = "sqlite")]
+        sqlite: r#"
+DROP TABLE cqrs_idempotency;
+CREATE TABLE cqrs_idempotency (
+    scope         TEXT NOT NULL,
+    caller        TEXT NOT NULL,
+    key           TEXT NOT NULL,
+    fingerprint   TEXT NOT NULL,
+    reply         BLOB,
+    expires_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (scope, caller, key)
+);
+"#,
+        #[cfg(feature = "postgres")]
+        postgres: r#"
+DROP TABLE cqrs_idempotency;
+CREATE TABLE cqrs_idempotency (
+    scope         TEXT NOT NULL,
+    caller        TEXT NOT NULL,
+    key           TEXT NOT NULL,
+    fingerprint   TEXT NOT NULL,
+    reply         BYTEA,
+    expires_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (scope, caller, key)
+);
+"#,
+    },
+];
 
 /// Whether every migration has run (the relay waits for it rather than failing on missing
 /// tables). An error is returned only when the database cannot be reached: a missing table

@@ -158,10 +158,11 @@ pub(crate) async fn idempotency_insert(
     expires_at_ms: i64,
 ) -> Result<bool, Error> {
     let done = sqlx::query(
-        "INSERT INTO cqrs_idempotency (scope, key, fingerprint, reply, expires_at_ms) VALUES (?, ?, ?, NULL, ?)
-         ON CONFLICT (scope, key) DO NOTHING",
+        "INSERT INTO cqrs_idempotency (scope, caller, key, fingerprint, reply, expires_at_ms) VALUES (?, ?, ?, ?, NULL, ?)
+         ON CONFLICT (scope, caller, key) DO NOTHING",
     )
     .bind(key.scope)
+    .bind(key.caller())
     .bind(&key.key)
     .bind(&key.fingerprint)
     .bind(expires_at_ms)
@@ -175,8 +176,9 @@ pub(crate) async fn idempotency_select(
     pool: &SqlitePool,
     key: &IdempotencyKey,
 ) -> Result<Option<(String, Option<Vec<u8>>, i64)>, Error> {
-    sqlx::query_as("SELECT fingerprint, reply, expires_at_ms FROM cqrs_idempotency WHERE scope = ? AND key = ?")
+    sqlx::query_as("SELECT fingerprint, reply, expires_at_ms FROM cqrs_idempotency WHERE scope = ? AND caller = ? AND key = ?")
         .bind(key.scope)
+        .bind(key.caller())
         .bind(&key.key)
         .fetch_optional(pool)
         .await
@@ -191,11 +193,12 @@ pub(crate) async fn idempotency_take_over(
 ) -> Result<bool, Error> {
     let done = sqlx::query(
         "UPDATE cqrs_idempotency SET fingerprint = ?, reply = NULL, expires_at_ms = ?
-         WHERE scope = ? AND key = ? AND expires_at_ms = ?",
+         WHERE scope = ? AND caller = ? AND key = ? AND expires_at_ms = ?",
     )
     .bind(&key.fingerprint)
     .bind(expires_at_ms)
     .bind(key.scope)
+    .bind(key.caller())
     .bind(&key.key)
     .bind(old_expires_at_ms)
     .execute(pool)
@@ -212,11 +215,12 @@ pub(crate) async fn idempotency_complete(
 ) -> Result<(), Error> {
     sqlx::query(
         "UPDATE cqrs_idempotency SET reply = ?, expires_at_ms = ?
-         WHERE scope = ? AND key = ? AND fingerprint = ?",
+         WHERE scope = ? AND caller = ? AND key = ? AND fingerprint = ?",
     )
     .bind(reply)
     .bind(expires_at_ms)
     .bind(key.scope)
+    .bind(key.caller())
     .bind(&key.key)
     .bind(&key.fingerprint)
     .execute(conn)
@@ -229,12 +233,15 @@ pub(crate) async fn idempotency_release(
     pool: &SqlitePool,
     key: &IdempotencyKey,
 ) -> Result<(), Error> {
-    sqlx::query("DELETE FROM cqrs_idempotency WHERE scope = ? AND key = ? AND reply IS NULL")
-        .bind(key.scope)
-        .bind(&key.key)
-        .execute(pool)
-        .await
-        .map_err(db_error)?;
+    sqlx::query(
+        "DELETE FROM cqrs_idempotency WHERE scope = ? AND caller = ? AND key = ? AND reply IS NULL",
+    )
+    .bind(key.scope)
+    .bind(key.caller())
+    .bind(&key.key)
+    .execute(pool)
+    .await
+    .map_err(db_error)?;
     Ok(())
 }
 

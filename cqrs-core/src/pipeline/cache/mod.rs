@@ -2,7 +2,15 @@
 //!
 //! `#[cached_query(ttl = "5m", vary_by = [user_id], cache_none = false, max_entries = 10000)]`
 //! on a query handler. The key is the query's name and a 128-bit SipHash of the `vary_by` fields
-//! (of the whole query when `vary_by` is not given). On a miss, concurrent callers with the same
+//! (of the whole query when `vary_by` is not given) and of the caller's principal id.
+//!
+//! **Answers are kept per caller by default.** The macro cannot see the handler's body, and a
+//! handler that reads `cx.principal()` (a customer's own orders, a view filtered by role) would
+//! otherwise hand one caller's answer to the next. So the key includes the principal's id
+//! (anonymous callers share one scope), unless the handler declares its answer the same for
+//! everyone with `#[cached_query(.., public)]` (a product catalogue): then every caller shares
+//! one cached answer. A principal's roles and permissions are not part of the key: callers with
+//! the same id are the same caller. On a miss, concurrent callers with the same
 //! key wait for the one that runs the handler (single flight), then share its answer. Errors are
 //! never stored; `None` only with `cache_none = true`.
 //!
@@ -38,6 +46,7 @@ pub struct CacheSpec {
     ttl: Duration,
     max_entries: u64,
     cache_none: bool,
+    public: bool,
     vary_by: &'static [&'static str],
     key: fn(&(dyn Any + Send + Sync), &mut dyn Hasher),
     is_none: fn(&(dyn Any + Send + Sync)) -> bool,
@@ -58,6 +67,7 @@ impl CacheSpec {
             ttl,
             max_entries: Self::DEFAULT_MAX_ENTRIES,
             cache_none: false,
+            public: false,
             vary_by: &[],
             key,
             is_none,
@@ -75,6 +85,19 @@ impl CacheSpec {
     pub const fn cache_none(mut self, cache_none: bool) -> Self {
         self.cache_none = cache_none;
         self
+    }
+
+    /// Whether the answer is the same for every caller (`public`): then the key leaves the
+    /// principal out and every caller shares one cached answer. By default answers are kept per
+    /// principal.
+    pub const fn public(mut self, public: bool) -> Self {
+        self.public = public;
+        self
+    }
+
+    /// Whether answers are shared by every caller (see [`CacheSpec::public`]).
+    pub fn is_public(&self) -> bool {
+        self.public
     }
 
     /// The fields the key is made of (for `describe()`; `key` does the hashing).
@@ -102,6 +125,9 @@ impl fmt::Display for CacheSpec {
         }
         if self.cache_none {
             write!(f, ", cache_none")?;
+        }
+        if self.public {
+            write!(f, ", public")?;
         }
         write!(f, ", max_entries={})", self.max_entries)
     }
@@ -282,9 +308,24 @@ impl CacheLayer {
         }
     }
 
-    /// The key of `query` (the message, `&Q`).
-    pub(crate) fn key(&self, query: &(dyn Any + Send + Sync)) -> u128 {
-        cache_key(|h| (self.spec.key)(query, h))
+    /// The key of `query` (the message, `&Q`) asked by `principal`: the principal's id is part
+    /// of it unless the spec is `public`.
+    pub(crate) fn key(&self, query: &(dyn Any + Send + Sync), principal: Option<&str>) -> u128 {
+        cache_key(|h| {
+            (self.spec.key)(query, h);
+            if !self.spec.public {
+                // Tagged, and the id's length first, so that no principal's id and the query's
+                // own bytes can combine into another caller's key.
+                match principal {
+                    None => h.write_u8(0),
+                    Some(id) => {
+                        h.write_u8(1);
+                        h.write_u64(id.len() as u64);
+                        h.write(id.as_bytes());
+                    }
+                }
+            }
+        })
     }
 
     /// The answer under `key`, if the backend can tell without awaiting (the in-process one
@@ -512,7 +553,7 @@ mod tests {
         answer: Result<Option<u32>, Error>,
     ) -> Result<Option<u32>, Error> {
         let answer = l
-            .run(&Codec, l.key(&Q(q)), false, hit, || async move {
+            .run(&Codec, l.key(&Q(q), None), false, hit, || async move {
                 answer.map(|a| Arc::new(a) as Answer)
             })
             .await?;
@@ -545,7 +586,7 @@ mod tests {
     #[tokio::test]
     async fn peek_answers_in_process_lookups_without_awaiting() {
         let l = layer(false);
-        let key = l.key(&Q(4));
+        let key = l.key(&Q(4), None);
         assert!(matches!(l.peek(&Codec, key), Some(None)), "a miss");
         let mut hit = false;
         run(&l, 4, &mut hit, Ok(Some(40))).await.unwrap();
@@ -564,7 +605,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 let mut hit = false;
                 let answer = l
-                    .run(&Codec, l.key(&Q(7)), false, &mut hit, || async {
+                    .run(&Codec, l.key(&Q(7), None), false, &mut hit, || async {
                         runs.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         Ok(Arc::new(Some(7u32)) as Answer)

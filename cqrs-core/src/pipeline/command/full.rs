@@ -14,7 +14,7 @@ use crate::Error;
 use crate::bus::BusInner;
 use crate::bus::report::DispatchStats;
 use crate::context::CommandContext;
-use crate::envelope::Metadata;
+use crate::envelope::{Metadata, Principal};
 use crate::events::EmittedEvent;
 use crate::message::MessageKind;
 
@@ -175,7 +175,14 @@ async fn checked(
     let (Some(key), Some(idempotency)) = (cx.metadata.idempotency_key(), bus.idempotency()) else {
         return attempts(pipe, message, output, cx, stats).await;
     };
-    let key = idempotency.key(name, key, pipe.fingerprint(command)?, pipe.layers().timeout);
+    let principal = cx.metadata.principal().map(Principal::id);
+    let key = idempotency.key(
+        name,
+        principal,
+        key,
+        pipe.fingerprint(command)?,
+        pipe.layers().timeout,
+    );
     // Boxed: the idempotency store does I/O, and its future must not grow every dispatch's.
     Box::pin(idempotent(
         pipe,

@@ -15,7 +15,7 @@ use crate::Error;
 use crate::bus::BusInner;
 use crate::bus::report::DispatchStats;
 use crate::context::QueryContext;
-use crate::envelope::Metadata;
+use crate::envelope::{Metadata, Principal};
 use crate::message::MessageKind;
 
 /// What the full path needs from one query handler's types. Implemented by
@@ -102,7 +102,7 @@ pub(crate) fn early(
     if let Err(error) = pipe.validate(query) {
         return Early::Done(Err(error));
     }
-    let key = cache.key(query);
+    let key = cache.key(query, metadata.principal().map(Principal::id));
     stats.cached = true;
     match cache.peek(pipe.codec(), key) {
         Some(Some(hit)) => {
@@ -198,7 +198,7 @@ async fn guarded(
                 let Some(cache) = cache else {
                     return attempts(pipe, message, output, cx, &mut stats.attempts).await;
                 };
-                let key = cache.key(query);
+                let key = cache.key(query, cx.metadata.principal().map(Principal::id));
                 (cache, Checked { key, looked: false })
             }
         };
