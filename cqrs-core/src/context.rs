@@ -1,93 +1,100 @@
 //! What a handler sees besides its message: metadata, and what it may do through the bus.
 
+use std::any::Any;
 use std::fmt;
-use std::pin::pin;
 use std::ptr::NonNull;
 
+use sync_wrapper::SyncWrapper;
 use uuid::Uuid;
 
-use crate::Error;
-use crate::bus::BusInner;
-use crate::envelope::{IntoEnvelope, Metadata, Principal};
+use crate::envelope::{Metadata, Principal};
 use crate::events::EmittedEvent;
-use crate::message::{Command, Event, Query};
-use crate::persistence::TxSlot;
-use crate::pipeline::idempotency::IdempotencyKey;
+use crate::message::Event;
 
-/// The bus a context belongs to.
+/// The runtime a context belongs to: the pipeline's `Runtime`, behind `dyn Any` so that this
+/// layer, below the pipeline, does not name it (the pipeline reads it back with a checked
+/// downcast, in `pipeline/runtime.rs`).
 ///
-/// The contract (DESIGN §3) has handlers take `&mut CommandContext` with no lifetime, and
-/// `async fn` does not allow an elided one, so a context cannot hold `&'a BusInner`. Holding an
-/// `Arc` instead would cost two atomic operations on one shared counter per dispatch, which
-/// every core would contend on. So the context holds a pointer, under one invariant:
+/// Handlers take `&mut CommandContext` with no lifetime parameter, and `async fn` does not allow
+/// an elided one, so a context cannot hold a `&'a Runtime`. Holding an `Arc` instead would cost
+/// two atomic operations on one shared counter per dispatch, which every core would contend on.
+/// So the context holds a pointer, under one invariant:
 ///
-/// **A context never outlives the `&BusInner` it was created from.** Contexts are created only
-/// by [`BusPtr::new`]'s callers in the pipeline, as locals of a function that holds that
-/// reference for longer than the context lives; users only ever get `&`/`&mut` access (there is
-/// no public constructor, no `Clone`, no `Default`, so a context cannot be moved out or
-/// replaced), and every reference handed out is bounded by the borrow of the context.
+/// **A context never outlives the runtime it was created from.** Contexts are created only by
+/// the pipeline, as locals of a function that holds `&Runtime` for longer than the context
+/// lives; users only ever get `&`/`&mut` access (there is no public constructor, no `Clone`, no
+/// `Default`, so a context cannot be moved out or replaced), and every reference handed out is
+/// bounded by the borrow of the context.
 #[derive(Clone, Copy)]
-pub(crate) struct BusPtr(NonNull<BusInner>);
+pub(crate) struct RuntimePtr(NonNull<dyn Any + Send + Sync>);
 
-// SAFETY: `BusInner` is `Sync` (it is shared by every task that dispatches), and `BusPtr` only
-// ever gives out `&BusInner`.
+// SAFETY: the runtime is `Send + Sync` (the pointee's type says so), and `RuntimePtr` only ever
+// gives out shared references to it.
 #[allow(unsafe_code)]
-unsafe impl Send for BusPtr {}
+unsafe impl Send for RuntimePtr {}
 // SAFETY: as above.
 #[allow(unsafe_code)]
-unsafe impl Sync for BusPtr {}
+unsafe impl Sync for RuntimePtr {}
 
-impl BusPtr {
-    pub(crate) fn new(bus: &BusInner) -> Self {
-        BusPtr(NonNull::from(bus))
+impl RuntimePtr {
+    pub(crate) fn new(runtime: &(dyn Any + Send + Sync)) -> Self {
+        RuntimePtr(NonNull::from(runtime))
     }
 
+    /// The runtime, if it is an `R` (it always is: the pipeline creates every context).
     #[allow(unsafe_code)]
-    pub(crate) fn get(&self) -> &BusInner {
-        // SAFETY: see the invariant on `BusPtr`: the `BusInner` outlives every context, and the
-        // returned reference is bounded by the borrow of the context holding this pointer.
-        unsafe { self.0.as_ref() }
+    #[inline]
+    pub(crate) fn get<R: Any>(&self) -> Option<&R> {
+        // SAFETY: see the invariant on `RuntimePtr`: the runtime outlives every context, and
+        // the returned reference is bounded by the borrow of the context holding this pointer.
+        unsafe { self.0.as_ref() }.downcast_ref::<R>()
     }
 }
 
-const _: () = {
-    const fn sync<T: Sync>() {}
-    sync::<BusInner>();
-};
+/// The running transaction of a `#[transactional]` attempt, as the context keeps it for
+/// `cx.tx()`: erased here, since this layer is below the transaction layer that defines what a
+/// transaction is (`pipeline/transaction.rs`, which puts one in and takes it out).
+///
+/// `SyncWrapper` makes the context `Sync` (a handler may hold `&cx` across an `.await`) while
+/// the transaction is only ever reached through `&mut`. Boxed: only `#[transactional]`
+/// dispatches have a transaction (and do I/O anyway), while the context that holds this is part
+/// of every dispatch's future.
+#[derive(Default)]
+pub(crate) struct TxSlot(Option<Box<SyncWrapper<Box<dyn Any + Send>>>>);
+
+impl TxSlot {
+    pub(crate) fn open(tx: Box<dyn Any + Send>) -> Self {
+        TxSlot(Some(Box::new(SyncWrapper::new(tx))))
+    }
+
+    pub(crate) fn take(&mut self) -> Option<Box<dyn Any + Send>> {
+        self.0.take().map(|tx| tx.into_inner())
+    }
+
+    pub(crate) fn get_mut(&mut self) -> Option<&mut (dyn Any + Send)> {
+        self.0.as_mut().map(|tx| &mut **tx.get_mut())
+    }
+}
 
 /// The context of a command handler: metadata, events to emit, commands to send, and (for
 /// `#[transactional]` handlers) the running transaction.
 pub struct CommandContext {
-    bus: BusPtr,
+    pub(crate) runtime: RuntimePtr,
     pub(crate) metadata: Metadata,
     pub(crate) handler: &'static str,
     pub(crate) events: Vec<EmittedEvent>,
     pub(crate) tx: TxSlot,
-    /// The idempotency key of this dispatch (its reply is stored in the transaction). Boxed,
-    /// as the transaction is: only dispatches that do I/O have one, and the context is part
-    /// of every dispatch's future.
-    pub(crate) idempotency: Option<Box<IdempotencyKey>>,
 }
 
 impl CommandContext {
-    pub(crate) fn new(bus: &BusInner, metadata: Metadata, handler: &'static str) -> Self {
+    pub(crate) fn new(runtime: RuntimePtr, metadata: Metadata, handler: &'static str) -> Self {
         CommandContext {
-            bus: BusPtr::new(bus),
+            runtime,
             metadata,
             handler,
             events: Vec::new(),
             tx: TxSlot::default(),
-            idempotency: None,
         }
-    }
-
-    pub(crate) fn bus(&self) -> &BusInner {
-        self.bus.get()
-    }
-
-    /// A copy of the bus pointer, to reach the bus while `self` is borrowed mutably.
-    pub(crate) fn bus_ptr(&self) -> BusPtr {
-        self.bus
     }
 
     /// Forgets what an attempt left behind (events, transaction) before the next one.
@@ -117,21 +124,6 @@ impl CommandContext {
     pub fn emitted(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.events.iter().map(|e| e.name())
     }
-
-    /// Sends a command through the bus, as a child of this one: same correlation id, this
-    /// command's id as causation id, same principal. It runs its own pipeline (and, if
-    /// transactional, its own transaction).
-    pub async fn send<M>(&self, message: M) -> Result<<M::Message as Command>::Output, Error>
-    where
-        M: IntoEnvelope,
-        M::Message: Command,
-    {
-        let mut env = message.into_envelope();
-        env.metadata.inherit(&self.metadata);
-        // Pinned in place: see `BusInner::send_envelope`.
-        let dispatch = pin!(self.bus().send_envelope(env, None));
-        dispatch.await
-    }
 }
 
 impl fmt::Debug for CommandContext {
@@ -147,15 +139,15 @@ impl fmt::Debug for CommandContext {
 /// The context of a query handler: metadata, and other queries. It has no way to send commands
 /// or emit events: a query does not change state.
 pub struct QueryContext {
-    bus: BusPtr,
+    pub(crate) runtime: RuntimePtr,
     pub(crate) metadata: Metadata,
     pub(crate) handler: &'static str,
 }
 
 impl QueryContext {
-    pub(crate) fn new(bus: &BusInner, metadata: Metadata, handler: &'static str) -> Self {
+    pub(crate) fn new(runtime: RuntimePtr, metadata: Metadata, handler: &'static str) -> Self {
         QueryContext {
-            bus: BusPtr::new(bus),
+            runtime,
             metadata,
             handler,
         }
@@ -169,19 +161,6 @@ impl QueryContext {
     /// Who asked.
     pub fn principal(&self) -> Option<&Principal> {
         self.metadata.principal()
-    }
-
-    /// Asks another query, as a child of this one.
-    pub async fn query<M>(&self, message: M) -> Result<<M::Message as Query>::Output, Error>
-    where
-        M: IntoEnvelope,
-        M::Message: Query,
-    {
-        let mut env = message.into_envelope();
-        env.metadata.inherit(&self.metadata);
-        let bus = self.bus.get();
-        let dispatch = std::pin::pin!(bus.query_envelope(env, None));
-        dispatch.await
     }
 }
 
@@ -197,7 +176,7 @@ impl fmt::Debug for QueryContext {
 /// The context of an event handler: the event's id and metadata, and commands to send (how a
 /// saga or process manager reacts to events).
 pub struct EventContext {
-    bus: BusPtr,
+    pub(crate) runtime: RuntimePtr,
     metadata: MetadataPtr,
     pub(crate) handler: &'static str,
 }
@@ -206,7 +185,7 @@ pub struct EventContext {
 /// cloned for each: a clone would have to fix the event's id first (so that both copies agree
 /// on it), which generates a UUID for every delivery whether or not a handler reads it.
 ///
-/// The same invariant as [`BusPtr`]: **an event context never outlives the `&Metadata` it was
+/// The same invariant as [`RuntimePtr`]: **an event context never outlives the `&Metadata` it was
 /// created from.** The one caller, the event pipeline, creates the context inside a future
 /// that borrows that metadata for its whole life, and users only ever get `&`/`&mut` access to
 /// the context.
@@ -237,9 +216,9 @@ impl MetadataPtr {
 impl EventContext {
     /// See [`MetadataPtr`] for what the caller guarantees: the context must not outlive
     /// `metadata`.
-    pub(crate) fn new(bus: &BusInner, metadata: &Metadata, handler: &'static str) -> Self {
+    pub(crate) fn new(runtime: RuntimePtr, metadata: &Metadata, handler: &'static str) -> Self {
         EventContext {
-            bus: BusPtr::new(bus),
+            runtime,
             metadata: MetadataPtr(NonNull::from(metadata)),
             handler,
         }
@@ -261,18 +240,6 @@ impl EventContext {
     /// causation id that command's id.
     pub fn metadata(&self) -> &Metadata {
         self.metadata.get()
-    }
-
-    /// Sends a command through the bus, as a child of this event.
-    pub async fn send<M>(&self, message: M) -> Result<<M::Message as Command>::Output, Error>
-    where
-        M: IntoEnvelope,
-        M::Message: Command,
-    {
-        let mut env = message.into_envelope();
-        env.metadata.inherit(self.metadata());
-        let dispatch = pin!(self.bus.get().send_envelope(env, None));
-        dispatch.await
     }
 }
 

@@ -9,11 +9,9 @@
 use std::any::{Any, TypeId, type_name};
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Weak;
 
-use crate::bus::build_error::BuildProblem;
-use crate::bus::{Bus, BusInner, BusRef, QueryBus};
-use crate::registry::Location;
+use crate::build_error::BuildProblem;
+use crate::location::Location;
 
 /// A value the bus can hand to handler fields: anything `Clone + Send + Sync + 'static`.
 #[diagnostic::on_unimplemented(
@@ -73,7 +71,6 @@ impl fmt::Debug for Dependencies {
 /// Resolves the fields of one handler; the code the handler attributes generate calls it.
 pub struct Resolver<'a> {
     deps: &'a Dependencies,
-    bus: &'a Weak<BusInner>,
     handler: &'static str,
     location: Location,
     problems: &'a mut Vec<BuildProblem>,
@@ -82,34 +79,16 @@ pub struct Resolver<'a> {
 impl<'a> Resolver<'a> {
     pub(crate) fn new(
         deps: &'a Dependencies,
-        bus: &'a Weak<BusInner>,
         handler: &'static str,
         location: Location,
         problems: &'a mut Vec<BuildProblem>,
     ) -> Self {
         Resolver {
             deps,
-            bus,
             handler,
             location,
             problems,
         }
-    }
-
-    fn special<T: 'static>(&self) -> Option<T> {
-        let id = TypeId::of::<T>();
-        let handle: Box<dyn Any> = if id == TypeId::of::<QueryBus>() {
-            Box::new(QueryBus {
-                inner: BusRef::Weak(self.bus.clone()),
-            })
-        } else if id == TypeId::of::<Bus>() {
-            Box::new(Bus {
-                inner: BusRef::Weak(self.bus.clone()),
-            })
-        } else {
-            return None;
-        };
-        handle.downcast::<T>().ok().map(|b| *b)
     }
 
     /// The value of field `field` (of type `T`, written `written_type`), or `None` after
@@ -119,7 +98,7 @@ impl<'a> Resolver<'a> {
         field: &'static str,
         written_type: &'static str,
     ) -> Option<T> {
-        if let Some(value) = self.special::<T>().or_else(|| self.deps.get::<T>()) {
+        if let Some(value) = self.deps.get::<T>() {
             return Some(value);
         }
         self.problems.push(BuildProblem::MissingDependency {
@@ -137,11 +116,7 @@ impl<'a> Resolver<'a> {
         &mut self,
         _field: &'static str,
     ) -> Option<T> {
-        Some(
-            self.special::<T>()
-                .or_else(|| self.deps.get::<T>())
-                .unwrap_or_default(),
-        )
+        Some(self.deps.get::<T>().unwrap_or_default())
     }
 }
 

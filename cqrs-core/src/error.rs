@@ -536,8 +536,18 @@ fn classify_one(e: &(dyn StdError + 'static)) -> Option<Status> {
     if e.downcast_ref::<tokio::time::error::Elapsed>().is_some() {
         return Some(Status::Timeout);
     }
-    crate::persistence::classify_error(e)
+    inventory::iter::<ErrorClassifier>
+        .into_iter()
+        .find_map(|classifier| (classifier.0)(e))
 }
+
+/// A backend's reading of its own errors (a database's connection failures are `Unavailable`,
+/// its unique violations `Conflict`, ..), registered with `inventory::submit!` beside the
+/// backend, so that this model knows no backend. Asked for each error along a foreign error's
+/// source chain, after the errors every backend shares (I/O, tokio's timeout).
+pub(crate) struct ErrorClassifier(pub(crate) fn(&(dyn StdError + 'static)) -> Option<Status>);
+
+inventory::collect!(ErrorClassifier);
 
 /// Turns a caught panic payload into an `Internal` error naming what panicked.
 pub(crate) fn from_panic(what: &str, payload: Box<dyn Any + Send>) -> Error {

@@ -1,12 +1,11 @@
-//! The handler traits (DESIGN §3).
+//! The handler traits: what a command, query or event handler implements. How a handler is
+//! declared and built (`Handler`) is in `registry`.
 
 use std::future::Future;
 
 use crate::Error;
 use crate::context::{CommandContext, EventContext, QueryContext};
-use crate::di::Resolver;
-use crate::message::{Command, Event, Message, Query};
-use crate::registry::HandlerRegistration;
+use crate::message::{Command, Event, Query};
 
 /// Handles one command type. The struct carries `#[command_handler(C)]`, which registers it.
 ///
@@ -80,24 +79,4 @@ pub trait EventHandler<E: Event>: Send + Sync + 'static {
         event: &E,
         cx: &mut EventContext,
     ) -> impl Future<Output = Result<(), Error>> + Send;
-}
-
-/// A handler declared with `#[command_handler]`, `#[query_handler]` or `#[event_handler]`:
-/// its registration and how to build it from the bus's dependencies.
-///
-/// The attribute macros implement it; [`BusBuilder::register`](crate::BusBuilder::register)
-/// takes any type that implements it.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` is not a declared handler",
-    label = "not declared with a handler attribute",
-    note = "add `#[command_handler(..)]`, `#[query_handler(..)]` or `#[event_handler(..)]` to `{Self}`, or register an instance with `Bus::builder().command_handler(..)` (and the query and event forms)"
-)]
-pub trait Handler: Sized + Send + Sync + 'static {
-    /// The message it handles.
-    type Message: Message;
-    /// What the attribute declared: message, options, source location.
-    const REGISTRATION: HandlerRegistration;
-    /// Builds the handler, resolving each field from the bus's dependencies. Returns `None`
-    /// when a field could not be resolved (the resolver has recorded which).
-    fn build(resolver: &mut Resolver<'_>) -> Option<Self>;
 }

@@ -50,19 +50,21 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![deny(unsafe_code)]
 
+mod backend;
+mod build_error;
 mod bus;
 mod context;
 mod di;
 mod envelope;
 mod error;
+mod event_store;
 mod events;
 pub mod guide;
 mod handler;
 #[cfg(feature = "axum")]
 pub mod http;
+mod location;
 mod message;
-mod metrics;
-mod persistence;
 mod pipeline;
 mod registry;
 pub mod testing;
@@ -76,6 +78,14 @@ pub use cqrs_macros::{
     retry, timeout, transactional,
 };
 
+#[cfg(feature = "postgres")]
+pub use crate::backend::sql::setup::migrate_postgres;
+#[cfg(feature = "sqlite")]
+pub use crate::backend::sql::setup::{migrate_sqlite, sqlite_pool};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use crate::backend::sql::tx::AnyTx;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use crate::backend::sql::{events::SqlEventStore, idempotency::SqlIdempotencyStore};
 pub use crate::bus::{
     BuildError, BuildProblem, Bus, BusBuilder, Description, HandlerDescription, MessageDescription,
     QueryBus, Report,
@@ -84,21 +94,14 @@ pub use crate::context::{CommandContext, EventContext, QueryContext};
 pub use crate::di::{Dependencies, Injectable, Resolver};
 pub use crate::envelope::{AggregateVersion, Envelope, IntoEnvelope, Metadata, Principal};
 pub use crate::error::{Error, FieldError, Source, Status, StdErrorAdapter};
-pub use crate::events::HandlerFailure;
-pub use crate::handler::{CommandHandler, EventHandler, Handler, QueryHandler};
-pub use crate::message::{Command, Event, Message, MessageInfo, MessageKind, Query};
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub use crate::persistence::AnyTx;
-pub use crate::persistence::event_store::{
+pub use crate::event_store::{
     Aggregate, AggregateRoot, EventStore, MemoryEventStore, RecordedEvent, Session, Snapshot,
     Stream,
 };
-#[cfg(feature = "postgres")]
-pub use crate::persistence::migrate_postgres;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub use crate::persistence::sql::{events::SqlEventStore, idempotency::SqlIdempotencyStore};
-#[cfg(feature = "sqlite")]
-pub use crate::persistence::{migrate_sqlite, sqlite_pool};
+pub use crate::events::HandlerFailure;
+pub use crate::handler::{CommandHandler, EventHandler, QueryHandler};
+pub use crate::location::Location;
+pub use crate::message::{Command, Event, Message, MessageInfo, MessageKind, Query};
 pub use crate::pipeline::Decorator;
 pub use crate::pipeline::authorize::{AuthorizeLayer, ResourcePolicy, ResourceRequest};
 pub use crate::pipeline::cache::{
@@ -112,7 +115,7 @@ pub use crate::pipeline::middleware::{
 };
 pub use crate::pipeline::retry::RetryLayer;
 pub use crate::pipeline::transaction::{Isolation, TransactionLayer};
-pub use crate::registry::{HandlerRegistration, Location};
+pub use crate::registry::{Handler, HandlerRegistration};
 /// The `sqlx` this crate is built with (features `sqlite`, `postgres`): use it for the SQL your
 /// handlers write in `cx.tx()`.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

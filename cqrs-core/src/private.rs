@@ -15,7 +15,6 @@ pub use inventory;
 
 pub use crate::di::{Injectable, Resolver};
 pub use crate::envelope::{Envelope, IntoEnvelope};
-pub use crate::handler::Handler;
 pub use crate::message::MessageInfo;
 pub use crate::message::{
     Command as CommandTrait, Event as EventTrait, Message, Query as QueryTrait,
@@ -25,6 +24,7 @@ pub use crate::pipeline::authorize::{AuthorizeLayer, ResourceField};
 pub use crate::pipeline::cache::{CacheSpec, hash_whole};
 pub use crate::pipeline::retry::RetryLayer;
 pub use crate::pipeline::transaction::{Isolation, TransactionLayer};
+pub use crate::registry::Handler;
 pub use crate::registry::{
     DecoratorRegistration, HandlerOptions, HandlerRegistration, Location, MessageRegistration,
     Slot, generic_slot,

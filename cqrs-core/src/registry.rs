@@ -12,41 +12,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
-use crate::bus::install::{self, Installation, Installed};
-use crate::handler::{CommandHandler, EventHandler, Handler, QueryHandler};
-use crate::message::{Command, Event, MessageInfo, MessageKind, Query};
+use crate::di::Resolver;
+use crate::handler::{CommandHandler, EventHandler, QueryHandler};
+pub use crate::location::Location;
+use crate::message::{Command, Event, Message, MessageInfo, MessageKind, Query};
 use crate::pipeline::Decorator;
-
-/// Where something was declared in the user's source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Location {
-    /// The file, as `file!()` gives it.
-    pub file: &'static str,
-    /// The line.
-    pub line: u32,
-    /// The column.
-    pub column: u32,
-}
-
-impl Location {
-    /// A location from its parts (the macros pass `file!()`, `line!()`, `column!()`).
-    pub const fn new(file: &'static str, line: u32, column: u32) -> Self {
-        Location { file, line, column }
-    }
-
-    /// The location of the caller of the function this is called in.
-    #[track_caller]
-    pub fn caller() -> Self {
-        let at = std::panic::Location::caller();
-        Location::new(at.file(), at.line(), at.column())
-    }
-}
-
-impl fmt::Display for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.file, self.line)
-    }
-}
+use crate::pipeline::assemble::{self, Installation, Installed};
 
 /// A message type, as its derive registers it.
 #[derive(Debug)]
@@ -171,7 +142,7 @@ impl HandlerRegistration {
             message: MessageInfo::of::<C>,
             location,
             options,
-            install: install::built_command::<C, H>,
+            install: built_command::<C, H>,
         }
     }
 
@@ -192,7 +163,7 @@ impl HandlerRegistration {
             message: MessageInfo::of::<Q>,
             location,
             options,
-            install: install::built_query::<Q, H>,
+            install: built_query::<Q, H>,
         }
     }
 
@@ -213,7 +184,7 @@ impl HandlerRegistration {
             message: MessageInfo::of::<E>,
             location,
             options,
-            install: install::built_event::<E, H>,
+            install: built_event::<E, H>,
         }
     }
 }
@@ -355,4 +326,52 @@ pub fn generic_slot<T: 'static>(kind: MessageKind) -> usize {
 /// The number of slots handed out so far for `kind` (the size the bus's tables need).
 pub(crate) fn slots_in_use(kind: MessageKind) -> usize {
     NEXT_SLOT[kind as usize].load(Ordering::Relaxed)
+}
+
+/// A handler declared with `#[command_handler]`, `#[query_handler]` or `#[event_handler]`:
+/// its registration and how to build it from the bus's dependencies.
+///
+/// The attribute macros implement it; [`BusBuilder::register`](crate::BusBuilder::register)
+/// takes any type that implements it.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a declared handler",
+    label = "not declared with a handler attribute",
+    note = "add `#[command_handler(..)]`, `#[query_handler(..)]` or `#[event_handler(..)]` to `{Self}`, or register an instance with `Bus::builder().command_handler(..)` (and the query and event forms)"
+)]
+pub trait Handler: Sized + Send + Sync + 'static {
+    /// The message it handles.
+    type Message: Message;
+    /// What the attribute declared: message, options, source location.
+    const REGISTRATION: HandlerRegistration;
+    /// Builds the handler, resolving each field from the bus's dependencies. Returns `None`
+    /// when a field could not be resolved (the resolver has recorded which).
+    fn build(resolver: &mut Resolver<'_>) -> Option<Self>;
+}
+
+/// Builds a declared handler from the bus's dependencies, then assembles its pipeline.
+fn built_command<C, H>(inst: &mut Installation<'_>) -> Option<Installed>
+where
+    C: Command,
+    H: CommandHandler<C> + Handler,
+{
+    let handler = H::build(&mut inst.resolver)?;
+    Some(assemble::command_instance::<C, H>(handler, inst))
+}
+
+fn built_query<Q, H>(inst: &mut Installation<'_>) -> Option<Installed>
+where
+    Q: Query,
+    H: QueryHandler<Q> + Handler,
+{
+    let handler = H::build(&mut inst.resolver)?;
+    Some(assemble::query_instance::<Q, H>(handler, inst))
+}
+
+fn built_event<E, H>(inst: &mut Installation<'_>) -> Option<Installed>
+where
+    E: Event,
+    H: EventHandler<E> + Handler,
+{
+    let handler = H::build(&mut inst.resolver)?;
+    Some(assemble::event_instance::<E, H>(handler, inst))
 }

@@ -6,22 +6,26 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::bus::build_error::{BuildError, BuildProblem};
+use crate::build_error::{BuildError, BuildProblem};
+use crate::bus::backends::Backends;
 use crate::bus::describe::{Description, HandlerDescription, MessageDescription};
-use crate::bus::install::{self, Installation, Installed};
-use crate::bus::{Bus, BusInner, BusRef, FailureSink};
+use crate::bus::{Bus, BusRef, QueryBus, Shared};
 use crate::di::{Dependencies, Injectable, Resolver};
+use crate::event_store::{EventStore, MemoryEventStore};
 use crate::events::{EventObserver, HandlerFailure};
-use crate::handler::{CommandHandler, EventHandler, Handler, QueryHandler};
+use crate::handler::{CommandHandler, EventHandler, QueryHandler};
 use crate::message::{Command, Event, MessageInfo, MessageKind, Query};
-use crate::persistence::PersistenceConfig;
+use crate::pipeline::assemble::{self, Installation, Installed};
 use crate::pipeline::authorize::{DynResourcePolicy, ResourcePolicy};
 use crate::pipeline::cache::{MemoryCache, QueryCache};
 use crate::pipeline::idempotency::{
     self, DynIdempotencyStore, IdempotencyLayer, IdempotencyStore, MemoryIdempotencyStore,
 };
 use crate::pipeline::middleware::{DynMiddleware, Middleware};
+use crate::pipeline::runtime::{FailureSink, Runtime};
+use crate::pipeline::stores::Stores;
 use crate::pipeline::{Decorator, EventPipe, Layers};
+use crate::registry::Handler;
 use crate::registry::{self, HandlerOptions, HandlerRegistration, Location, MessageRegistration};
 
 type Install = Box<dyn FnOnce(&mut Installation<'_>) -> Option<Installed> + Send>;
@@ -116,7 +120,7 @@ pub struct BusBuilder {
     idempotency_store: Option<Arc<dyn DynIdempotencyStore>>,
     idempotency_ttl: Duration,
     query_cache: Arc<dyn QueryCache>,
-    pub(crate) persistence: PersistenceConfig,
+    pub(crate) backends: Backends,
 }
 
 impl BusBuilder {
@@ -134,7 +138,7 @@ impl BusBuilder {
             idempotency_store: None,
             idempotency_ttl: idempotency::DEFAULT_TTL,
             query_cache: Arc::new(MemoryCache::new()),
-            persistence: PersistenceConfig::default(),
+            backends: Backends::default(),
         }
     }
 
@@ -185,7 +189,7 @@ impl BusBuilder {
             MessageKind::Command,
             MessageInfo::of::<C>(),
             location,
-            Box::new(move |inst| Some(install::command_instance::<C, H>(handler, inst))),
+            Box::new(move |inst| Some(assemble::command_instance::<C, H>(handler, inst))),
         );
         candidate.replaces = replaces;
         self.manual.push(candidate);
@@ -208,7 +212,7 @@ impl BusBuilder {
             MessageKind::Query,
             MessageInfo::of::<Q>(),
             location,
-            Box::new(move |inst| Some(install::query_instance::<Q, H>(handler, inst))),
+            Box::new(move |inst| Some(assemble::query_instance::<Q, H>(handler, inst))),
         );
         candidate.replaces = replaces;
         self.manual.push(candidate);
@@ -222,7 +226,7 @@ impl BusBuilder {
             MessageKind::Event,
             MessageInfo::of::<E>(),
             Location::caller(),
-            Box::new(move |inst| Some(install::event_instance::<E, H>(handler, inst))),
+            Box::new(move |inst| Some(assemble::event_instance::<E, H>(handler, inst))),
         ));
         self
     }
@@ -300,6 +304,13 @@ impl BusBuilder {
         self
     }
 
+    /// Keeps aggregates' events in this store (the database's when there is one, otherwise in
+    /// memory).
+    pub fn event_store<S: EventStore>(mut self, store: S) -> Self {
+        self.backends.set_event_store(store);
+        self
+    }
+
     /// Checks everything and builds the bus, or lists every problem found.
     pub fn build(self) -> Result<Bus, BuildError> {
         let BusBuilder {
@@ -315,8 +326,9 @@ impl BusBuilder {
             idempotency_store,
             idempotency_ttl,
             query_cache,
-            persistence,
+            mut backends,
         } = self;
+        backends.finish();
         let mut problems = Vec::new();
 
         let candidates = collect_candidates(manual, discover);
@@ -332,14 +344,14 @@ impl BusBuilder {
         check_backends(
             &layered,
             resource_policy.is_some(),
-            &persistence,
+            backends.database.is_some(),
             &mut problems,
         );
         unhandled_messages(&messages, &layered, strict, &mut problems);
 
         let custom_idempotency = idempotency_store.is_some();
         let idempotency_store = idempotency_store
-            .or_else(|| persistence.idempotency_store())
+            .or_else(|| backends.database_idempotency.clone())
             .unwrap_or_else(|| Arc::new(MemoryIdempotencyStore::new()));
         let command_middleware: Box<[_]> = middleware
             .iter()
@@ -358,7 +370,36 @@ impl BusBuilder {
             query_middleware.len(),
         );
 
+        let event_store_in_db =
+            backends.event_store.is_none() && backends.database_events.is_some();
+        let (event_store, memory_events) = match (backends.event_store, backends.database_events) {
+            (Some(store), _) => (store, backends.memory_events),
+            (None, Some(store)) => (store, None),
+            (None, None) => {
+                let memory = Arc::new(MemoryEventStore::new());
+                (
+                    memory.clone() as Arc<dyn crate::event_store::DynEventStore>,
+                    Some(memory),
+                )
+            }
+        };
+        let stores = Stores {
+            idempotency_in_tx: !custom_idempotency && backends.database.is_some(),
+            database: backends.database,
+            outbox_inline: backends.outbox_inline,
+            event_store,
+            memory_events,
+            event_store_in_db,
+        };
+        let mut dependencies = dependencies;
         let inner = Arc::new_cyclic(|weak| {
+            // Handlers get handles that do not keep the bus alive.
+            dependencies.insert(Bus {
+                inner: BusRef::Weak(weak.clone()),
+            });
+            dependencies.insert(QueryBus {
+                inner: BusRef::Weak(weak.clone()),
+            });
             let mut commands = table(registry::slots_in_use(MessageKind::Command));
             let mut queries = table(registry::slots_in_use(MessageKind::Query));
             let mut events: Vec<Vec<(&'static str, Box<dyn EventPipe>)>> = Vec::new();
@@ -369,7 +410,6 @@ impl BusBuilder {
                 let mut inst = Installation {
                     resolver: Resolver::new(
                         &dependencies,
-                        weak,
                         candidate.handler_name,
                         candidate.location,
                         &mut problems,
@@ -400,7 +440,7 @@ impl BusBuilder {
                     handlers.into_iter().map(|(_, pipe)| pipe).collect()
                 })
                 .collect();
-            BusInner {
+            let runtime = Runtime {
                 commands: commands.into_boxed_slice(),
                 queries: queries.into_boxed_slice(),
                 events,
@@ -416,7 +456,10 @@ impl BusBuilder {
                 }),
                 cache_regions,
                 event_decoders,
-                persistence: persistence.into_runtime(custom_idempotency),
+                stores,
+            };
+            Shared {
+                runtime,
                 description,
             }
         });
@@ -426,7 +469,9 @@ impl BusBuilder {
         let bus = Bus {
             inner: BusRef::Strong(inner),
         };
-        crate::persistence::start(&bus);
+        for start in backends.on_build {
+            start(&bus);
+        }
         Ok(bus)
     }
 }
@@ -645,11 +690,11 @@ fn assemble_layers(
 fn check_backends(
     layered: &[(Candidate, Layers)],
     has_resource_policy: bool,
-    persistence: &PersistenceConfig,
+    has_database: bool,
     problems: &mut Vec<BuildProblem>,
 ) {
     for (c, layers) in layered {
-        if layers.transaction.is_some() && !persistence.has_database() {
+        if layers.transaction.is_some() && !has_database {
             problems.push(BuildProblem::MissingBackend {
                 handler: c.handler_name,
                 location: c.location,

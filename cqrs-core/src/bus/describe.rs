@@ -2,8 +2,8 @@
 
 use std::fmt;
 
+use crate::location::Location;
 use crate::message::MessageKind;
-use crate::registry::Location;
 
 /// What the bus knows, as `bus.describe()` returns it. `Display` prints it for people.
 ///

@@ -1,13 +1,10 @@
-//! The bus: built once, then dispatching without locks (DESIGN §4).
+//! The bus: built once, then dispatching without locks. It wraps the pipeline's [`Runtime`];
+//! its builder assembles that runtime and checks everything before anything runs.
 
-pub(crate) mod build_error;
+pub(crate) mod backends;
 pub(crate) mod builder;
 pub(crate) mod describe;
-pub(crate) mod install;
-pub(crate) mod report;
 
-use std::any::Any;
-use std::collections::HashMap;
 use std::fmt;
 use std::ops::Deref;
 use std::pin::pin;
@@ -15,215 +12,46 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use crate::Error;
-use crate::envelope::{Envelope, IntoEnvelope};
-use crate::events::{EventDecoder, EventObserver, HandlerFailure};
+use crate::envelope::IntoEnvelope;
 use crate::message::{Command, Event, Message, MessageKind, Query};
-use crate::persistence::Persistence;
-use crate::pipeline::authorize::DynResourcePolicy;
-use crate::pipeline::cache::CacheRegion;
-use crate::pipeline::idempotency::IdempotencyLayer;
-use crate::pipeline::middleware::MiddlewareChain;
-use crate::pipeline::{CommandPipe, DispatchFuture, EventPipe, QueryPipe, publish};
+use crate::pipeline::runtime::Runtime;
 
-pub use self::build_error::{BuildError, BuildProblem};
 pub use self::builder::BusBuilder;
 pub use self::describe::{Description, HandlerDescription, MessageDescription};
-use self::report::DispatchStats;
-pub use self::report::Report;
+pub use crate::build_error::{BuildError, BuildProblem};
+use crate::pipeline::report::DispatchStats;
+pub use crate::pipeline::report::Report;
 
-/// The handlers of one event type.
-pub(crate) type EventHandlers = Box<[Box<dyn EventPipe>]>;
-
-pub(crate) type FailureSink = Arc<dyn Fn(&HandlerFailure<'_>) + Send + Sync>;
-
-/// Everything the bus holds; immutable after `build()`.
-pub(crate) struct BusInner {
-    /// Per command slot: a `Box<dyn CommandPipe<C>>`, erased.
-    pub(crate) commands: Box<[Option<Box<dyn Any + Send + Sync>>]>,
-    /// Per query slot: a `Box<dyn QueryPipe<Q>>`, erased.
-    pub(crate) queries: Box<[Option<Box<dyn Any + Send + Sync>>]>,
-    /// Per event slot: its handlers, ordered by name.
-    pub(crate) events: Box<[EventHandlers]>,
-    pub(crate) command_middleware: Box<MiddlewareChain>,
-    pub(crate) query_middleware: Box<MiddlewareChain>,
-    pub(crate) failure_sink: Option<FailureSink>,
-    pub(crate) observers: Box<[Arc<dyn EventObserver>]>,
-    pub(crate) resource_policy: Option<Arc<dyn DynResourcePolicy>>,
-    pub(crate) idempotency: Option<IdempotencyLayer>,
-    pub(crate) cache_regions: HashMap<&'static str, Arc<dyn CacheRegion>>,
-    /// How to decode a stored event, by name (events with a handler here).
-    pub(crate) event_decoders: HashMap<&'static str, EventDecoder>,
-    pub(crate) persistence: Persistence,
+/// What a built bus holds: the runtime its pipelines run on, and what `describe()` answers.
+pub(crate) struct Shared {
+    pub(crate) runtime: Runtime,
     pub(crate) description: Description,
 }
 
-impl BusInner {
-    pub(crate) fn middleware(&self, kind: MessageKind) -> &MiddlewareChain {
-        match kind {
-            MessageKind::Command => &self.command_middleware,
-            MessageKind::Query => &self.query_middleware,
-            MessageKind::Event => &[],
-        }
-    }
-
-    pub(crate) fn resource_policy(&self) -> Option<&dyn DynResourcePolicy> {
-        self.resource_policy.as_deref()
-    }
-
-    pub(crate) fn idempotency(&self) -> Option<&IdempotencyLayer> {
-        self.idempotency.as_ref()
-    }
-
-    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
-    pub(crate) fn event_decoder(&self, name: &str) -> Option<EventDecoder> {
-        self.event_decoders.get(name).copied()
-    }
-
-    /// Whether events in the outbox are delivered in the dispatch, right after commit.
-    pub(crate) fn delivers_inline(&self) -> bool {
-        #[cfg(any(feature = "sqlite", feature = "postgres"))]
-        return self.persistence.outbox.inline;
-        #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
-        return true;
-    }
-
-    pub(crate) fn event_handlers(&self, slot: usize) -> &[Box<dyn EventPipe>] {
-        self.events.get(slot).map_or(&[], |h| &h[..])
-    }
-
+impl Deref for Shared {
+    type Target = Runtime;
     #[inline]
-    fn command_pipe<C: Command>(&self) -> Option<&dyn CommandPipe<C>> {
-        let entry = self.commands.get(C::__slot())?.as_ref()?;
-        entry
-            .downcast_ref::<Box<dyn CommandPipe<C>>>()
-            .map(|b| &**b)
+    fn deref(&self) -> &Runtime {
+        &self.runtime
     }
-
-    #[inline]
-    fn query_pipe<Q: Query>(&self) -> Option<&dyn QueryPipe<Q>> {
-        let entry = self.queries.get(Q::__slot())?.as_ref()?;
-        entry.downcast_ref::<Box<dyn QueryPipe<Q>>>().map(|b| &**b)
-    }
-
-    /// The dispatch of one command, as its pipeline returns it.
-    ///
-    /// A plain function rather than an `async fn`: an `async fn` would store the envelope in
-    /// its state and copy it again into `call`, and would hold the returned 768-byte future
-    /// in its own state besides the caller's. The caller pins the result where it lands
-    /// (`pin!(bus.send_envelope(..)).await`) so that it is never moved either.
-    ///
-    /// Inlined, with the no-handler case out of line: the envelope then goes from the caller
-    /// to `call` without a copy in between.
-    #[inline]
-    pub(crate) fn send_envelope<'a, C: Command>(
-        &'a self,
-        env: Envelope<C>,
-        stats: Option<&'a mut DispatchStats>,
-    ) -> DispatchFuture<'a, Result<C::Output, Error>> {
-        match self.command_pipe::<C>() {
-            Some(pipe) => pipe.call(self, env, stats),
-            None => no_handler_future::<C, C::Output>(),
-        }
-    }
-
-    /// The dispatch of one query, as its pipeline returns it: see
-    /// [`send_envelope`](Self::send_envelope).
-    #[inline]
-    pub(crate) fn query_envelope<'a, Q: Query>(
-        &'a self,
-        env: Envelope<Q>,
-        stats: Option<&'a mut DispatchStats>,
-    ) -> DispatchFuture<'a, Result<Q::Output, Error>> {
-        match self.query_pipe::<Q>() {
-            Some(pipe) => pipe.call(self, env, stats),
-            None => no_handler_future::<Q, Q::Output>(),
-        }
-    }
-
-    pub(crate) async fn publish_envelope<E: Event>(&self, env: Envelope<E>) -> Result<(), Error> {
-        let failures = publish::deliver(self, &env.message, &env.metadata).await;
-        let Some((_, first)) = failures.first() else {
-            return Ok(());
-        };
-        let total = self.event_handlers(E::__slot()).len();
-        let detail: Vec<String> = failures
-            .iter()
-            .map(|(h, e)| format!("`{h}`: {e}"))
-            .collect();
-        // The first failure stays the source, with its own causes (`find_source` reaches them).
-        Err(Error::new(
-            first.status(),
-            format!(
-                "{} of {total} handlers of `{}` failed: {}",
-                failures.len(),
-                E::NAME,
-                detail.join("; ")
-            ),
-        )
-        .with_source(crate::StdErrorAdapter(first.clone())))
-    }
-
-    pub(crate) async fn invalidate_by_name(&self, query: &str) {
-        let Some(region) = self.cache_regions.get(query) else {
-            return;
-        };
-        if let Err(error) = region.invalidate_all().await {
-            tracing::warn!(target: "cqrs", query, %error, "cache invalidation failed");
-        }
-    }
-
-    pub(crate) fn report_failure(&self, failure: &HandlerFailure<'_>) {
-        tracing::error!(
-            target: "cqrs",
-            event = failure.event,
-            event_id = %failure.event_id,
-            handler = failure.handler,
-            status = %failure.error.status(),
-            "event handler failed: {:#}",
-            failure.error
-        );
-        if let Some(sink) = &self.failure_sink {
-            sink(failure);
-        }
-    }
-}
-
-#[cold]
-#[inline(never)]
-fn no_handler_future<'a, M: Message, T: Send + 'a>() -> DispatchFuture<'a, Result<T, Error>> {
-    DispatchFuture::from_or_box(std::future::ready(Err(no_handler::<M>())))
-}
-
-fn no_handler<M: Message>() -> Error {
-    Error::no_handler(format!(
-        "no handler for {} `{}` ({}): declare one with `#[{}_handler({})]` or register one with `Bus::builder().discover(false).register::<..>()`",
-        M::KIND,
-        M::NAME,
-        std::any::type_name::<M>(),
-        M::KIND,
-        std::any::type_name::<M>()
-            .rsplit("::")
-            .next()
-            .unwrap_or(M::NAME),
-    ))
 }
 
 /// A strong handle, or a weak one held by a handler (which must not keep the bus alive).
 #[derive(Clone)]
 pub(crate) enum BusRef {
-    Strong(Arc<BusInner>),
-    Weak(Weak<BusInner>),
+    Strong(Arc<Shared>),
+    Weak(Weak<Shared>),
 }
 
 pub(crate) enum InnerRef<'a> {
-    Borrowed(&'a BusInner),
-    Owned(Arc<BusInner>),
+    Borrowed(&'a Shared),
+    Owned(Arc<Shared>),
 }
 
 impl Deref for InnerRef<'_> {
-    type Target = BusInner;
+    type Target = Shared;
     #[inline]
-    fn deref(&self) -> &BusInner {
+    fn deref(&self) -> &Shared {
         match self {
             InnerRef::Borrowed(inner) => inner,
             InnerRef::Owned(inner) => inner,
@@ -355,7 +183,7 @@ impl Bus {
         M::Message: Event,
     {
         let inner = self.inner.get()?;
-        // Pinned in place, not moved into this future's state: see `BusInner::send_envelope`.
+        // Pinned in place, not moved into this future's state: see `Runtime::send_envelope`.
         pin!(inner.publish_envelope(event.into_envelope())).await
     }
 
@@ -374,6 +202,13 @@ impl Bus {
             Ok(inner) => inner.description.clone(),
             Err(_) => Description::default(),
         }
+    }
+
+    /// Whether the bus was given a database (`.sqlite(pool)`, `.postgres(pool)`).
+    pub fn has_database(&self) -> bool {
+        self.inner
+            .get()
+            .is_ok_and(|inner| inner.stores.database.is_some())
     }
 
     /// A handle that can only ask queries.

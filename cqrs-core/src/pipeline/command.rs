@@ -29,12 +29,12 @@ use super::authorize::AuthorizeLayer;
 use super::erased::{self, HandleFuture, Slot};
 use super::trace::InSpan;
 use super::{DispatchFuture, Guarded, Layers, idempotency, trace};
-use crate::bus::BusInner;
-use crate::bus::report::DispatchStats;
 use crate::context::CommandContext;
 use crate::envelope::{Envelope, Metadata};
 use crate::handler::CommandHandler;
 use crate::message::{Command, MessageKind};
+use crate::pipeline::report::DispatchStats;
+use crate::pipeline::runtime::Runtime;
 use crate::{Error, Status};
 
 /// The type-erased entry point of a command's pipeline.
@@ -42,7 +42,7 @@ pub(crate) trait CommandPipe<C: Command>: Send + Sync {
     /// `stats` is where a report is collected, `None` when nobody asked for one.
     fn call<'a>(
         &'a self,
-        bus: &'a BusInner,
+        bus: &'a Runtime,
         env: Envelope<C>,
         stats: Option<&'a mut DispatchStats>,
     ) -> DispatchFuture<'a, Result<C::Output, Error>>;
@@ -59,7 +59,7 @@ pub(crate) struct CommandPipeline<C, H> {
 impl<C: Command, H: CommandHandler<C>> CommandPipe<C> for CommandPipeline<C, H> {
     fn call<'a>(
         &'a self,
-        bus: &'a BusInner,
+        bus: &'a Runtime,
         env: Envelope<C>,
         stats: Option<&'a mut DispatchStats>,
     ) -> DispatchFuture<'a, Result<C::Output, Error>> {
@@ -70,7 +70,7 @@ impl<C: Command, H: CommandHandler<C>> CommandPipe<C> for CommandPipeline<C, H> 
         // The context is made here, outside the future: inside, the envelope it comes from and
         // the context would both take space in the future's state.
         let span = trace::lean_span(MessageKind::Command, C::NAME, self.name, &metadata);
-        let cx = CommandContext::new(bus, metadata, self.name);
+        let cx = CommandContext::new(bus.ptr(), metadata, self.name);
         DispatchFuture::from_or_box(self.lean(bus, message, cx, span, stats))
     }
 }
@@ -78,7 +78,7 @@ impl<C: Command, H: CommandHandler<C>> CommandPipe<C> for CommandPipeline<C, H> 
 impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
     /// Whether this dispatch needs no layer beyond trace and validation.
     #[inline]
-    fn is_lean(&self, bus: &BusInner, metadata: &Metadata) -> bool {
+    fn is_lean(&self, bus: &Runtime, metadata: &Metadata) -> bool {
         let Layers {
             timeout,
             authorize,
@@ -105,7 +105,7 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
     #[allow(clippy::manual_async_fn)] // deliberate: see the comment in the body
     fn lean<'a>(
         &'a self,
-        bus: &'a BusInner,
+        bus: &'a Runtime,
         message: C,
         mut cx: CommandContext,
         span: Option<Span>,
@@ -159,7 +159,7 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
     #[allow(clippy::manual_async_fn)] // `async move`, not `async fn`: see `lean`
     fn full<'a>(
         &'a self,
-        bus: &'a BusInner,
+        bus: &'a Runtime,
         message: C,
         metadata: Metadata,
         stats: Option<&'a mut DispatchStats>,

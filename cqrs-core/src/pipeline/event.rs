@@ -9,12 +9,12 @@ use std::pin::pin;
 
 use super::{DispatchFuture, Guarded, Layers, guard_panic, retry, timeout, trace};
 use crate::Error;
-use crate::bus::BusInner;
-use crate::bus::report::DispatchStats;
 use crate::context::EventContext;
 use crate::envelope::Metadata;
 use crate::handler::EventHandler;
 use crate::message::{Event, MessageKind};
+use crate::pipeline::report::DispatchStats;
+use crate::pipeline::runtime::Runtime;
 
 /// The type-erased entry point of one event handler.
 pub(crate) trait EventPipe: Send + Sync {
@@ -25,7 +25,7 @@ pub(crate) trait EventPipe: Send + Sync {
 
     fn call<'a>(
         &'a self,
-        bus: &'a BusInner,
+        bus: &'a Runtime,
         event: &'a (dyn Any + Send + Sync),
         metadata: &'a Metadata,
     ) -> DispatchFuture<'a, Result<(), Error>>;
@@ -50,7 +50,7 @@ impl<E: Event, H: EventHandler<E>> EventPipe for EventPipeline<E, H> {
 
     fn call<'a>(
         &'a self,
-        bus: &'a BusInner,
+        bus: &'a Runtime,
         event: &'a (dyn Any + Send + Sync),
         metadata: &'a Metadata,
     ) -> DispatchFuture<'a, Result<(), Error>> {
@@ -62,7 +62,7 @@ impl<E: Event, H: EventHandler<E>> EventPipe for EventPipeline<E, H> {
                     E::NAME
                 )));
             };
-            let mut cx = EventContext::new(bus, metadata, self.name);
+            let mut cx = EventContext::new(bus.ptr(), metadata, self.name);
             let deadline = timeout::deadline(self.layers.timeout, metadata);
             if deadline.is_none() && self.layers.retry.is_none() {
                 // The lean path: the handler, its panics caught, in its span if traced.

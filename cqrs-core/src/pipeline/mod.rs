@@ -31,6 +31,8 @@
 //! Layers that do I/O (transaction, idempotency store, publishing) box their own part, and only
 //! when they run, so they do not grow every dispatch's future.
 
+pub(crate) mod aggregate;
+pub(crate) mod assemble;
 pub(crate) mod authorize;
 pub(crate) mod cache;
 pub(crate) mod command;
@@ -38,10 +40,14 @@ pub(crate) mod describe;
 pub(crate) mod erased;
 pub(crate) mod event;
 pub(crate) mod idempotency;
+pub(crate) mod metrics;
 pub(crate) mod middleware;
 pub(crate) mod publish;
 pub(crate) mod query;
+pub(crate) mod report;
 pub(crate) mod retry;
+pub(crate) mod runtime;
+pub(crate) mod stores;
 pub(crate) mod timeout;
 pub(crate) mod trace;
 pub(crate) mod transaction;
@@ -57,8 +63,8 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use stackfuture::StackFuture;
 
+use self::runtime::Runtime;
 use crate::Error;
-use crate::bus::BusInner;
 use crate::envelope::Metadata;
 use crate::message::{Command, MessageKind};
 
@@ -227,7 +233,7 @@ fn command_json<C: Command>(message: &(dyn Any + Send + Sync)) -> Option<serde_j
 /// Runs the middleware chain of `kind` around `inner`, or `inner` alone when there is none.
 /// `message` is the message (`&M`), for the middleware to look at.
 async fn with_middleware<'a, T: Send>(
-    bus: &'a BusInner,
+    bus: &'a Runtime,
     (kind, name): (MessageKind, &'static str),
     handler: &'static str,
     message: &'a (dyn Any + Send + Sync),

@@ -13,9 +13,9 @@ use std::pin::pin;
 use futures_util::future::Either;
 
 use crate::Error;
-use crate::bus::BusInner;
 use crate::envelope::Metadata;
 use crate::events::{EmittedEvent, ErasedEvent, HandlerFailure};
+use crate::pipeline::runtime::Runtime;
 
 /// The metadata of an event emitted while handling the message with metadata `parent`.
 pub(crate) fn event_metadata(emitted: &EmittedEvent, parent: &Metadata) -> Metadata {
@@ -44,7 +44,7 @@ pub(crate) fn event_metadata(emitted: &EmittedEvent, parent: &Metadata) -> Metad
 /// the returned future is ready at once and pointer-sized, and the delivery's own future (large:
 /// event handlers' futures, the outbox) is boxed only when there is something to deliver.
 pub(crate) fn after_success<'a>(
-    bus: &'a BusInner,
+    bus: &'a Runtime,
     events: Vec<EmittedEvent>,
     parent: &'a Metadata,
 ) -> impl Future<Output = ()> + Send + 'a {
@@ -55,14 +55,14 @@ pub(crate) fn after_success<'a>(
 }
 
 /// Whether publishing `emitted` does anything: deliver it, or mark it delivered in the outbox.
-fn has_work(bus: &BusInner, emitted: &EmittedEvent) -> bool {
+fn has_work(bus: &Runtime, emitted: &EmittedEvent) -> bool {
     if emitted.stored {
         return bus.delivers_inline();
     }
     !bus.observers.is_empty() || !bus.event_handlers(emitted.event.slot()).is_empty()
 }
 
-async fn deliver_all(bus: &BusInner, events: Vec<EmittedEvent>, parent: &Metadata) {
+async fn deliver_all(bus: &Runtime, events: Vec<EmittedEvent>, parent: &Metadata) {
     let mut delivered = Vec::new();
     for emitted in &events {
         if emitted.stored && !bus.delivers_inline() {
@@ -83,13 +83,13 @@ async fn deliver_all(bus: &BusInner, events: Vec<EmittedEvent>, parent: &Metadat
     }
     if !delivered.is_empty() {
         // Boxed: the database's futures are large, and most publishes have nothing to mark.
-        Box::pin(crate::persistence::mark_delivered(bus, &delivered)).await;
+        Box::pin(mark_delivered(bus, &delivered)).await;
     }
 }
 
 /// Delivers one event to every handler of its type; returns the failures (already reported).
 pub(crate) async fn deliver(
-    bus: &BusInner,
+    bus: &Runtime,
     event: &dyn ErasedEvent,
     metadata: &Metadata,
 ) -> Vec<(&'static str, Error)> {
@@ -116,4 +116,14 @@ pub(crate) async fn deliver(
         }
     }
     failures
+}
+
+/// Marks outbox rows delivered after an inline delivery (failures are logged: the relay will
+/// deliver the rows again).
+async fn mark_delivered(runtime: &Runtime, ids: &[uuid::Uuid]) {
+    if let Some(database) = &runtime.stores.database
+        && let Err(error) = database.mark_delivered(ids).await
+    {
+        tracing::warn!(target: "cqrs::outbox", error = %format_args!("{error:#}"), "could not mark events delivered; the relay will deliver them again");
+    }
 }

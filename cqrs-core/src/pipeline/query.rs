@@ -24,12 +24,12 @@ use super::authorize::AuthorizeLayer;
 use super::cache::{Answer, AnswerCodec, CacheLayer};
 use super::erased::{self, HandleFuture, Slot};
 use super::{DispatchFuture, Guarded, Layers, trace};
-use crate::bus::BusInner;
-use crate::bus::report::DispatchStats;
 use crate::context::QueryContext;
 use crate::envelope::{Envelope, Metadata};
 use crate::handler::QueryHandler;
 use crate::message::{MessageKind, Query};
+use crate::pipeline::report::DispatchStats;
+use crate::pipeline::runtime::Runtime;
 use crate::{Error, Status};
 
 /// The type-erased entry point of a query's pipeline.
@@ -37,7 +37,7 @@ pub(crate) trait QueryPipe<Q: Query>: Send + Sync {
     /// `stats` is where a report is collected, `None` when nobody asked for one.
     fn call<'a>(
         &'a self,
-        bus: &'a BusInner,
+        bus: &'a Runtime,
         env: Envelope<Q>,
         stats: Option<&'a mut DispatchStats>,
     ) -> DispatchFuture<'a, Result<Q::Output, Error>>;
@@ -57,7 +57,7 @@ pub(crate) struct QueryPipeline<Q: Query, H> {
 impl<Q: Query, H: QueryHandler<Q>> QueryPipe<Q> for QueryPipeline<Q, H> {
     fn call<'a>(
         &'a self,
-        bus: &'a BusInner,
+        bus: &'a Runtime,
         env: Envelope<Q>,
         mut stats: Option<&'a mut DispatchStats>,
     ) -> DispatchFuture<'a, Result<Q::Output, Error>> {
@@ -87,7 +87,7 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipe<Q> for QueryPipeline<Q, H> {
         // Built outside the future, as for commands (see `CommandPipe::call`).
         let Envelope { message, metadata } = env;
         let span = trace::lean_span(MessageKind::Query, Q::NAME, self.name, &metadata);
-        let cx = QueryContext::new(bus, metadata, self.name);
+        let cx = QueryContext::new(bus.ptr(), metadata, self.name);
         DispatchFuture::from_or_box(self.lean(message, cx, span, stats))
     }
 
@@ -105,7 +105,7 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipeline<Q, H> {
     /// Whether this dispatch needs no layer beyond trace, authorization by the principal alone
     /// and validation.
     #[inline]
-    fn is_lean(&self, bus: &BusInner, metadata: &Metadata) -> bool {
+    fn is_lean(&self, bus: &Runtime, metadata: &Metadata) -> bool {
         self.cache.is_none()
             && self.layers.timeout.is_none()
             && AuthorizeLayer::is_lean(self.layers.authorize.as_ref())
@@ -154,7 +154,7 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipeline<Q, H> {
     #[allow(clippy::manual_async_fn)] // `async move`, not `async fn`: see `lean`
     fn full<'a>(
         &'a self,
-        bus: &'a BusInner,
+        bus: &'a Runtime,
         message: Q,
         metadata: Metadata,
         span: Option<Span>,

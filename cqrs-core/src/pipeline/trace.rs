@@ -15,9 +15,9 @@ use tracing::field::{Empty, display};
 use tracing::instrument::{Instrument, Instrumented};
 
 use crate::Error;
-use crate::bus::report::DispatchStats;
 use crate::envelope::Metadata;
 use crate::message::MessageKind;
+use crate::pipeline::report::DispatchStats;
 
 /// The span of one dispatch.
 #[inline]
@@ -161,5 +161,5 @@ pub(crate) fn finish_in<T>(
             span.in_scope(|| tracing::debug!(target: "cqrs", error = %format_args!("{e:#}"), "dispatch failed"));
         }
     }
-    crate::metrics::record_dispatch(kind, message, status, stats);
+    crate::pipeline::metrics::record_dispatch(kind, message, status, stats);
 }

@@ -7,10 +7,134 @@
 //! written and still return the error). Events emitted by the handler go into the outbox inside
 //! the same transaction. How each isolation level maps onto each database is documented on
 //! [`Isolation`].
+//!
+//! This file holds the layer's configuration ([`TransactionLayer`]), its behaviour ([`begin`],
+//! [`finish`]) and the seam a database backend implements ([`TransactionalStore`],
+//! [`Transaction`]; the SQL backends are in `backend/sql`).
 
+use std::any::Any;
 use std::fmt;
 
-use crate::Status;
+use futures_util::future::BoxFuture;
+use uuid::Uuid;
+
+use super::idempotency::IdempotencyKey;
+use super::runtime::Runtime;
+use crate::context::CommandContext;
+use crate::envelope::Metadata;
+use crate::events::EmittedEvent;
+use crate::{Error, Status};
+
+/// A database the transaction layer runs handlers in, and the outbox lives in: what a database
+/// backend implements (SQLite and PostgreSQL in `backend/sql`).
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+pub(crate) trait TransactionalStore: Send + Sync + 'static {
+    /// Begins a transaction at `isolation`.
+    fn begin(&self, isolation: Isolation) -> BoxFuture<'_, Result<Box<dyn Transaction>, Error>>;
+    /// Marks outbox rows delivered, after their events were delivered in the dispatch.
+    fn mark_delivered<'a>(&'a self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<(), Error>>;
+    /// The backend's own type, for its extensions (`bus.migrate()`, `cx.tx::<DB>()`).
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// One running transaction of a [`TransactionalStore`].
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+pub(crate) trait Transaction: Send + 'static {
+    /// Writes events to the outbox, claimed for delivery by this dispatch (each event is marked
+    /// `stored`).
+    fn write_outbox<'a>(
+        &'a mut self,
+        events: &'a mut [EmittedEvent],
+        metadata: &'a Metadata,
+    ) -> BoxFuture<'a, Result<(), Error>>;
+    /// Stores an idempotent command's reply, so that it commits with the command's work.
+    fn complete_idempotency<'a>(
+        &'a mut self,
+        key: &'a IdempotencyKey,
+        reply: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), Error>>;
+    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>>;
+    fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>>;
+    /// The backend's own transaction, for `cx.tx::<DB>()`.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// A transaction as a context's [`TxSlot`](crate::context::TxSlot) keeps it.
+pub(crate) fn into_slot(tx: Box<dyn Transaction>) -> crate::context::TxSlot {
+    crate::context::TxSlot::open(Box::new(tx))
+}
+
+/// The transaction in a context's slot.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+pub(crate) fn in_slot(slot: &mut crate::context::TxSlot) -> Option<&mut dyn Transaction> {
+    let tx = slot.get_mut()?.downcast_mut::<Box<dyn Transaction>>()?;
+    Some(&mut **tx)
+}
+
+/// Takes the transaction out of a context's slot.
+pub(crate) fn take_from_slot(slot: &mut crate::context::TxSlot) -> Option<Box<dyn Transaction>> {
+    slot.take()?
+        .downcast::<Box<dyn Transaction>>()
+        .ok()
+        .map(|tx| *tx)
+}
+
+/// Begins the transaction of one attempt, in the context (where `cx.tx()` finds it).
+pub(crate) async fn begin(
+    layer: &TransactionLayer,
+    runtime: &Runtime,
+    cx: &mut CommandContext,
+) -> Result<(), Error> {
+    let store = runtime.stores.database()?;
+    cx.tx = into_slot(store.begin(layer.isolation_level()).await?);
+    Ok(())
+}
+
+/// Ends the transaction of one attempt: on success, writes the outbox rows and the idempotent
+/// reply (`reply`: the output, serialized), then commits and returns the events to publish; on
+/// failure, rolls back (or commits, for statuses not in `rollback_on`).
+pub(crate) async fn finish(
+    layer: &TransactionLayer,
+    runtime: &Runtime,
+    cx: &mut CommandContext,
+    idempotency: Option<&IdempotencyKey>,
+    result: Result<(), Error>,
+    reply: impl FnOnce() -> Result<Vec<u8>, Error>,
+) -> Result<Vec<EmittedEvent>, Error> {
+    let Some(mut tx) = take_from_slot(&mut cx.tx) else {
+        return Err(Error::internal(
+            "the transaction of a `#[transactional]` handler disappeared",
+        ));
+    };
+    match result {
+        Ok(()) => {
+            tx.write_outbox(&mut cx.events, &cx.metadata).await?;
+            if let (Some(key), true) = (idempotency, runtime.stores.idempotency_in_tx) {
+                tx.complete_idempotency(key, &reply()?).await?;
+            }
+            tx.commit().await?;
+            Ok(std::mem::take(&mut cx.events))
+        }
+        Err(error) if layer.rolls_back(error.status()) => {
+            if let Err(rollback) = tx.rollback().await {
+                tracing::warn!(target: "cqrs", handler = cx.handler, error = %rollback, "rollback failed (the database discards the transaction anyway)");
+            }
+            Err(error)
+        }
+        Err(error) => {
+            if let Err(commit) = tx.commit().await {
+                // The caller gets the commit's failure (what happened to the work), and the
+                // handler's own error with it: neither is lost.
+                tracing::error!(target: "cqrs", handler = cx.handler, error = %format_args!("{commit:#}"), handler_error = %format_args!("{error:#}"), "commit after a non-rollback error failed");
+                return Err(commit.context(format_args!(
+                    "committing the work of `{}`, which had returned: {error}",
+                    cx.handler
+                )));
+            }
+            Err(error)
+        }
+    }
+}
 
 /// The isolation level of a `#[transactional]` handler.
 ///

@@ -6,12 +6,10 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 
 use crate::bus::BusBuilder;
+use crate::context::TxSlot;
 use crate::envelope::IntoEnvelope;
+use crate::event_store::{Aggregate, EventStore, MemoryEventStore, RecordedEvent, Session, Stream};
 use crate::message::{Command, Message};
-use crate::persistence::TxSlot;
-use crate::persistence::event_store::{
-    Aggregate, EventStore, MemoryEventStore, RecordedEvent, Session, Stream,
-};
 use crate::{Error, Status};
 
 /// A given/when/then test of the command handlers of aggregate `A`, on an in-memory event store.

@@ -57,8 +57,8 @@ use crate::context::{CommandContext, QueryContext};
 use crate::envelope::Metadata;
 use crate::events::{ErasedEvent, EventObserver};
 use crate::handler::{CommandHandler, QueryHandler};
+use crate::location::Location;
 use crate::message::{Command, Event, Query};
-use crate::registry::Location;
 use crate::{Error, Status};
 
 pub use self::aggregate::{AggregateTest, Outcome};

@@ -7,16 +7,16 @@
 use std::pin::pin;
 
 use super::super::erased::{HandleFuture, Slot, missing};
-use super::super::idempotency::{IdempotencyKey, IdempotencyLayer, Outcome};
+use super::super::idempotency::{IdempotencyKey, Outcome};
 use super::super::trace::InSpan;
-use super::super::{Guarded, Layers, publish, retry, timeout, trace, with_middleware};
+use super::super::{Guarded, Layers, publish, retry, timeout, trace, transaction, with_middleware};
 use crate::Error;
-use crate::bus::BusInner;
-use crate::bus::report::DispatchStats;
 use crate::context::CommandContext;
 use crate::envelope::{Metadata, Principal};
 use crate::events::EmittedEvent;
 use crate::message::MessageKind;
+use crate::pipeline::report::DispatchStats;
+use crate::pipeline::runtime::Runtime;
 
 /// What the full path needs from one handler's types. Implemented by
 /// [`CommandPipeline`](super::CommandPipeline); every method is small, so a handler adds little
@@ -54,7 +54,7 @@ pub(crate) trait ErasedCommand: Send + Sync {
 /// The full path. Layers 1 and 2.
 pub(crate) async fn run(
     pipe: &dyn ErasedCommand,
-    bus: &BusInner,
+    bus: &Runtime,
     message: &mut Slot,
     output: &mut Slot,
     metadata: Metadata,
@@ -68,7 +68,7 @@ pub(crate) async fn run(
     let result = {
         let body = pin!(async {
             if bus.middleware(MessageKind::Command).is_empty() {
-                let mut cx = CommandContext::new(bus, metadata, pipe.handler_name());
+                let mut cx = CommandContext::new(bus.ptr(), metadata, pipe.handler_name());
                 guarded(pipe, bus, message, output, &mut cx, stats).await
             } else {
                 // Boxed: middleware is opt-in, and its (larger) future must not grow the future
@@ -79,7 +79,8 @@ pub(crate) async fn run(
                     let Some(seen) = pipe.peek(&*copy) else {
                         return Err(missing(name));
                     };
-                    let mut cx = CommandContext::new(bus, metadata.clone(), pipe.handler_name());
+                    let mut cx =
+                        CommandContext::new(bus.ptr(), metadata.clone(), pipe.handler_name());
                     let inner = guarded(pipe, bus, message, output, &mut cx, stats);
                     with_middleware(
                         bus,
@@ -108,7 +109,7 @@ pub(crate) async fn run(
 /// Layer 3, then what comes after the handler.
 async fn guarded(
     pipe: &dyn ErasedCommand,
-    bus: &BusInner,
+    bus: &Runtime,
     message: &mut Slot,
     output: &mut Slot,
     cx: &mut CommandContext,
@@ -127,7 +128,7 @@ async fn guarded(
 /// dropped, then its events published. Shared with the lean path.
 pub(crate) async fn after(
     layers: &Layers,
-    bus: &BusInner,
+    bus: &Runtime,
     events: Vec<EmittedEvent>,
     cx: &CommandContext,
     stats: &mut DispatchStats,
@@ -156,7 +157,7 @@ pub(crate) async fn after(
 /// Layers 4 to 6.
 async fn checked(
     pipe: &dyn ErasedCommand,
-    bus: &BusInner,
+    bus: &Runtime,
     message: &mut Slot,
     output: &mut Slot,
     cx: &mut CommandContext,
@@ -173,7 +174,7 @@ async fn checked(
     }
     pipe.validate(command)?;
     let (Some(key), Some(idempotency)) = (cx.metadata.idempotency_key(), bus.idempotency()) else {
-        return attempts(pipe, message, output, cx, stats).await;
+        return attempts(pipe, bus, None, message, output, cx, stats).await;
     };
     let principal = cx.metadata.principal().map(Principal::id);
     let key = idempotency.key(
@@ -184,32 +185,34 @@ async fn checked(
         pipe.layers().timeout,
     );
     // Boxed: the idempotency store does I/O, and its future must not grow every dispatch's.
-    Box::pin(idempotent(
-        pipe,
-        idempotency,
-        key,
-        message,
-        output,
-        cx,
-        stats,
-    ))
-    .await
+    Box::pin(idempotent(pipe, bus, key, message, output, cx, stats)).await
 }
 
 /// Layer 6: the attempts, at most once per idempotency key.
 async fn idempotent(
     pipe: &dyn ErasedCommand,
-    idempotency: &IdempotencyLayer,
+    bus: &Runtime,
     key: IdempotencyKey,
     message: &mut Slot,
     output: &mut Slot,
     cx: &mut CommandContext,
     stats: &mut DispatchStats,
 ) -> Result<Vec<EmittedEvent>, Error> {
-    cx.idempotency = Some(Box::new(key.clone()));
+    let Some(idempotency) = bus.idempotency() else {
+        return Err(missing(pipe.message_name()));
+    };
     let outcome = idempotency
         .run(&key, || async {
-            let events = attempts(pipe, message, &mut *output, cx, &mut *stats).await?;
+            let events = attempts(
+                pipe,
+                bus,
+                Some(&key),
+                message,
+                &mut *output,
+                cx,
+                &mut *stats,
+            )
+            .await?;
             Ok((events, pipe.encode_output(output)))
         })
         .await?;
@@ -229,9 +232,11 @@ async fn idempotent(
     }
 }
 
-/// Layer 8.
+/// Layer 8. `key`: the idempotency key whose reply the transaction stores.
 async fn attempts(
     pipe: &dyn ErasedCommand,
+    bus: &Runtime,
+    key: Option<&IdempotencyKey>,
     message: &mut Slot,
     output: &mut Slot,
     cx: &mut CommandContext,
@@ -239,13 +244,13 @@ async fn attempts(
 ) -> Result<Vec<EmittedEvent>, Error> {
     let Some(retry) = &pipe.layers().retry else {
         stats.attempts = 1;
-        return attempt(pipe, message, true, output, cx).await;
+        return attempt(pipe, bus, key, message, true, output, cx).await;
     };
     loop {
         stats.attempts += 1;
         let last = stats.attempts >= retry.max_attempts();
         cx.reset();
-        match attempt(pipe, message, last, output, cx).await {
+        match attempt(pipe, bus, key, message, last, output, cx).await {
             Ok(events) => return Ok(events),
             Err(error) => match retry.next_delay(stats.attempts, &error) {
                 Some(delay) if !last => retry::pause(delay).await,
@@ -258,6 +263,8 @@ async fn attempts(
 /// Layers 9 and 10.
 async fn attempt(
     pipe: &dyn ErasedCommand,
+    bus: &Runtime,
+    key: Option<&IdempotencyKey>,
     message: &mut Slot,
     last: bool,
     output: &mut Slot,
@@ -278,13 +285,14 @@ async fn attempt(
         // Boxed: a transaction does I/O, and the database driver's futures are large.
         Some(layer) => {
             Box::pin(async move {
-                crate::persistence::begin(layer, cx).await?;
+                transaction::begin(layer, bus, cx).await?;
                 let result = {
                     let fut = pin!(pipe.handle(message, last, &mut *output, cx)?);
                     let span = None;
                     Guarded { handler, span, fut }.await
                 };
-                crate::persistence::finish(layer, cx, result, || pipe.encode_output(output)).await
+                let reply = || pipe.encode_output(output);
+                transaction::finish(layer, bus, cx, key, result, reply).await
             })
             .await
         }

@@ -12,11 +12,11 @@ use super::super::erased::{HandleFuture, Slot, missing};
 use super::super::trace::InSpan;
 use super::super::{Guarded, Layers, retry, timeout, trace, with_middleware};
 use crate::Error;
-use crate::bus::BusInner;
-use crate::bus::report::DispatchStats;
 use crate::context::QueryContext;
 use crate::envelope::{Metadata, Principal};
 use crate::message::MessageKind;
+use crate::pipeline::report::DispatchStats;
+use crate::pipeline::runtime::Runtime;
 
 /// What the full path needs from one query handler's types. Implemented by
 /// [`QueryPipeline`](super::QueryPipeline); every method is small.
@@ -80,7 +80,7 @@ pub(crate) struct Checked {
 /// Refusals and hits are the same, and reported the same, as on the full path.
 pub(crate) fn early(
     pipe: &dyn ErasedQuery,
-    bus: &BusInner,
+    bus: &Runtime,
     query: &Slot,
     metadata: &Metadata,
     stats: &mut DispatchStats,
@@ -119,7 +119,7 @@ pub(crate) fn early(
 #[allow(clippy::too_many_arguments)] // one caller, `QueryPipeline::full`, which owns them all
 pub(crate) async fn run(
     pipe: &dyn ErasedQuery,
-    bus: &BusInner,
+    bus: &Runtime,
     message: &mut Slot,
     output: &mut Slot,
     metadata: Metadata,
@@ -134,7 +134,7 @@ pub(crate) async fn run(
     let result = {
         let body = pin!(async {
             if bus.middleware(MessageKind::Query).is_empty() {
-                let cx = QueryContext::new(bus, metadata, pipe.handler_name());
+                let cx = QueryContext::new(bus.ptr(), metadata, pipe.handler_name());
                 guarded(pipe, bus, message, output, &cx, checked, stats).await
             } else {
                 // Boxed, as for commands: opt-in, and larger. The middleware sees a copy of the
@@ -144,7 +144,7 @@ pub(crate) async fn run(
                     let Some(seen) = pipe.peek(&*copy) else {
                         return Err(missing(name));
                     };
-                    let cx = QueryContext::new(bus, metadata.clone(), pipe.handler_name());
+                    let cx = QueryContext::new(bus.ptr(), metadata.clone(), pipe.handler_name());
                     let inner = guarded(pipe, bus, message, output, &cx, None, stats);
                     with_middleware(
                         bus,
@@ -173,7 +173,7 @@ pub(crate) async fn run(
 /// Layers 3 to 7 (4 and 5 skipped when [`early`] `checked` them).
 async fn guarded(
     pipe: &dyn ErasedQuery,
-    bus: &BusInner,
+    bus: &Runtime,
     message: &mut Slot,
     output: &mut Slot,
     cx: &QueryContext,

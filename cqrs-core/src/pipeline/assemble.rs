@@ -1,17 +1,18 @@
-//! Turning one registered handler into its pipeline.
+//! Assembling one registered handler's pipeline: the handler built from its dependencies,
+//! wrapped with its layers' configuration, and its cache region created.
 
 use std::any::Any;
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use crate::di::Resolver;
-use crate::handler::{CommandHandler, EventHandler, Handler, QueryHandler};
-use crate::message::{Command, Event, Query};
-use crate::pipeline::cache::{CacheLayer, CacheRegion, Invalidated, QueryCache};
-use crate::pipeline::{
+use super::cache::{CacheLayer, CacheRegion, Invalidated, QueryCache};
+use super::{
     CommandPipe, CommandPipeline, EventPipe, EventPipeline, Layers, QueryPipe, QueryPipeline,
 };
+use crate::di::Resolver;
+use crate::handler::{CommandHandler, EventHandler, QueryHandler};
+use crate::message::{Command, Event, Query};
 
 /// What installing one handler needs.
 pub(crate) struct Installation<'a> {
@@ -32,15 +33,6 @@ pub(crate) enum Installed {
     Event(Box<dyn EventPipe>),
 }
 
-pub(crate) fn built_command<C, H>(inst: &mut Installation<'_>) -> Option<Installed>
-where
-    C: Command,
-    H: CommandHandler<C> + Handler,
-{
-    let handler = H::build(&mut inst.resolver)?;
-    Some(command_instance::<C, H>(handler, inst))
-}
-
 pub(crate) fn command_instance<C, H>(handler: H, inst: &mut Installation<'_>) -> Installed
 where
     C: Command,
@@ -53,15 +45,6 @@ where
         _message: PhantomData,
     });
     Installed::Command(Box::new(pipe))
-}
-
-pub(crate) fn built_query<Q, H>(inst: &mut Installation<'_>) -> Option<Installed>
-where
-    Q: Query,
-    H: QueryHandler<Q> + Handler,
-{
-    let handler = H::build(&mut inst.resolver)?;
-    Some(query_instance::<Q, H>(handler, inst))
 }
 
 pub(crate) fn query_instance<Q, H>(handler: H, inst: &mut Installation<'_>) -> Installed
@@ -82,15 +65,6 @@ where
         cache,
     });
     Installed::Query(Box::new(pipe))
-}
-
-pub(crate) fn built_event<E, H>(inst: &mut Installation<'_>) -> Option<Installed>
-where
-    E: Event,
-    H: EventHandler<E> + Handler,
-{
-    let handler = H::build(&mut inst.resolver)?;
-    Some(event_instance::<E, H>(handler, inst))
 }
 
 pub(crate) fn event_instance<E, H>(handler: H, inst: &mut Installation<'_>) -> Installed

@@ -217,7 +217,7 @@ impl MemoryEventStore {
     }
 
     /// `cx.load` on this store: snapshot and events read under one lock, applied in place.
-    pub(super) fn load_aggregate<A: Aggregate>(
+    pub(crate) fn load_aggregate<A: Aggregate>(
         &self,
         id: String,
     ) -> Result<AggregateRoot<A>, Error> {
@@ -261,7 +261,7 @@ impl MemoryEventStore {
 
     /// `cx.save` on this store: appends the typed events, and hands them to `emitted` to be
     /// published.
-    pub(super) fn save_aggregate<A: Aggregate>(
+    pub(crate) fn save_aggregate<A: Aggregate>(
         &self,
         root: &AggregateRoot<A>,
         parent: &Metadata,
@@ -295,12 +295,10 @@ impl MemoryEventStore {
             let event: Arc<dyn ErasedEvent> = Arc::new(event.clone());
             let event_id = Uuid::now_v7();
             // The time in the id: one clock read for both.
-            let now = event_id
-                .get_timestamp()
-                .map_or_else(crate::persistence::now_ms, |ts| {
-                    let (secs, nanos) = ts.to_unix();
-                    secs as i64 * 1000 + i64::from(nanos / 1_000_000)
-                });
+            let now = event_id.get_timestamp().map_or_else(super::now_ms, |ts| {
+                let (secs, nanos) = ts.to_unix();
+                secs as i64 * 1000 + i64::from(nanos / 1_000_000)
+            });
             stream.events.push(MemoryEvent {
                 event_id,
                 version,

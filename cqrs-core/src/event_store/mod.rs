@@ -1,5 +1,8 @@
-//! Event sourcing (seed `000`): aggregates rebuilt from their events, saved with optimistic
-//! concurrency, snapshotted every N events.
+//! Event sourcing: aggregates rebuilt from their events, saved with optimistic concurrency,
+//! snapshotted every N events. This module holds the model (`Aggregate`, `AggregateRoot`), the
+//! [`EventStore`] trait and its in-memory implementation, the default; `cx.load` and `cx.save`
+//! are in `pipeline/aggregate.rs`, where the configured store is reached, and the database
+//! store is a backend (`backend/sql/events.rs`).
 
 use std::fmt;
 use std::future::Future;
@@ -12,11 +15,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::context::CommandContext;
+use crate::context::TxSlot;
 use crate::envelope::{AggregateVersion, Metadata, Principal};
 use crate::events::{EmittedEvent, ErasedEvent, EventOrigin};
-use crate::message::{Event, Message};
-use crate::persistence::TxSlot;
+use crate::message::Event;
 use crate::{Error, Status};
 
 mod memory;
@@ -92,12 +94,12 @@ pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + Sync + 'sta
 /// An aggregate as loaded by [`CommandContext::load`]: its id, version, state, and the events
 /// recorded since it was loaded. Derefs to the state.
 pub struct AggregateRoot<A: Aggregate> {
-    id: String,
-    version: u64,
-    state: A,
-    pending: Pending<A::Event>,
-    replayed: usize,
-    snapshot_version: Option<u64>,
+    pub(crate) id: String,
+    pub(crate) version: u64,
+    pub(crate) state: A,
+    pub(crate) pending: Pending<A::Event>,
+    pub(crate) replayed: usize,
+    pub(crate) snapshot_version: Option<u64>,
 }
 
 impl<A: Aggregate> AggregateRoot<A> {
@@ -177,7 +179,7 @@ impl<A: Aggregate + fmt::Debug> fmt::Debug for AggregateRoot<A> {
 
 /// The events recorded on an aggregate and not saved yet: most commands record one, which is
 /// kept inline (no allocation); a `Vec` from the second on.
-enum Pending<E> {
+pub(crate) enum Pending<E> {
     None,
     One(E),
     Many(Vec<E>),
@@ -195,7 +197,7 @@ impl<E> Pending<E> {
         };
     }
 
-    fn as_slice(&self) -> &[E] {
+    pub(crate) fn as_slice(&self) -> &[E] {
         match self {
             Pending::None => &[],
             Pending::One(event) => std::slice::from_ref(event),
@@ -422,146 +424,13 @@ impl StoredMetadata {
     }
 }
 
-fn json_error(what: &'static str) -> impl Fn(serde_json::Error) -> Error {
+pub(crate) fn json_error(what: &'static str) -> impl Fn(serde_json::Error) -> Error {
     move |e| Error::from_std(Status::Internal, e).context(what)
 }
 
-impl CommandContext {
-    /// Loads aggregate `A` with this id: its latest snapshot (if `A::SNAPSHOT_EVERY` > 0) and the
-    /// events after it, applied in order. An aggregate with no events loads as new (version 0).
-    /// In a `#[transactional]` handler it reads through the handler's transaction.
-    pub async fn load<A: Aggregate>(
-        &mut self,
-        id: impl Into<String>,
-    ) -> Result<AggregateRoot<A>, Error> {
-        let id = id.into();
-        let bus = self.bus_ptr();
-        let persistence = &bus.get().persistence;
-        if let Some(memory) = &persistence.memory {
-            return memory.load_aggregate(id);
-        }
-        let store = &persistence.event_store;
-        let stream = Stream {
-            aggregate: A::NAME,
-            id: &id,
-        };
-        let mut session = Session {
-            tx: Some(&mut self.tx),
-        };
-        let snapshot = if A::SNAPSHOT_EVERY > 0 {
-            store.load_snapshot_dyn(&mut session, stream).await?
-        } else {
-            None
-        };
-        let (mut state, from, snapshot_version) = match snapshot {
-            Some(s) => (
-                serde_json::from_value::<A>(s.state).map_err(json_error("decoding a snapshot"))?,
-                s.version,
-                Some(s.version),
-            ),
-            None => (A::default(), 0, None),
-        };
-        let events = store.load_dyn(&mut session, stream, from).await?;
-        for e in &events {
-            let event =
-                A::Event::deserialize(&e.payload).map_err(json_error("decoding a stored event"))?;
-            state.apply(&event);
-        }
-        Ok(AggregateRoot {
-            version: events.last().map_or(from, |e| e.version),
-            replayed: events.len(),
-            snapshot_version,
-            id,
-            state,
-            pending: Pending::None,
-        })
-    }
-
-    /// Appends the events recorded on `root` at its loaded version (`Conflict` if someone else
-    /// appended first: `#[retry(on = [Conflict])]` reloads and tries again), takes a snapshot
-    /// when one is due, and publishes the events to event handlers after the handler succeeds
-    /// (through the outbox when the store is the database).
-    pub async fn save<A: Aggregate>(&mut self, root: &mut AggregateRoot<A>) -> Result<(), Error> {
-        if root.pending.as_slice().is_empty() {
-            return Ok(());
-        }
-        let new_version = root.version + root.pending.as_slice().len() as u64;
-        let snapshot = match A::SNAPSHOT_EVERY {
-            0 => None,
-            every if new_version / every > root.version / every => Some(Snapshot {
-                version: new_version,
-                state: serde_json::to_value(&root.state)
-                    .map_err(json_error("serializing a snapshot"))?,
-            }),
-            _ => None,
-        };
-        let bus = self.bus_ptr();
-        let persistence = &bus.get().persistence;
-        match &persistence.memory {
-            Some(memory) => {
-                memory.save_aggregate(root, &self.metadata, snapshot, &mut self.events)?
-            }
-            // Boxed: the database's futures are large, and inline they would make every
-            // handler that saves an aggregate too large for the dispatch's inline storage.
-            None => Box::pin(self.save_through(persistence, root, snapshot)).await?,
-        }
-        root.version = new_version;
-        root.pending = Pending::None;
-        Ok(())
-    }
-
-    /// `save` through the [`EventStore`] trait: the events as JSON, with their metadata.
-    async fn save_through<A: Aggregate>(
-        &mut self,
-        persistence: &crate::persistence::Persistence,
-        root: &AggregateRoot<A>,
-        snapshot: Option<Snapshot>,
-    ) -> Result<(), Error> {
-        let stream = Stream {
-            aggregate: A::NAME,
-            id: &root.id,
-        };
-        let parent = StoredMetadata::of_child(&self.metadata);
-        let now = crate::persistence::now_ms();
-        let origin_id: Arc<str> = Arc::from(root.id.as_str());
-        let pending = root.pending.as_slice();
-        let mut emitted = Vec::with_capacity(pending.len());
-        let mut recorded = Vec::with_capacity(pending.len());
-        for (i, event) in pending.iter().enumerate() {
-            let origin = EventOrigin {
-                aggregate: A::NAME,
-                id: origin_id.clone(),
-                version: root.version + 1 + i as u64,
-            };
-            let metadata = StoredMetadata {
-                aggregate: Some(origin.to_version()),
-                ..parent.clone()
-            };
-            let mut e = EmittedEvent::new(event.clone());
-            recorded.push(RecordedEvent {
-                event_id: e.id,
-                version: origin.version,
-                name: <A::Event as Message>::NAME.to_owned(),
-                payload: serde_json::to_value(event).map_err(json_error("serializing an event"))?,
-                metadata: serde_json::to_value(&metadata)
-                    .map_err(json_error("serializing event metadata"))?,
-                recorded_at_ms: now,
-            });
-            e.aggregate = Some(origin);
-            emitted.push(e);
-        }
-        crate::persistence::append(
-            persistence,
-            &mut self.tx,
-            &self.metadata,
-            stream,
-            root.version,
-            &recorded,
-            snapshot.as_ref(),
-            &mut emitted,
-        )
-        .await?;
-        self.events.extend(emitted);
-        Ok(())
-    }
+/// Milliseconds since the Unix epoch (how stored events record time).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -7,7 +7,7 @@ use super::outbox::{ClaimedRow, OutboxRow};
 use super::schema::Migration;
 use super::{db_error, now_ms};
 use crate::Error;
-use crate::persistence::event_store::{RecordedEvent, Snapshot};
+use crate::event_store::{RecordedEvent, Snapshot};
 use crate::pipeline::idempotency::IdempotencyKey;
 
 pub(crate) async fn apply_migration(pool: &PgPool, migration: &Migration) -> Result<bool, Error> {

@@ -42,7 +42,7 @@ pub struct Report<T> {
 #[derive(Debug, Default)]
 pub(crate) struct DispatchStats {
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    pub(crate) started: crate::metrics::Started,
+    pub(crate) started: crate::pipeline::metrics::Started,
     pub(crate) attempts: u32,
     pub(crate) cache_hit: bool,
     /// Whether the query went through a cache layer (hit or miss).

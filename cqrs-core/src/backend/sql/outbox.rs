@@ -19,11 +19,13 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::{Database, Tx, now_ms};
-use crate::bus::BusInner;
+
 use crate::envelope::Metadata;
+use crate::event_store::StoredMetadata;
 use crate::events::{EmittedEvent, ErasedEvent};
-use crate::persistence::event_store::StoredMetadata;
 use crate::pipeline::publish;
+use crate::pipeline::runtime::Runtime;
+
 use crate::{Error, Status};
 
 /// How the outbox behaves.
@@ -161,7 +163,7 @@ pub(crate) async fn pending(db: &Database) -> Result<u64, Error> {
 
 /// Delivers one batch of pending events; returns how many rows it handled.
 pub(crate) async fn relay_once(
-    bus: &BusInner,
+    bus: &Runtime,
     db: &Database,
     settings: &OutboxSettings,
 ) -> Result<usize, Error> {
@@ -196,7 +198,7 @@ pub(crate) async fn relay_once(
     Ok(handled)
 }
 
-async fn deliver_row(bus: &BusInner, row: &ClaimedRow) -> Result<(), Error> {
+async fn deliver_row(bus: &Runtime, row: &ClaimedRow) -> Result<(), Error> {
     let Some(decode) = bus.event_decoder(&row.event_name) else {
         // No handler of this event in this process: nothing to deliver.
         return Ok(());

@@ -167,7 +167,7 @@ pub(crate) async fn is_current(database: &Database) -> Result<bool, Error> {
     };
     match applied {
         Ok((version,)) => Ok(version.unwrap_or(0) >= latest),
-        Err(error) if super::classify(&error) == Some(crate::Status::Unavailable) => {
+        Err(error) if super::classify::classify(&error) == Some(crate::Status::Unavailable) => {
             Err(super::db_error(error))
         }
         Err(_) => Ok(false),

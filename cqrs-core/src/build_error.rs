@@ -2,8 +2,8 @@
 
 use std::fmt;
 
+use crate::location::Location;
 use crate::message::MessageKind;
-use crate::registry::Location;
 
 /// Why the bus could not be built: every problem found, each saying where and how to fix it.
 ///

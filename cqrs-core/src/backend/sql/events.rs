@@ -1,12 +1,9 @@
 //! The event store in the database (tables `cqrs_events`, `cqrs_snapshots`). In a transactional
 //! handler it reads and writes through the handler's transaction; otherwise each append is its
-//! own transaction (with the outbox rows of its events, see `persistence::append`).
+//! own transaction (with the outbox rows of its events, see `pipeline/aggregate.rs`).
 
 use super::{Database, Tx, db_error};
-use crate::persistence::TxSlot;
-use crate::persistence::event_store::{
-    EventStore, RecordedEvent, Session, Snapshot, Stream, version_conflict,
-};
+use crate::event_store::{EventStore, RecordedEvent, Session, Snapshot, Stream, version_conflict};
 use crate::{Error, Status};
 
 /// The [`EventStore`] on the bus's database. The bus uses it by itself when it has a database.
@@ -22,7 +19,7 @@ impl SqlEventStore {
 }
 
 fn tx_of<'s>(session: &'s mut Session<'_>) -> Option<&'s mut Tx> {
-    session.tx.as_deref_mut().and_then(TxSlot::get_mut)
+    session.tx.as_deref_mut().and_then(super::tx::in_slot)
 }
 
 impl EventStore for SqlEventStore {

@@ -10,8 +10,8 @@
 //!
 //! Without the feature, recording compiles to nothing.
 
-use crate::bus::report::DispatchStats;
 use crate::message::MessageKind;
+use crate::pipeline::report::DispatchStats;
 
 /// When a dispatch started (only measured with the `metrics` feature).
 #[derive(Debug, Clone, Copy)]

@@ -1,0 +1,14 @@
+//! Backends: where the stores the layers define are implemented on real infrastructure. Each
+//! adds itself to the bus through the builder (`impl BusBuilder` in its own folder, through
+//! `bus/backends.rs`); neither the bus nor the pipeline names one.
+//!
+//! | backend | feature | gives |
+//! |---|---|---|
+//! | [`sql`] | `sqlite`, `postgres` | transactions, the outbox and its relay, idempotency keys, the event store |
+//!
+//! The in-memory implementations, the defaults, live beside their traits: `MemoryCache` in
+//! `pipeline/cache/memory.rs`, `MemoryIdempotencyStore` in `pipeline/idempotency/memory.rs`,
+//! `MemoryEventStore` in `event_store/memory.rs`.
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) mod sql;

@@ -1,0 +1,54 @@
+//! The outbox relay: a task per bus that delivers what inline delivery left in the outbox
+//! (after a crash, a failed delivery, or with inline delivery off) and purges expired
+//! idempotency keys. It waits for the tables (`bus.migrate()`), holds the bus only weakly, and
+//! stops when the bus is dropped.
+
+use std::sync::Arc;
+
+use super::tx::SqlStore;
+use super::{idempotency, outbox, schema};
+use crate::bus::{Bus, BusRef};
+
+/// Starts the outbox relay, when the bus has a database and a tokio runtime is running.
+pub(crate) fn start(bus: &Bus, store: SqlStore) {
+    {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(target: "cqrs::outbox", "no tokio runtime at build(): the outbox relay is not running; call `bus.relay_outbox()` yourself");
+            return;
+        };
+        let weak = match &bus.inner {
+            BusRef::Strong(arc) => Arc::downgrade(arc),
+            BusRef::Weak(weak) => weak.clone(),
+        };
+        let interval = store.outbox.interval;
+        runtime.spawn(async move {
+            let mut ticks: u64 = 0;
+            let mut schema_ready = false;
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                if !schema_ready {
+                    match schema::is_current(&store.db).await {
+                        Ok(true) => schema_ready = true,
+                        Ok(false) => tracing::debug!(target: "cqrs::outbox", "the relay waits for the tables: call `bus.migrate()`"),
+                        Err(error) => tracing::warn!(target: "cqrs::outbox", error = %format_args!("{error:#}"), "the outbox relay cannot reach the database; retrying"),
+                    }
+                }
+                if schema_ready {
+                    match outbox::relay_once(&inner, &store.db, &store.outbox).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(target: "cqrs::outbox", delivered = n, "relay delivered pending events"),
+                        Err(error) => tracing::warn!(target: "cqrs::outbox", error = %format_args!("{error:#}"), "outbox relay failed; retrying"),
+                    }
+                    if ticks.is_multiple_of(300)
+                        && let Err(error) = idempotency::purge(&store.db).await
+                    {
+                        tracing::debug!(target: "cqrs", %error, "could not purge expired idempotency keys");
+                    }
+                }
+                drop(inner);
+                ticks += 1;
+                tokio::time::sleep(interval).await;
+            }
+        });
+    }
+}

@@ -1,0 +1,144 @@
+//! A SQL database as the transaction layer's store: [`SqlStore`] begins transactions, and a
+//! running [`Tx`] writes the outbox and the idempotent reply before it commits. Also what a
+//! handler reaches its transaction through: `cx.tx::<DB>()` and `cx.any_tx()`.
+
+use std::any::Any;
+
+use futures_util::future::BoxFuture;
+use uuid::Uuid;
+
+use super::outbox::{self, OutboxSettings};
+use super::{Database, Tx};
+use crate::Error;
+use crate::context::{CommandContext, TxSlot};
+use crate::envelope::Metadata;
+use crate::events::EmittedEvent;
+use crate::pipeline::idempotency::IdempotencyKey;
+use crate::pipeline::transaction::{self, Isolation, Transaction, TransactionalStore};
+
+/// The bus's database, with the outbox settings its transactions write with.
+#[derive(Debug, Clone)]
+pub(crate) struct SqlStore {
+    pub(crate) db: Database,
+    pub(crate) outbox: OutboxSettings,
+}
+
+/// A running transaction and the outbox settings it writes rows with.
+struct SqlTransaction {
+    tx: Tx,
+    outbox: OutboxSettings,
+}
+
+impl TransactionalStore for SqlStore {
+    fn begin(&self, isolation: Isolation) -> BoxFuture<'_, Result<Box<dyn Transaction>, Error>> {
+        Box::pin(async move {
+            let tx = self.db.begin(isolation).await?;
+            Ok(Box::new(SqlTransaction {
+                tx,
+                outbox: self.outbox,
+            }) as Box<dyn Transaction>)
+        })
+    }
+
+    fn mark_delivered<'a>(&'a self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(outbox::mark_delivered(&self.db, ids))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl Transaction for SqlTransaction {
+    fn write_outbox<'a>(
+        &'a mut self,
+        events: &'a mut [EmittedEvent],
+        metadata: &'a Metadata,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(outbox::write(&mut self.tx, events, metadata, &self.outbox))
+    }
+
+    fn complete_idempotency<'a>(
+        &'a mut self,
+        key: &'a IdempotencyKey,
+        reply: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(super::idempotency::complete_in(&mut self.tx, key, reply))
+    }
+
+    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
+        Box::pin(self.tx.commit())
+    }
+
+    fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
+        Box::pin(self.tx.rollback())
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        &mut self.tx
+    }
+}
+
+/// The SQL transaction in a context's slot, if it holds one.
+pub(crate) fn in_slot(slot: &mut TxSlot) -> Option<&mut Tx> {
+    transaction::in_slot(slot)?
+        .as_any_mut()
+        .downcast_mut::<Tx>()
+}
+
+impl CommandContext {
+    /// The running transaction of this `#[transactional]` handler, on database `DB`
+    /// (`sqlx::Sqlite` or `sqlx::Postgres`): write your own SQL in it and it commits, or rolls
+    /// back, with everything else the command does: `.execute(&mut **cx.tx::<sqlx::Sqlite>()?)`.
+    /// The [guide](crate::guide) has a complete example. Without `#[transactional]`, or with the
+    /// other database's type, it is an `Internal` error saying so.
+    pub fn tx<DB: sqlx::Database>(&mut self) -> Result<&mut sqlx::Transaction<'static, DB>, Error> {
+        let handler = self.handler;
+        let Some(tx) = in_slot(&mut self.tx) else {
+            return Err(Error::internal(format!(
+                "`cx.tx()` needs a transaction: add `#[transactional]` to `{handler}`"
+            )));
+        };
+        let (any, running): (&mut dyn Any, &str) = match tx {
+            #[cfg(feature = "sqlite")]
+            Tx::Sqlite(t) => (t, "SQLite"),
+            #[cfg(feature = "postgres")]
+            Tx::Postgres(t) => (t, "PostgreSQL"),
+        };
+        any.downcast_mut::<sqlx::Transaction<'static, DB>>()
+            .ok_or_else(|| {
+                Error::internal(format!(
+                    "`{handler}` asked for a `{}` transaction, but the bus runs on {running}",
+                    std::any::type_name::<DB>()
+                ))
+            })
+    }
+
+    /// The running transaction of this `#[transactional]` handler, whichever the database:
+    /// match on it to run the SQL of each (`?` placeholders for SQLite, `$1` for PostgreSQL).
+    pub fn any_tx(&mut self) -> Result<AnyTx<'_>, Error> {
+        let handler = self.handler;
+        match in_slot(&mut self.tx) {
+            None => Err(Error::internal(format!(
+                "`cx.any_tx()` needs a transaction: add `#[transactional]` to `{handler}`"
+            ))),
+            #[cfg(feature = "sqlite")]
+            Some(Tx::Sqlite(tx)) => Ok(AnyTx::Sqlite(tx)),
+            #[cfg(feature = "postgres")]
+            Some(Tx::Postgres(tx)) => Ok(AnyTx::Postgres(tx)),
+        }
+    }
+}
+
+/// The running transaction's connection, whichever the database: for handlers (and libraries)
+/// that run on both. `cx.tx::<DB>()` gives the typed transaction when the database is known.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AnyTx<'a> {
+    /// A SQLite transaction's connection.
+    #[cfg(feature = "sqlite")]
+    Sqlite(&'a mut sqlx::SqliteConnection),
+    /// A PostgreSQL transaction's connection.
+    #[cfg(feature = "postgres")]
+    Postgres(&'a mut sqlx::PgConnection),
+}

@@ -1,0 +1,111 @@
+//! What backends add to the builder: the seam through which `.sqlite(..)`, `.postgres(..)` (and
+//! next `.nats(..)`, `.redis(..)`) plug in without the bus knowing them.
+//!
+//! A backend's builder method (an `impl BusBuilder` in `backend/<name>`) keeps its settings here
+//! by type ([`Backends::settings`]), in any order with the methods that tune them; when the bus
+//! is built, each backend's `finish` function turns its settings into the stores the layers use
+//! (their traits are defined by the layers: `pipeline/transaction.rs`, `pipeline/idempotency.rs`,
+//! `event_store`) and may ask for a task to start once the bus exists (the outbox relay).
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::Bus;
+use crate::event_store::{DynEventStore, EventStore, MemoryEventStore};
+use crate::pipeline::idempotency::DynIdempotencyStore;
+use crate::pipeline::transaction::TransactionalStore;
+
+/// A task started once the bus is built.
+pub(crate) type OnBuild = Box<dyn FnOnce(&Bus) + Send>;
+
+/// The stores and start-up tasks the backends gave, and the application's own event store.
+pub(crate) struct Backends {
+    /// The database transactions and the outbox run on.
+    pub(crate) database: Option<Arc<dyn TransactionalStore>>,
+    /// The database's idempotency store: used unless the application gives its own.
+    pub(crate) database_idempotency: Option<Arc<dyn DynIdempotencyStore>>,
+    /// The database's event store: used unless the application gives its own.
+    pub(crate) database_events: Option<Arc<dyn DynEventStore>>,
+    /// Whether outbox events are delivered in the dispatch, right after commit.
+    pub(crate) outbox_inline: bool,
+    /// The application's event store ([`BusBuilder::event_store`](super::BusBuilder::event_store)).
+    pub(crate) event_store: Option<Arc<dyn DynEventStore>>,
+    /// The same store, when it is a [`MemoryEventStore`].
+    pub(crate) memory_events: Option<Arc<MemoryEventStore>>,
+    pub(crate) on_build: Vec<OnBuild>,
+    settings: HashMap<TypeId, Box<dyn Any + Send>>,
+    finishers: Vec<fn(&mut Backends)>,
+}
+
+impl Default for Backends {
+    fn default() -> Self {
+        Backends {
+            database: None,
+            database_idempotency: None,
+            database_events: None,
+            outbox_inline: true,
+            event_store: None,
+            memory_events: None,
+            on_build: Vec::new(),
+            settings: HashMap::new(),
+            finishers: Vec::new(),
+        }
+    }
+}
+
+impl Backends {
+    /// A backend's settings (created the first time), and the function that turns them into
+    /// stores when the bus is built (called once, whatever the number of calls here).
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+    pub(crate) fn settings<T: Default + Send + 'static>(
+        &mut self,
+        finish: fn(&mut Backends),
+    ) -> &mut T {
+        let entry = self.settings.entry(TypeId::of::<T>()).or_insert_with(|| {
+            self.finishers.push(finish);
+            Box::new(T::default())
+        });
+        match entry.downcast_mut::<T>() {
+            Some(settings) => settings,
+            None => unreachable!("settings are stored under their own type"),
+        }
+    }
+
+    /// Takes a backend's settings out (in its `finish` function).
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+    pub(crate) fn take_settings<T: 'static>(&mut self) -> Option<T> {
+        let settings = self.settings.remove(&TypeId::of::<T>())?;
+        settings.downcast::<T>().ok().map(|s| *s)
+    }
+
+    /// Runs every backend's `finish` function.
+    pub(crate) fn finish(&mut self) {
+        for finish in std::mem::take(&mut self.finishers) {
+            finish(self);
+        }
+    }
+
+    pub(crate) fn set_event_store<S: EventStore>(&mut self, store: S) {
+        // `cx.load` and `cx.save` reach the in-memory store directly (typed events, no JSON):
+        // recognise it, whether given as is or in an `Arc` (as `AggregateTest` does).
+        let any: Box<dyn Any> = Box::new(store);
+        let any = match any.downcast::<MemoryEventStore>() {
+            Ok(memory) => Ok(Arc::new(*memory)),
+            Err(any) => any.downcast::<Arc<MemoryEventStore>>().map(|m| *m),
+        };
+        match any {
+            Ok(memory) => {
+                self.event_store = Some(memory.clone());
+                self.memory_events = Some(memory);
+            }
+            Err(any) => {
+                let Ok(store) = any.downcast::<S>() else {
+                    unreachable!("a `Box<dyn Any>` of an `S` downcasts to `S`")
+                };
+                self.event_store = Some(Arc::new(*store));
+                self.memory_events = None;
+            }
+        }
+    }
+}
