@@ -158,3 +158,70 @@ async fn serves_the_seeded_catalogue_on_the_port_it_prints() {
     let product: serde_json::Value = response.json().await.unwrap();
     assert_eq!(product["name"], "Mechanical keyboard");
 }
+
+// ---- startup errors: what and where, quickly, one line, a non-zero exit ----------------------
+
+/// Runs the shop expecting it to refuse to start; its stdout and stderr, and how long it took.
+async fn refused(args: &[&str]) -> (String, String, Duration) {
+    let started = std::time::Instant::now();
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new(SHOP).args(args).kill_on_drop(true).output(),
+    )
+    .await
+    .expect("the shop gives up within 60 s")
+    .expect("the shop binary runs");
+    let elapsed = started.elapsed();
+    let (out, err) = (
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    );
+    assert!(!output.status.success(), "the shop started: {out}{err}");
+    assert_eq!(err.lines().count(), 1, "one line on stderr:\n{err}");
+    (out, err, elapsed)
+}
+
+#[tokio::test]
+async fn a_port_in_use_is_said_before_the_database_is_touched() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let db =
+        TempDb(std::env::temp_dir().join(format!("cqrs-shop-bin-{}.db", uuid::Uuid::now_v7())));
+
+    let (_, err, _) = refused(&["--database", db.0.to_str().unwrap(), "--port", &port]).await;
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(err.contains("already in use"), "{err}");
+    assert!(
+        !db.0.exists(),
+        "the database was created before the port was checked"
+    );
+}
+
+#[tokio::test]
+async fn a_sqlite_file_that_cannot_be_opened_is_named() {
+    let (_, err, _) = refused(&["--database", "/nonexistent/dir/shop.db", "--port", "0"]).await;
+    assert!(err.contains("/nonexistent/dir/shop.db"), "{err}");
+    assert!(err.contains("cannot open"), "{err}");
+    assert!(err.contains("/nonexistent/dir does not exist"), "{err}");
+}
+
+#[tokio::test]
+async fn a_postgres_server_that_does_not_answer_is_said_quickly_without_the_password() {
+    // A port nothing listens on: bound, then freed.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let url = format!("postgres://shop:hunter2-secret@127.0.0.1:{port}/shop");
+    let (out, err, elapsed) = refused(&["--database", &url, "--port", "0"]).await;
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(err.contains("PostgreSQL"), "{err}");
+    for printed in [&out, &err] {
+        assert!(
+            !printed.contains("hunter2"),
+            "the password was printed: {printed}"
+        );
+    }
+    // Not the pool's 30 s acquire timeout (the bound is generous for a loaded machine).
+    assert!(elapsed < Duration::from_secs(15), "took {elapsed:?}");
+}

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
-use super::{Db, build_bus, migrate, seed, serve};
+use super::{Db, build_bus, db, migrate, seed, serve};
 
 /// The SQLite file the shop uses unless `--database` says otherwise (in the current directory).
 pub const DEFAULT_DATABASE: &str = "shop.db";
@@ -120,21 +120,44 @@ async fn run(database: &str, port: u16) -> Result<(), BoxError> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
-    let db = Db::connect(database).await?;
-    migrate(&db).await?;
-    let bus = build_bus(&db)?;
-    seed(&bus, &db).await?;
-
-    let listener =
-        tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await?;
+    // The address first: a port in use is said before the database is touched (no file
+    // created, no connection made).
+    let wanted = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let listener = tokio::net::TcpListener::bind(wanted)
+        .await
+        .map_err(|e| cannot_listen(wanted, &e))?;
     let addr = listener.local_addr()?;
-    println!("shop listening on http://{addr} (database: {database}; Ctrl-C stops)");
+
+    // Each step's error says what failed and where; the database URL never with its password.
+    let db = Db::connect(database)
+        .await
+        .map_err(|e| e.message().into_owned())?;
+    let shown = db::redact(database);
+    migrate(&db)
+        .await
+        .map_err(|e| format!("cannot create the tables in {shown}: {}", e.message()))?;
+    let bus = build_bus(&db)?;
+    seed(&bus, &db)
+        .await
+        .map_err(|e| format!("cannot seed the catalogue in {shown}: {}", e.message()))?;
+
+    println!("shop listening on http://{addr} (database: {shown}; Ctrl-C stops)");
     serve(listener, bus, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await?;
     db.close().await;
     Ok(())
+}
+
+fn cannot_listen(addr: SocketAddr, error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "cannot listen on {addr}: the address is already in use (another process listens \
+             there; stop it or choose another --port)"
+        ),
+        _ => format!("cannot listen on {addr}: {error}"),
+    }
 }
 
 #[cfg(test)]
