@@ -65,6 +65,7 @@ mod metrics;
 mod persistence;
 mod pipeline;
 mod registry;
+mod shutdown;
 pub mod testing;
 
 #[doc(hidden)]
