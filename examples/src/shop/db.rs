@@ -144,10 +144,21 @@ impl Db {
         Ok(())
     }
 
-    /// Closes the pool (and every clone of it: the bus's included).
+    /// Closes the pool (and every clone of it: the bus's included), waiting for the
+    /// connections in use to come back. SQLite's write-ahead log is checkpointed into the
+    /// database file first (`PRAGMA wal_checkpoint(TRUNCATE)`), so the file alone holds
+    /// everything; closing the last connection then removes `-wal` and `-shm`.
     pub async fn close(&self) {
         match self {
-            Db::Sqlite(pool) => pool.close().await,
+            Db::Sqlite(pool) => {
+                if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute(pool)
+                    .await
+                {
+                    tracing::warn!(target: "shop", %error, "could not checkpoint the SQLite log; it is folded in at the next start");
+                }
+                pool.close().await
+            }
             Db::Postgres(pool) => pool.close().await,
         }
     }
