@@ -84,12 +84,14 @@ pub async fn serve_router(
         }
     }
     drop(listener);
+    while connections.try_join_next().is_some() {}
     let open = connections.len();
     tracing::info!(target: "shop", open_connections = open, grace = ?options.grace, "shutting down: no new connections, in-flight requests finish");
     if tokio::time::timeout(options.grace, graceful.shutdown())
         .await
         .is_err()
     {
+        while connections.try_join_next().is_some() {}
         tracing::warn!(target: "shop", still_open = connections.len(), grace = ?options.grace, "connections still open after the grace period: closed");
     }
     connections.abort_all();
