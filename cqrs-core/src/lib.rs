@@ -67,6 +67,7 @@ mod location;
 mod message;
 mod pipeline;
 mod registry;
+mod shutdown;
 pub mod testing;
 
 #[doc(hidden)]

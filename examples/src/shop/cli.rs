@@ -1,18 +1,20 @@
 //! The `shop` command line.
 //!
 //! ```text
-//! shop [--database <url>] [--port <port>]   serve the API on 127.0.0.1 (default: ./shop.db, port 3000)
+//! shop [--database <url>] [--port <port>] [--grace <duration>] [--header-timeout <duration>]
+//!                                           serve the API on 127.0.0.1 (default: ./shop.db, port 3000)
 //! shop describe [--mermaid]                 print every message, handler and layer (or the flow as Mermaid)
 //! ```
 
 use std::io::IsTerminal;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
-use super::{Db, build_bus, migrate, seed, serve};
+use super::{Db, ServeOptions, build_bus, db, migrate, seed, serve_with};
 
 /// The SQLite file the shop uses unless `--database` says otherwise (in the current directory).
 pub const DEFAULT_DATABASE: &str = "shop.db";
@@ -21,10 +23,16 @@ pub const DEFAULT_PORT: u16 = 3000;
 
 const USAGE: &str = "\
 usage:
-  shop [--database <url>] [--port <port>]
-      serve the shop's HTTP API on 127.0.0.1
-      --database  a SQLite file or sqlite: URL (default: ./shop.db), or postgres://user@host/db
-      --port      the port to listen on (default: 3000; 0 picks a free one)
+  shop [--database <url>] [--port <port>] [--grace <duration>] [--header-timeout <duration>]
+      serve the shop's HTTP API on 127.0.0.1; SIGTERM or Ctrl-C (SIGINT) stops it gracefully,
+      a second one at once
+      --database        a SQLite file or sqlite: URL (default: ./shop.db), or
+                        postgres://user:password@host/db
+      --port            the port to listen on (default: 3000; 0 picks a free one)
+      --grace           how long requests in flight get to finish at shutdown (default: 10s)
+      --header-timeout  how long a client has to send a request's headers, and an idle
+                        keep-alive connection stays open (default: 10s)
+      durations: 500ms, 10s, 2m, or a number of seconds
   shop describe [--mermaid]
       print every message -> handler -> layers -> source location,
       or (--mermaid) the message flow as a Mermaid flowchart";
@@ -32,8 +40,14 @@ usage:
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Serve { database: String, port: u16 },
-    Describe { mermaid: bool },
+    Serve {
+        database: String,
+        port: u16,
+        options: ServeOptions,
+    },
+    Describe {
+        mermaid: bool,
+    },
     Help,
 }
 
@@ -42,6 +56,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
     let mut args = args.into_iter();
     let mut database = DEFAULT_DATABASE.to_owned();
     let mut port = DEFAULT_PORT;
+    let mut options = ServeOptions::default();
     let mut describe = false;
     let mut mermaid = false;
     while let Some(arg) = args.next() {
@@ -57,6 +72,15 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
                     .parse()
                     .map_err(|_| format!("--port: `{value}` is not a port number"))?;
             }
+            "--grace" => {
+                options.grace = duration(&arg, args.next())?;
+            }
+            "--header-timeout" => {
+                options.header_read_timeout = duration(&arg, args.next())?;
+                if options.header_read_timeout.is_zero() {
+                    return Err("--header-timeout must be more than 0".to_owned());
+                }
+            }
             "-h" | "--help" | "help" => return Ok(Command::Help),
             other => return Err(format!("unexpected argument `{other}`")),
         }
@@ -64,8 +88,32 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
     Ok(if describe {
         Command::Describe { mermaid }
     } else {
-        Command::Serve { database, port }
+        Command::Serve {
+            database,
+            port,
+            options,
+        }
     })
+}
+
+/// `500ms`, `10s`, `2m`, or a number of seconds.
+fn duration(flag: &str, value: Option<String>) -> Result<Duration, String> {
+    let value = value.ok_or_else(|| format!("{flag} needs a value"))?;
+    let (number, unit) = match value.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => value.split_at(at),
+        None => (value.as_str(), "s"),
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{flag}: `{value}` is not a duration (e.g. 500ms, 10s, 2m)"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "s" => Ok(Duration::from_secs(number)),
+        "m" if number <= u64::MAX / 60 => Ok(Duration::from_secs(number * 60)),
+        _ => Err(format!(
+            "{flag}: `{value}` is not a duration (e.g. 500ms, 10s, 2m)"
+        )),
+    }
 }
 
 /// Runs the command line; what `main` calls.
@@ -83,7 +131,11 @@ pub async fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
             Ok(())
         }
         Command::Describe { mermaid } => describe(mermaid).await,
-        Command::Serve { database, port } => run(&database, port).await,
+        Command::Serve {
+            database,
+            port,
+            options,
+        } => run(&database, port, options).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -109,7 +161,7 @@ async fn describe(mermaid: bool) -> Result<(), BoxError> {
     Ok(())
 }
 
-async fn run(database: &str, port: u16) -> Result<(), BoxError> {
+async fn run(database: &str, port: u16, options: ServeOptions) -> Result<(), BoxError> {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -120,21 +172,113 @@ async fn run(database: &str, port: u16) -> Result<(), BoxError> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
-    let db = Db::connect(database).await?;
-    migrate(&db).await?;
-    let bus = build_bus(&db)?;
-    seed(&bus, &db).await?;
-
-    let listener =
-        tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await?;
+    // The address first: a port in use is said before the database is touched (no file
+    // created, no connection made).
+    let wanted = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let listener = tokio::net::TcpListener::bind(wanted)
+        .await
+        .map_err(|e| cannot_listen(wanted, &e))?;
     let addr = listener.local_addr()?;
-    println!("shop listening on http://{addr} (database: {database}; Ctrl-C stops)");
-    serve(listener, bus, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
-    db.close().await;
+
+    // Each step's error says what failed and where; the database URL never with its password.
+    let db = Db::connect(database)
+        .await
+        .map_err(|e| e.message().into_owned())?;
+    let shown = db::redact(database);
+    migrate(&db)
+        .await
+        .map_err(|e| format!("cannot create the tables in {shown}: {}", e.message()))?;
+    let bus = build_bus(&db)?;
+    seed(&bus, &db)
+        .await
+        .map_err(|e| format!("cannot seed the catalogue in {shown}: {}", e.message()))?;
+
+    // Listening for SIGTERM and SIGINT from here on, before saying where the shop listens.
+    let mut signals = Signals::new()?;
+    println!(
+        "shop listening on http://{addr} (database: {shown}; SIGTERM or Ctrl-C stops, within {:?})",
+        options.grace
+    );
+    let (signalled, signal_time) = tokio::sync::oneshot::channel();
+    let shutdown = async move {
+        let name = signals.next().await;
+        let _ = signalled.send(Instant::now());
+        tracing::info!(target: "shop", signal = name, "stopping (again to stop at once)");
+        tokio::spawn(async move {
+            let name = signals.next().await;
+            eprintln!("shop: {name} again: stopping at once");
+            std::process::exit(130);
+        });
+    };
+    serve_with(listener, bus.clone(), shutdown, options).await?;
+
+    // No request is running any more. What is left of the grace period goes to the outbox
+    // relay's batch in progress; then the pool is closed (SQLite: its log checkpointed).
+    let deadline = signal_time.await.unwrap_or_else(|_| Instant::now()) + options.grace;
+    if !bus
+        .close(deadline.saturating_duration_since(Instant::now()))
+        .await
+    {
+        tracing::warn!(target: "shop", "the grace period ran out with events being delivered; the outbox delivers the rest at the next start");
+    }
+    if tokio::time::timeout(Duration::from_secs(5), db.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!(target: "shop", "the database pool did not close within 5 s");
+    }
+    tracing::info!(target: "shop", "stopped");
     Ok(())
+}
+
+/// SIGTERM (what container platforms send to stop a service) and SIGINT (Ctrl-C), listened for
+/// from the moment this is made.
+struct Signals {
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals {
+                terminate: signal(SignalKind::terminate())?,
+                interrupt: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    /// The next signal's name.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.terminate.recv() => "SIGTERM",
+                _ = self.interrupt.recv() => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
+    }
+}
+
+fn cannot_listen(addr: SocketAddr, error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "cannot listen on {addr}: the address is already in use (another process listens \
+             there; stop it or choose another --port)"
+        ),
+        _ => format!("cannot listen on {addr}: {error}"),
+    }
 }
 
 #[cfg(test)]
@@ -151,16 +295,34 @@ mod tests {
             parse(&[]),
             Ok(Command::Serve {
                 database: DEFAULT_DATABASE.into(),
-                port: DEFAULT_PORT
+                port: DEFAULT_PORT,
+                options: ServeOptions::default(),
             })
         );
         assert_eq!(
-            parse(&["--port", "0", "--database", "postgres://localhost/shop"]),
+            parse(&[
+                "--port",
+                "0",
+                "--database",
+                "postgres://localhost/shop",
+                "--grace",
+                "1500ms",
+                "--header-timeout",
+                "2m",
+            ]),
             Ok(Command::Serve {
                 database: "postgres://localhost/shop".into(),
-                port: 0
+                port: 0,
+                options: ServeOptions {
+                    grace: Duration::from_millis(1500),
+                    header_read_timeout: Duration::from_secs(120),
+                },
             })
         );
+        let Ok(Command::Serve { options, .. }) = parse(&["--grace", "3"]) else {
+            panic!("--grace 3 is three seconds");
+        };
+        assert_eq!(options.grace, Duration::from_secs(3));
     }
 
     #[test]
@@ -181,6 +343,10 @@ mod tests {
         assert!(parse(&["--port"]).is_err());
         assert!(parse(&["--port", "70000"]).is_err());
         assert!(parse(&["serve", "now"]).is_err());
+        assert!(parse(&["--grace"]).is_err());
+        assert!(parse(&["--grace", "soon"]).is_err());
+        assert!(parse(&["--grace", "10h"]).is_err());
+        assert!(parse(&["--header-timeout", "0s"]).is_err());
         assert_eq!(parse(&["--help"]), Ok(Command::Help));
     }
 }

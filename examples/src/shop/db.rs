@@ -14,10 +14,12 @@
 //! on_db!(db::tx(cx)?, |c| sqlx::query("DELETE FROM users WHERE id = $1").bind(id).execute(c).await)?;
 //! ```
 
+use std::path::Path;
 use std::str::FromStr;
+use std::time::Duration;
 
 use cqrs_core::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use cqrs_core::sqlx::{self, PgConnection, PgPool, SqliteConnection, SqlitePool};
+use cqrs_core::sqlx::{self, Connection, PgConnection, PgPool, SqliteConnection, SqlitePool};
 use cqrs_core::{AnyTx, BusBuilder, CommandContext, Error};
 
 /// One thing in its SQLite form or its PostgreSQL form: a pool ([`Db`]) or a connection
@@ -59,19 +61,62 @@ pub fn tx(cx: &mut CommandContext) -> Result<Conn<'_>, Error> {
     }
 }
 
+/// How long connecting to PostgreSQL may take, at start and when the pool opens a connection
+/// later: a server that does not answer is an error within seconds, not after sqlx's default of
+/// 30 s (a dispatch's own timeout is 5 s anyway).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Db {
     /// Connects to `url`: `postgres://..` (or `postgresql://..`) for PostgreSQL; anything else is
     /// a SQLite file path or `sqlite:` URL (the file is created if missing).
+    ///
+    /// An error says what could not be opened and where: the SQLite file, or the PostgreSQL URL
+    /// without its password (see [`redact`]); a PostgreSQL server that does not answer is one
+    /// within [`CONNECT_TIMEOUT`].
     pub async fn connect(url: &str) -> Result<Db, Error> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let options = PgConnectOptions::from_str(url)?;
+        if is_postgres(url) {
+            let failed = |e: &dyn std::fmt::Display| {
+                Error::unavailable(format!(
+                    "cannot connect to PostgreSQL at {}: {e}",
+                    redact(url)
+                ))
+            };
+            let options = PgConnectOptions::from_str(url).map_err(|e| failed(&e))?;
+            // One connection first, on its own: the pool retries a refused connection until its
+            // acquire timeout and then reports only that it timed out; this says why.
+            match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await
+            {
+                Ok(Ok(probe)) => probe.close().await.map_err(|e| failed(&e))?,
+                Ok(Err(e)) => return Err(failed(&e)),
+                Err(_) => {
+                    return Err(failed(&format_args!(
+                        "no answer within {} s",
+                        CONNECT_TIMEOUT.as_secs()
+                    )));
+                }
+            }
             let pool = PgPoolOptions::new()
                 .max_connections(16)
+                .acquire_timeout(CONNECT_TIMEOUT)
                 .connect_with(options)
-                .await?;
+                .await
+                .map_err(|e| failed(&e))?;
             Ok(Db::Postgres(pool))
         } else {
-            Ok(Db::Sqlite(cqrs_core::sqlite_pool(url).await?))
+            let pool = cqrs_core::sqlite_pool(url).await.map_err(|e| {
+                let mut message = format!("cannot open the SQLite database {url}: {}", e.message());
+                if let Some(dir) = sqlite_path(url).parent()
+                    && !dir.as_os_str().is_empty()
+                    && !dir.is_dir()
+                {
+                    message.push_str(&format!(
+                        " (the directory {} does not exist)",
+                        dir.display()
+                    ));
+                }
+                Error::unavailable(message)
+            })?;
+            Ok(Db::Sqlite(pool))
         }
     }
 
@@ -99,10 +144,21 @@ impl Db {
         Ok(())
     }
 
-    /// Closes the pool (and every clone of it: the bus's included).
+    /// Closes the pool (and every clone of it: the bus's included), waiting for the
+    /// connections in use to come back. SQLite's write-ahead log is checkpointed into the
+    /// database file first (`PRAGMA wal_checkpoint(TRUNCATE)`), so the file alone holds
+    /// everything; closing the last connection then removes `-wal` and `-shm`.
     pub async fn close(&self) {
         match self {
-            Db::Sqlite(pool) => pool.close().await,
+            Db::Sqlite(pool) => {
+                if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute(pool)
+                    .await
+                {
+                    tracing::warn!(target: "shop", %error, "could not checkpoint the SQLite log; it is folded in at the next start");
+                }
+                pool.close().await
+            }
             Db::Postgres(pool) => pool.close().await,
         }
     }
@@ -114,6 +170,53 @@ impl Db {
             Db::Postgres(_) => "postgres",
         }
     }
+}
+
+/// Whether `url` names a PostgreSQL database (otherwise it is SQLite).
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// The file a SQLite `url` names (a path, or a `sqlite:` URL with or without options).
+fn sqlite_path(url: &str) -> &Path {
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    Path::new(path.split('?').next().unwrap_or(path))
+}
+
+/// `url` fit to print: the password of a PostgreSQL URL (`user:password@`, or a `password=`
+/// option) replaced by `***`. A SQLite path is printed as it is. Everything the shop prints
+/// or logs about its database goes through this.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join("&");
+            format!("{path}?{query}")
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 /// The two schemas differ only in how ids are generated.
@@ -180,4 +283,42 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_passwords_only() {
+        assert_eq!(
+            redact("postgres://shop:s3cret@db.internal:5432/shop?sslmode=require"),
+            "postgres://shop:***@db.internal:5432/shop?sslmode=require"
+        );
+        assert_eq!(
+            redact("postgresql://shop@db/shop?password=s3cret&application_name=shop"),
+            "postgresql://shop@db/shop?password=***&application_name=shop"
+        );
+        // A password holding '@' or ':' is hidden whole.
+        assert_eq!(
+            redact("postgres://shop:p@ss:w0rd@127.0.0.1/shop"),
+            "postgres://shop:***@127.0.0.1/shop"
+        );
+        assert_eq!(
+            redact("postgres://127.0.0.1/shop"),
+            "postgres://127.0.0.1/shop"
+        );
+        assert_eq!(redact("./shop.db"), "./shop.db");
+        assert_eq!(redact("sqlite:shop.db?mode=rwc"), "sqlite:shop.db?mode=rwc");
+    }
+
+    #[test]
+    fn sqlite_path_strips_the_scheme_and_options() {
+        assert_eq!(sqlite_path("/tmp/a/shop.db"), Path::new("/tmp/a/shop.db"));
+        assert_eq!(
+            sqlite_path("sqlite:///tmp/a/shop.db?mode=rwc"),
+            Path::new("/tmp/a/shop.db")
+        );
+        assert_eq!(sqlite_path("sqlite:shop.db"), Path::new("shop.db"));
+    }
 }

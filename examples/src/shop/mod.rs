@@ -10,7 +10,8 @@
 //!   outbox, and stock released when an order is cancelled;
 //! - [`auth`]: bearer tokens to principals, and who may read which order;
 //! - [`routes`]: the HTTP API; [`metrics`]: `GET /metrics` for Prometheus;
-//! - [`db`]: the shop's tables, one SQL text for both databases; [`cli`]: the `shop` command.
+//! - [`db`]: the shop's tables, one SQL text for both databases; [`cli`]: the `shop` command;
+//!   [`server`]: HTTP/1.1 with a header read timeout and a bounded graceful shutdown.
 //!
 //! In a test, start it on a free port:
 //!
@@ -35,6 +36,7 @@ pub mod metrics;
 pub mod orders;
 pub mod products;
 pub mod routes;
+pub mod server;
 pub mod users;
 
 use std::future::Future;
@@ -45,6 +47,7 @@ use tokio::net::TcpListener;
 
 pub use self::db::Db;
 pub use self::routes::router;
+pub use self::server::ServeOptions;
 
 /// The bus of the shop on `db`, not built yet: tests add to it (`.record_events(..)`,
 /// `.override_handler(..)`) before `build()`.
@@ -75,16 +78,29 @@ pub async fn migrate(db: &Db) -> Result<(), Error> {
     db.create_tables().await
 }
 
-/// Serves the shop on `listener` until `shutdown` completes.
+/// Serves the shop on `listener` until `shutdown` completes, with the default
+/// [`ServeOptions`] (see [`serve_with`]).
 pub async fn serve(
     listener: TcpListener,
     bus: Bus,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, bus, shutdown, ServeOptions::default()).await
+}
+
+/// Serves the shop on `listener` until `shutdown` completes; then stops accepting, lets the
+/// requests in flight finish within `options.grace`, and closes every connection. A client gets
+/// `options.header_read_timeout` to send each request head (an idle keep-alive connection is
+/// closed after it too). The bus and the database stay open: close them after this returns
+/// (`bus.close(..)`, then [`Db::close`]), as the `shop` command does.
+pub async fn serve_with(
+    listener: TcpListener,
+    bus: Bus,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    options: ServeOptions,
+) -> std::io::Result<()> {
     metrics::spawn_upkeep();
-    axum::serve(listener, router(bus))
-        .with_graceful_shutdown(shutdown)
-        .await
+    server::serve_router(listener, router(bus), shutdown, options).await
 }
 
 /// Fills an empty catalogue with a few products, so that a fresh shop has something to sell.

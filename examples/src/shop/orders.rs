@@ -8,7 +8,7 @@
 //! ```
 
 use cqrs_core::prelude::*;
-use cqrs_core::{Aggregate, sqlx};
+use cqrs_core::{Aggregate, FieldError, sqlx};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use validator::Validate;
@@ -169,6 +169,19 @@ impl CommandHandler<PlaceOrder> for PlaceOrderHandler {
             .map(|p| p.id().to_owned())
             .ok_or_else(|| Error::unauthenticated("an order needs a customer"))?;
         let unit_price_cents = products::take_stock(cx, cmd.product_id, cmd.quantity).await?;
+        // Prices and quantities come from callers: a total past `i64::MAX` is refused (422, and
+        // the stock taken above is rolled back with the transaction), never wrapped or a panic.
+        let total_cents = total_cents(cmd.quantity, unit_price_cents).ok_or_else(|| {
+            Error::validation([FieldError::new(
+                "quantity",
+                "total_too_large",
+                format!(
+                    "{} unit(s) at {unit_price_cents} cents make a total larger than {} cents",
+                    cmd.quantity,
+                    i64::MAX
+                ),
+            )])
+        })?;
 
         let mut order = cx.load::<Order>(Uuid::now_v7().to_string()).await?;
         order.record(OrderEvent::Placed {
@@ -181,9 +194,14 @@ impl CommandHandler<PlaceOrder> for PlaceOrderHandler {
         cx.save(&mut order).await?;
         Ok(OrderReceipt {
             order_id: order.id().to_owned(),
-            total_cents: unit_price_cents * cmd.quantity,
+            total_cents,
         })
     }
+}
+
+/// An order's total, or `None` when it does not fit in an `i64`.
+pub fn total_cents(quantity: i64, unit_price_cents: i64) -> Option<i64> {
+    quantity.checked_mul(unit_price_cents)
 }
 
 /// Loads the order, lets it decide, saves what it decided. Customers and staff get past
@@ -297,6 +315,11 @@ impl EventHandler<OrderEvent> for OrderSummaries {
                         quantity,
                         unit_price_cents,
                     } => {
+                        // `PlaceOrder` refuses an order whose total overflows, so this is only
+                        // for events written by something else: an error, not a panic.
+                        let total = total_cents(*quantity, *unit_price_cents).ok_or_else(|| {
+                            Error::internal(format!("order {order_id}: its total overflows"))
+                        })?;
                         sqlx::query(
                             "INSERT INTO order_summaries
                                (order_id, customer, product_id, quantity, total_cents, status, placed_at_ms)
@@ -306,7 +329,7 @@ impl EventHandler<OrderEvent> for OrderSummaries {
                         .bind(customer)
                         .bind(product_id)
                         .bind(quantity)
-                        .bind(quantity * unit_price_cents)
+                        .bind(total)
                         .bind(OrderStatus::Placed.as_str())
                         .bind(db::now_ms())
                         .execute(&mut *tx)

@@ -2,7 +2,7 @@
 //! and stock that orders take and cancellations give back.
 
 use cqrs_core::prelude::*;
-use cqrs_core::sqlx;
+use cqrs_core::{FieldError, sqlx};
 use serde::{Deserialize, Serialize};
 use validator::Validate;
 
@@ -130,20 +130,42 @@ impl CommandHandler<UpdateProduct> for UpdateProductHandler {
 #[retry(max_attempts = 5, delay = "20ms", backoff = 2.0, on = [Unavailable])]
 pub struct ReleaseStockHandler;
 
+/// `stock + quantity` is checked in the statement itself (`stock <= i64::MAX - quantity`): past
+/// `i64::MAX`, PostgreSQL fails with "bigint out of range" and SQLite silently turns the column
+/// into a floating-point number that no longer reads back as an `i64`. Either way the answer is
+/// a `Conflict` saying so, and the row is unchanged.
 impl CommandHandler<ReleaseStock> for ReleaseStockHandler {
     async fn handle(&self, cmd: ReleaseStock, cx: &mut CommandContext) -> Result<(), Error> {
+        let room = i64::MAX.checked_sub(cmd.quantity).ok_or_else(|| {
+            Error::validation([FieldError::new("quantity", "range", "must not be negative")])
+        })?;
         let updated = on_db!(db::tx(cx)?, |c| {
-            sqlx::query("UPDATE products SET stock = stock + $2 WHERE id = $1")
+            sqlx::query("UPDATE products SET stock = stock + $2 WHERE id = $1 AND stock <= $3")
                 .bind(cmd.product_id)
                 .bind(cmd.quantity)
+                .bind(room)
                 .execute(c)
                 .await
                 .map(|done| done.rows_affected())
         })?;
-        if updated == 0 {
-            return Err(Error::not_found(format!("product {}", cmd.product_id)));
+        if updated == 1 {
+            return Ok(());
         }
-        Ok(())
+        let stock = on_db!(db::tx(cx)?, |c| {
+            sqlx::query_scalar::<_, i64>("SELECT stock FROM products WHERE id = $1")
+                .bind(cmd.product_id)
+                .fetch_optional(c)
+                .await
+        })?;
+        Err(match stock {
+            None => Error::not_found(format!("product {}", cmd.product_id)),
+            Some(stock) => Error::conflict(format!(
+                "product {}: putting back {} unit(s) would take its stock ({stock}) past {}",
+                cmd.product_id,
+                cmd.quantity,
+                i64::MAX
+            )),
+        })
     }
 }
 
