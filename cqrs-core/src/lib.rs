@@ -67,7 +67,6 @@ mod location;
 mod message;
 mod pipeline;
 mod registry;
-mod shutdown;
 pub mod testing;
 
 #[doc(hidden)]

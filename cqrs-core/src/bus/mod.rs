@@ -4,6 +4,7 @@
 pub(crate) mod backends;
 pub(crate) mod builder;
 pub(crate) mod describe;
+mod shutdown;
 
 use std::fmt;
 use std::ops::Deref;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::Bus;
-use crate::bus::BusRef;
+use super::BusRef;
 
 impl Bus {
     /// Lets go of the bus once the work it is doing has finished, waiting up to `within`: until
