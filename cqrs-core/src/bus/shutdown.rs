@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::Bus;
 use super::BusRef;
+use crate::Bus;
 
 impl Bus {
     /// Lets go of the bus once the work it is doing has finished, waiting up to `within`: until

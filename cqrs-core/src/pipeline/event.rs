@@ -105,18 +105,12 @@ impl<E: Event, H: EventHandler<E>> EventPipeline<E, H> {
         cx: &mut EventContext,
         attempts: &mut u32,
     ) -> Result<(), Error> {
+        let mut tries = retry::Attempts::new(self.layers.retry.as_ref(), attempts);
         loop {
-            *attempts += 1;
+            let last = tries.start();
             match guard_panic(self.name, self.handler.handle(event, cx)).await {
                 Ok(()) => return Ok(()),
-                Err(error) => match self
-                    .layers
-                    .retry
-                    .and_then(|r| r.next_delay(*attempts, &error))
-                {
-                    Some(delay) => retry::pause(delay).await,
-                    None => return Err(error),
-                },
+                Err(error) => tries.failed(error, last).await?,
             }
         }
     }

@@ -142,6 +142,54 @@ pub(crate) async fn pause(delay: Duration) {
     }
 }
 
+/// Layer 8's loop, as each pipeline runs it: the counting, the last-attempt decision, the
+/// pause and the give-up are here once; the pipelines only say what one attempt is.
+///
+/// ```text
+/// let mut tries = Attempts::new(retry, &mut stats.attempts);
+/// loop {
+///     let last = tries.start();
+///     match attempt(last).await {
+///         Ok(value) => return Ok(value),
+///         Err(error) => tries.failed(error, last).await?,
+///     }
+/// }
+/// ```
+///
+/// Not a function taking the attempt as an async closure: the attempts borrow the dispatch's
+/// context mutably, and such a closure's future is not provably `Send` for every borrow
+/// (rustc's higher-ranked `Send` limitation), which every dispatch future must be.
+pub(crate) struct Attempts<'a> {
+    retry: Option<&'a RetryLayer>,
+    count: &'a mut u32,
+}
+
+impl<'a> Attempts<'a> {
+    /// Counting into `count`; without `#[retry]`, one attempt.
+    pub(crate) fn new(retry: Option<&'a RetryLayer>, count: &'a mut u32) -> Self {
+        Attempts { retry, count }
+    }
+
+    /// Starts an attempt; returns whether it is the last one.
+    #[inline]
+    pub(crate) fn start(&mut self) -> bool {
+        *self.count += 1;
+        self.retry.is_none_or(|r| *self.count >= r.max_attempts())
+    }
+
+    /// After a failed attempt: pauses and returns `Ok` to try again, or gives the error back
+    /// (not retried, or the attempts are used up).
+    pub(crate) async fn failed(&mut self, error: Error, last: bool) -> Result<(), Error> {
+        match self.retry.and_then(|r| r.next_delay(*self.count, &error)) {
+            Some(delay) if !last => {
+                pause(delay).await;
+                Ok(())
+            }
+            _ => Err(error),
+        }
+    }
+}
+
 impl fmt::Debug for RetryLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "retry(max_attempts={}", self.max_attempts)?;

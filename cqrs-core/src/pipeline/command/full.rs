@@ -242,20 +242,14 @@ async fn attempts(
     cx: &mut CommandContext,
     stats: &mut DispatchStats,
 ) -> Result<Vec<EmittedEvent>, Error> {
-    let Some(retry) = &pipe.layers().retry else {
-        stats.attempts = 1;
-        return attempt(pipe, bus, key, message, true, output, cx).await;
-    };
+    let mut tries = retry::Attempts::new(pipe.layers().retry.as_ref(), &mut stats.attempts);
     loop {
-        stats.attempts += 1;
-        let last = stats.attempts >= retry.max_attempts();
+        let last = tries.start();
+        // What an earlier attempt left behind (events, a transaction) is not this one's.
         cx.reset();
         match attempt(pipe, bus, key, message, last, output, cx).await {
             Ok(events) => return Ok(events),
-            Err(error) => match retry.next_delay(stats.attempts, &error) {
-                Some(delay) if !last => retry::pause(delay).await,
-                _ => return Err(error),
-            },
+            Err(error) => tries.failed(error, last).await?,
         }
     }
 }

@@ -232,18 +232,14 @@ async fn attempts(
     // it twice in this future. One loop, with or without `#[retry]`: two call sites would be
     // two pinned locals, which the compiler lays out side by side, not overlapping.
     let handler = pipe.handler_name();
-    let retry = pipe.layers().retry;
+    let mut tries = retry::Attempts::new(pipe.layers().retry.as_ref(), attempts);
     loop {
-        *attempts += 1;
-        let last = retry.is_none_or(|r| *attempts >= r.max_attempts());
+        let last = tries.start();
         let fut = pin!(pipe.handle(message, last, &mut *output, cx)?);
         let span = None;
         match (Guarded { handler, span, fut }).await {
             Ok(()) => return Ok(()),
-            Err(error) => match retry.and_then(|r| r.next_delay(*attempts, &error)) {
-                Some(delay) if !last => retry::pause(delay).await,
-                _ => return Err(error),
-            },
+            Err(error) => tries.failed(error, last).await?,
         }
     }
 }
