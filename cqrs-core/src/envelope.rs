@@ -1,4 +1,4 @@
-//! The envelope a message travels in, and its metadata (DESIGN §4).
+//! The envelope a message travels in, and its metadata.
 
 use std::collections::BTreeSet;
 use std::fmt;

@@ -1,4 +1,4 @@
-//! The one error type of the bus, and its status (DESIGN §6).
+//! The one error type of the bus, and its status.
 
 use std::any::Any;
 use std::borrow::Cow;
@@ -68,7 +68,7 @@ impl Status {
         }
     }
 
-    /// The HTTP status code this status maps to (DESIGN §6).
+    /// The HTTP status code this status maps to.
     pub const fn http_status(self) -> u16 {
         match self {
             Status::Validation => 422,

@@ -1,4 +1,4 @@
-//! Commands, queries and events (DESIGN §2).
+//! Commands, queries and events: the message traits the derives implement.
 
 use std::fmt;
 

@@ -1,6 +1,11 @@
 //! `bus.describe()`: every message, its handlers, their layers and source locations.
 
+use std::any::TypeId;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+
+use super::checks::{Candidate, KnownMessage};
+use crate::pipeline::Layers;
 
 use crate::location::Location;
 use crate::message::MessageKind;
@@ -176,4 +181,55 @@ impl fmt::Display for Description {
         }
         Ok(())
     }
+}
+
+pub(crate) fn describe(
+    messages: &BTreeMap<(MessageKind, &'static str), KnownMessage>,
+    layered: &[(Candidate, Layers)],
+    command_middleware: usize,
+    query_middleware: usize,
+) -> Description {
+    // Handlers grouped by message type first: filtering every handler for every message is
+    // quadratic, and was most of `build()` with 1,000 handlers.
+    let mut by_message: HashMap<TypeId, Vec<&(Candidate, Layers)>> = HashMap::new();
+    for handler in layered {
+        by_message
+            .entry((handler.0.message.type_id)())
+            .or_default()
+            .push(handler);
+    }
+    let mut out = Vec::with_capacity(messages.len());
+    for ((kind, name), known) in messages {
+        let mut handlers: Vec<HandlerDescription> = by_message
+            .remove(&(known.info.type_id)())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(c, layers)| HandlerDescription {
+                name: c.handler_name,
+                location: c.location,
+                layers: layers.describe(
+                    *kind,
+                    known.info.validated,
+                    match kind {
+                        MessageKind::Command => command_middleware,
+                        MessageKind::Query => query_middleware,
+                        MessageKind::Event => 0,
+                    },
+                ),
+                reads_queries: c.options.reads_queries,
+                emits: c.options.emits.iter().map(|e| e().name).collect(),
+                sends: c.options.sends.iter().map(|c| c().name).collect(),
+                invalidates: layers.invalidates.clone(),
+            })
+            .collect();
+        handlers.sort_by_key(|h| h.name);
+        out.push(MessageDescription {
+            kind: *kind,
+            name,
+            type_name: known.info.type_name,
+            location: known.location,
+            handlers,
+        });
+    }
+    Description { messages: out }
 }

@@ -2,7 +2,9 @@
 //! its builder assembles that runtime and checks everything before anything runs.
 
 pub(crate) mod backends;
+mod build;
 pub(crate) mod builder;
+mod checks;
 pub(crate) mod describe;
 mod shutdown;
 

@@ -179,7 +179,7 @@ pub(crate) async fn around<'a>(
     .await
 }
 
-/// The three states of a command in the audit log (seed `003`).
+/// The three states of a command in the audit log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuditState {
     /// The command entered the pipeline.

@@ -8,7 +8,7 @@
 //! message that breaks its rules never reaches the handler, and is never retried.
 //!
 //! Why `validator` rather than `garde`: both are maintained, but `validator`'s attribute is the
-//! `#[validate(..)]` DESIGN §2 names, it is the one most Rust web services already use (with
+//! `#[validate(..)]` the message derives document, it is the one most Rust web services already use (with
 //! axum and serde, so users meet no new syntax), and its errors carry a rule code and its
 //! parameters per field, which map one to one onto [`FieldError`] (`field`, `code`, `message`)
 //! with readable default messages. `garde` (`#[garde(..)]`) reports a path and a message per
