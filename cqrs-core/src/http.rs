@@ -48,12 +48,20 @@
 //!
 //! | what | status | `code` |
 //! |---|---|---|
-//! | a body that is not JSON, a path parameter or query string that does not parse, a malformed `Idempotency-Key` or `X-Correlation-Id` header | 400 | `bad_request` |
+//! | a body that is not JSON; a path parameter or query string that does not parse; a malformed `Idempotency-Key` or `X-Correlation-Id` | 400 | `bad_request` |
 //! | a body that is JSON of the wrong shape (a missing field, a wrong type) | 422 | `validation` |
-//! | a body over the limit ([`body_limit`], 2 MiB unless set) | 413 | `content_too_large` |
-//! | a body without `Content-Type: application/json` (or `application/<anything>+json`) | 415 | `unsupported_media_type` |
+//! | a body over the limit ([`body_limit`]; [`DEFAULT_BODY_LIMIT`] unless set) | 413 | `content_too_large` |
+//! | a body without a JSON `Content-Type` | 415 | `unsupported_media_type` |
 //! | a path no route matches ([`not_found`]) | 404 | `not_found` |
 //! | a method the path does not serve ([`method_not_allowed`]; `Allow` lists those it does) | 405 | `method_not_allowed` |
+//! | an `Authorization` header that is not `Bearer <token>`, or a token the verifier refuses ([`authenticate`]) | 401 | `unauthenticated` |
+//!
+//! Headers are read as the HTTP RFCs say: media types and the `Bearer` scheme are
+//! case-insensitive (RFC 9110); `application/json` and every `application/<name>+json` (RFC
+//! 6839) are JSON, with parameters, but a `charset` other than UTF-8 is not (RFC 8259); the
+//! `Idempotency-Key` may be a structured-field string (`"key"`, the IETF draft's form) or bare;
+//! blanks around a value are not part of it; a header that must be one value and is sent twice
+//! is refused.
 //!
 //! **What reaches the client, and what only the log.** An error's message reaches the client
 //! when the application wrote it for the client: `Error::conflict("not enough stock")`,
@@ -76,14 +84,16 @@
 //!
 //! # Logs
 //!
-//! Every error answer is logged once, when it is rendered, on target `cqrs::http`: `error` for a
-//! `500`, `warn` for another `5xx` (with the full error and its causes, `{:#}`), `info` for a `4xx`, with the request's
-//! `correlation_id`, `method`, `path`, `status`, `code` and `detail`. So a request refused
-//! before it reaches the bus (a refused token, a body that does not parse, an unknown route)
-//! leaves exactly one line, and a request the bus refused one besides the bus's own. The
-//! correlation id, method and path come from the [`correlation`] layer: add it, outermost.
-//! Values the client controls (the path, the detail, which may quote the body or a header) are
-//! written `Debug`-escaped, in quotes, so that no request can break a log line or forge one.
+//! Every error answer is logged once, when it is rendered, on target `cqrs::http`: at `error`
+//! for a `500`, `warn` for another `5xx`, `info` for a `4xx`; with the request's
+//! `correlation_id`, `method` and `path`, the answer's `status` and `code`, and as `detail` the
+//! full error with its causes (`{:#}`), which the client may not have seen. So a request
+//! refused before it reaches the bus (a refused token, a body that does not parse, an unknown
+//! route) leaves exactly one line, and a request the bus refused one besides the bus's own
+//! dispatch line. The correlation id, method and path come from the [`correlation`] layer: add
+//! it, outermost (without it the line lacks them). Values a client controls (the path, and the
+//! detail, which may quote the body, a path parameter or a header) are written
+//! `Debug`-escaped, in quotes, so that no request can break a log line or forge one.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -218,7 +228,11 @@ fn fixed_detail(status: Status) -> &'static str {
 /// (`From`), so a hand-written route may return `Result<_, Problem>` and use `?` on both; or
 /// `Result<_, Error>`, which answers the same.
 #[derive(Debug, Clone)]
-pub struct Problem {
+pub struct Problem(Box<ProblemParts>);
+
+/// Boxed: a `Problem` is the error of every extractor's `Result`, kept one pointer wide.
+#[derive(Debug, Clone)]
+struct ProblemParts {
     status: StatusCode,
     details: ProblemDetails,
     error: Option<Error>,
@@ -234,7 +248,7 @@ impl Problem {
         title: impl Into<String>,
         detail: impl Into<String>,
     ) -> Self {
-        Problem {
+        Problem(Box::new(ProblemParts {
             status,
             details: ProblemDetails {
                 kind: "about:blank".to_owned(),
@@ -247,7 +261,7 @@ impl Problem {
             },
             error: None,
             retry_after: None,
-        }
+        }))
     }
 
     /// `400 Bad Request` (`bad_request`): the request is malformed (syntax, a header, a path
@@ -284,24 +298,24 @@ impl Problem {
     /// Sets the `Retry-After` of the answer (whole seconds, rounded up). A `503` has
     /// [`DEFAULT_RETRY_AFTER`] unless set.
     pub fn retry_after(mut self, after: Duration) -> Self {
-        self.retry_after = Some(after);
+        self.0.retry_after = Some(after);
         self
     }
 
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
-        self.status
+        self.0.status
     }
 
     /// What the client receives (without the correlation id, which is added when the answer is
     /// rendered).
     pub fn details(&self) -> &ProblemDetails {
-        &self.details
+        &self.0.details
     }
 
     /// The error this problem came from, if any: what the log gets, which the client may not.
     pub fn error(&self) -> Option<&Error> {
-        self.error.as_ref()
+        self.0.error.as_ref()
     }
 
     /// Writes the one log line of this answer (see the [module docs](self#logs)).
@@ -309,17 +323,17 @@ impl Problem {
         let correlation_id = request.map(|r| tracing::field::display(r.correlation));
         let method = request.map(|r| tracing::field::display(&r.method));
         let path = request.map(|r| tracing::field::debug(&r.path));
-        let status = self.status.as_u16();
-        let code = self.details.code.as_str();
+        let status = self.0.status.as_u16();
+        let code = self.0.details.code.as_str();
         // The full error, causes included, for the server's eyes; Debug-escaped, as it may
         // quote what the client sent.
-        let detail = match &self.error {
+        let detail = match &self.0.error {
             Some(error) => format!("{error:#}"),
-            None => self.details.detail.clone(),
+            None => self.0.details.detail.clone(),
         };
-        if self.status == StatusCode::INTERNAL_SERVER_ERROR {
+        if self.0.status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(target: "cqrs::http", correlation_id, method, path, status, code, detail = ?detail, "request failed");
-        } else if self.status.is_server_error() {
+        } else if self.0.status.is_server_error() {
             tracing::warn!(target: "cqrs::http", correlation_id, method, path, status, code, detail = ?detail, "request failed");
         } else {
             tracing::info!(target: "cqrs::http", correlation_id, method, path, status, code, detail = ?detail, "request refused");
@@ -331,22 +345,23 @@ impl From<Error> for Problem {
     fn from(error: Error) -> Self {
         let status = StatusCode::from_u16(error.status().http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        Problem {
+        Problem(Box::new(ProblemParts {
             status,
             details: ProblemDetails::from_error(&error),
             error: Some(error),
             retry_after: None,
-        }
+        }))
     }
 }
 
 impl IntoResponse for Problem {
-    fn into_response(mut self) -> Response {
+    fn into_response(self) -> Response {
         let request = REQUEST.try_with(Clone::clone).ok();
         self.log(request.as_ref());
-        self.details.correlation_id = request.as_ref().map(|r| r.correlation);
-        let body = serde_json::to_vec(&self.details).unwrap_or_else(|_| b"{}".to_vec());
-        let mut response = (self.status, body).into_response();
+        let mut parts = *self.0;
+        parts.details.correlation_id = request.as_ref().map(|r| r.correlation);
+        let body = serde_json::to_vec(&parts.details).unwrap_or_else(|_| b"{}".to_vec());
+        let mut response = (parts.status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(
             CONTENT_TYPE,
@@ -357,15 +372,15 @@ impl IntoResponse for Problem {
         {
             headers.insert(CORRELATION_ID, value);
         }
-        if self.status == StatusCode::UNAUTHORIZED {
+        if parts.status == StatusCode::UNAUTHORIZED {
             headers.insert(
                 axum::http::header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer"),
             );
         }
-        let retry_after = self
+        let retry_after = parts
             .retry_after
-            .or((self.status == StatusCode::SERVICE_UNAVAILABLE).then_some(DEFAULT_RETRY_AFTER));
+            .or((parts.status == StatusCode::SERVICE_UNAVAILABLE).then_some(DEFAULT_RETRY_AFTER));
         if let Some(after) = retry_after {
             let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
             headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
@@ -575,8 +590,8 @@ fn json_media_type(headers: &HeaderMap) -> Result<(), Problem> {
     Ok(())
 }
 
-/// A JSON body, refused with a problem naming what is wrong: no JSON `Content-Type` (`415`; see
-/// [`json_media_type`](self#errors) for what is accepted), a body over the [`body_limit`]
+/// A JSON body, refused with a problem naming what is wrong: no JSON `Content-Type` (`415`; the
+/// [module docs](self#errors) say which are), a body over the [`body_limit`]
 /// (`413`), not JSON (`400`), JSON of the wrong shape such as a missing field or a wrong type
 /// (`422`, a validation problem on the field `body`).
 #[derive(Debug, Clone)]
