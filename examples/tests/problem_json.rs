@@ -38,7 +38,7 @@ async fn every_status_has_its_http_code() {
         assert_eq!(body.status, code, "{status}");
         assert_eq!(body.code, status.as_str());
         assert!(!body.title.is_empty());
-        if code == 500 {
+        if code >= 500 {
             assert!(
                 !body.detail.contains("what happened"),
                 "a server error keeps its details in the logs: {}",
@@ -60,4 +60,36 @@ async fn a_validation_error_lists_every_field() {
     assert_eq!(http, 422);
     let fields: Vec<&str> = body.errors.iter().map(|f| f.field.as_ref()).collect();
     assert_eq!(fields, ["email", "name"]);
+}
+
+#[tokio::test]
+async fn a_message_made_from_an_underlying_error_stays_in_the_logs() {
+    let driver = || std::io::Error::other("connection to 10.0.0.7:5432 lost mid-statement");
+
+    // `?` / `from_std`: the message is the source's text, with or without context in front.
+    for error in [
+        Error::from_std(Status::Conflict, driver()),
+        Error::from_std(Status::NotFound, driver()).context("loading order 7"),
+    ] {
+        let (_, _, body) = problem(error.clone()).await;
+        assert!(!body.detail.contains("10.0.0.7"), "{}", body.detail);
+        assert_eq!(body.code, error.status().as_str());
+        assert!(!body.detail.is_empty());
+    }
+
+    // A message the application wrote reaches the client, its source kept for the log only.
+    let (status, _, body) =
+        problem(Error::conflict("the email is taken").with_source(driver())).await;
+    assert_eq!(status, 409);
+    assert_eq!(body.detail, "the email is taken");
+
+    // A 503 carries Retry-After, whatever its message.
+    let response = Error::unavailable("the payment provider is down").into_response();
+    assert_eq!(response.status(), 503);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1);
 }

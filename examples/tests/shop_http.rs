@@ -239,7 +239,8 @@ async fn every_answer_carries_a_correlation_id(shop: Shop) {
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     correlation_of(&refused);
 
-    // Refused by the bus (403), by the body's parser (422), and not found (404): the caller's.
+    // Refused by the bus (403), by the body's parser (400: not JSON), and not found (404): the
+    // caller's.
     let forbidden = send(
         shop.http
             .post(shop.at("/users"))
@@ -259,7 +260,7 @@ async fn every_answer_carries_a_correlation_id(shop: Shop) {
             .body("{ not json"),
     )
     .await;
-    assert_eq!(malformed.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
     assert_eq!(correlation_of(&malformed), mine);
     let missing = send(
         shop.http
@@ -270,14 +271,15 @@ async fn every_answer_carries_a_correlation_id(shop: Shop) {
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     assert_eq!(correlation_of(&missing), mine);
 
-    // A header that is not a UUID is refused, and the answer carries an id of the shop's.
+    // A header that is not a UUID is refused (400: a malformed header), and the answer carries
+    // an id of the shop's.
     let garbled = send(
         shop.http
             .get(shop.at("/products/1"))
             .header("X-Correlation-Id", "not-a-uuid"),
     )
     .await;
-    assert_eq!(garbled.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(garbled.status(), StatusCode::BAD_REQUEST);
     correlation_of(&garbled);
 
     // A success without one: the id the shop made, the same on the answer as in the message

@@ -1,14 +1,16 @@
 //! The HTTP API: one route per message. Most are one line with the helpers of
 //! `cqrs_core::http`, which build the envelope from the request (the caller from the bearer
 //! token, the `Idempotency-Key` header, `X-Correlation-Id`) and answer errors as
-//! `application/problem+json` (422, 401, 403, 404, 409, 504, ..).
+//! `application/problem+json` (422, 401, 403, 404, 409, 504, ..), as they answer what never
+//! reaches a handler: an unknown path (404), a wrong method (405), a body over [`BODY_LIMIT`]
+//! (413) or not sent as JSON (415), a path parameter that does not parse (400).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderName, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use cqrs_core::http::{self, JsonBody, RequestMetadata};
+use cqrs_core::http::{self, JsonBody, PathParams, RequestMetadata};
 use cqrs_core::prelude::*;
 use serde::Deserialize;
 
@@ -16,6 +18,9 @@ use super::orders::{CancelOrder, GetOrder, OrderId, PlaceOrder};
 use super::products::{CreateProduct, GetProduct, Product, ProductId, UpdateProduct};
 use super::users::{GetUser, RegisterUser};
 use super::{auth, metrics};
+
+/// The largest request body the shop reads: its commands are a few fields each.
+pub const BODY_LIMIT: usize = 64 * 1024;
 
 /// Every route of the shop, its state the bus.
 pub fn router(bus: Bus) -> Router {
@@ -32,6 +37,10 @@ pub fn router(bus: Bus) -> Router {
         .route("/orders/{order_id}", get(http::query_path::<GetOrder>))
         .route("/orders/{order_id}/cancel", post(cancel_order))
         .route("/metrics", get(metrics::render))
+        // After the routes: problems, not empty answers, for an unknown path or a wrong method.
+        .fallback(http::not_found)
+        .method_not_allowed_fallback(http::method_not_allowed)
+        .layer(http::body_limit(BODY_LIMIT))
         .layer(http::authenticate(auth::verify))
         // Outermost: every response, a refused token's included, gets `X-Correlation-Id`.
         .layer(http::correlation())
@@ -57,7 +66,7 @@ pub struct ProductChanges {
 async fn update_product(
     State(bus): State<Bus>,
     RequestMetadata(metadata): RequestMetadata,
-    Path(id): Path<ProductId>,
+    PathParams(id): PathParams<ProductId>,
     JsonBody(changes): JsonBody<ProductChanges>,
 ) -> Result<impl IntoResponse, Error> {
     let correlation = correlation_header(&metadata);
@@ -74,7 +83,7 @@ async fn update_product(
 async fn cancel_order(
     State(bus): State<Bus>,
     RequestMetadata(metadata): RequestMetadata,
-    Path(order_id): Path<OrderId>,
+    PathParams(order_id): PathParams<OrderId>,
 ) -> Result<impl IntoResponse, Error> {
     let correlation = correlation_header(&metadata);
     bus.send(Envelope::with_metadata(CancelOrder { order_id }, metadata))
