@@ -26,8 +26,8 @@ pub use crate::pipeline::retry::RetryLayer;
 pub use crate::pipeline::transaction::{Isolation, TransactionLayer};
 pub use crate::registry::Handler;
 pub use crate::registry::{
-    DecoratorRegistration, HandlerOptions, HandlerRegistration, Location, MessageRegistration,
-    Slot, generic_slot,
+    DecoratorRegistration, HandlerOptions, HandlerRegistration, Location, MessageIndex,
+    MessageRegistration, generic_slot,
 };
 pub use crate::{Error, MessageKind, Status};
 

@@ -258,7 +258,7 @@ pub(crate) fn decorators_of(handler: TypeId) -> &'static [&'static DecoratorRegi
 /// The derive puts one in a `static` per (non-generic) message type; the bus keeps its
 /// pipelines in arrays indexed by it, so dispatch is an array access, not a hash lookup.
 #[derive(Debug)]
-pub struct Slot {
+pub struct MessageIndex {
     index: AtomicUsize,
     kind: MessageKind,
 }
@@ -274,10 +274,10 @@ fn next_slot(kind: MessageKind) -> usize {
     NEXT_SLOT[kind as usize].fetch_add(1, Ordering::Relaxed)
 }
 
-impl Slot {
-    /// An unassigned slot for a message of `kind`.
+impl MessageIndex {
+    /// An unassigned index for a message of `kind`.
     pub const fn new(kind: MessageKind) -> Self {
-        Slot {
+        MessageIndex {
             index: AtomicUsize::new(UNASSIGNED),
             kind,
         }

@@ -33,7 +33,7 @@ pub(crate) fn short_type_name<T: ?Sized>() -> &'static str {
     }
 }
 
-/// Configures and builds a [`Bus`].
+/// Configures and builds a [`Bus`](crate::Bus).
 ///
 /// ```
 /// use std::sync::Arc;

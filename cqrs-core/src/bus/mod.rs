@@ -116,7 +116,7 @@ impl Bus {
         BusBuilder::new()
     }
 
-    /// Sends a command (or an [`Envelope`] of one) to its handler.
+    /// Sends a command (or an [`Envelope`](crate::Envelope) of one) to its handler.
     pub async fn send<M>(&self, message: M) -> Result<<M::Message as Command>::Output, Error>
     where
         M: IntoEnvelope,
@@ -146,7 +146,7 @@ impl Bus {
         Ok(stats.into_report(output, started.elapsed()))
     }
 
-    /// Asks a query (or an [`Envelope`] of one).
+    /// Asks a query (or an [`Envelope`](crate::Envelope) of one).
     pub async fn query<M>(&self, message: M) -> Result<<M::Message as Query>::Output, Error>
     where
         M: IntoEnvelope,
@@ -176,7 +176,7 @@ impl Bus {
         Ok(stats.into_report(output, started.elapsed()))
     }
 
-    /// Delivers an event (or an [`Envelope`] of one) to every handler of its type.
+    /// Delivers an event (or an [`Envelope`](crate::Envelope) of one) to every handler of its type.
     ///
     /// Every handler runs even if one fails; the result is an error (with the first failure's
     /// status) listing the handlers that failed.

@@ -91,7 +91,7 @@ pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + Sync + 'sta
     fn apply(&mut self, event: &Self::Event);
 }
 
-/// An aggregate as loaded by [`CommandContext::load`]: its id, version, state, and the events
+/// An aggregate as loaded by [`CommandContext::load`](crate::CommandContext::load): its id, version, state, and the events
 /// recorded since it was loaded. Derefs to the state.
 pub struct AggregateRoot<A: Aggregate> {
     pub(crate) id: String,

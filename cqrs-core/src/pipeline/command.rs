@@ -13,9 +13,9 @@
 //!   for each. Its future is boxed (one allocation); layers that do I/O box their own part
 //!   only when they run.
 //!
-//! Both end in [`full::after`], so what happens after the handler is the same.
+//! Both end in [`full_path::after`], so what happens after the handler is the same.
 
-mod full;
+mod full_path;
 
 use std::future::Future;
 use std::marker::PhantomData;
@@ -24,11 +24,11 @@ use std::pin::pin;
 use futures_util::FutureExt;
 use tracing::Span;
 
-use self::full::ErasedCommand;
+use self::full_path::ErasedCommand;
 use super::authorize::AuthorizeLayer;
-use super::erased::{self, HandleFuture, Slot};
+use super::erased::{self, Erased, HandleFuture};
 use super::trace::InSpan;
-use super::{DispatchFuture, Guarded, Layers, idempotency, trace};
+use super::{CatchPanic, DispatchFuture, Layers, idempotency, trace};
 use crate::context::CommandContext;
 use crate::envelope::{Envelope, Metadata};
 use crate::handler::CommandHandler;
@@ -96,7 +96,7 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
             && (metadata.idempotency_key().is_none() || bus.idempotency().is_none())
     }
 
-    /// The lean path: trace, authorize (by the principal alone), validate, handler, then [`full::after`] when there is anything
+    /// The lean path: trace, authorize (by the principal alone), validate, handler, then [`full_path::after`] when there is anything
     /// to do after.
     ///
     /// Every future is pinned where it is built (`pin!`) and awaited through a wrapper that
@@ -125,7 +125,7 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
                     stats.attempts = 1;
                     let fut = pin!(self.handler.handle(message, &mut cx));
                     let handler = self.name;
-                    Guarded {
+                    CatchPanic {
                         handler,
                         span: span.as_ref(),
                         fut,
@@ -141,7 +141,7 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
                 }
                 Ok(output) => {
                     let events = std::mem::take(&mut cx.events);
-                    let fut = pin!(full::after(&self.layers, bus, events, &cx, stats));
+                    let fut = pin!(full_path::after(&self.layers, bus, events, &cx, stats));
                     InSpan {
                         span: span.as_ref(),
                         fut,
@@ -155,7 +155,7 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
         }
     }
 
-    /// The full path: the typed ends of [`full::run`], which holds the layers.
+    /// The full path: the typed ends of [`full_path::run`], which holds the layers.
     #[allow(clippy::manual_async_fn)] // `async move`, not `async fn`: see `lean`
     fn full<'a>(
         &'a self,
@@ -170,7 +170,7 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
             let mut output: Option<C::Output> = None;
             let stats = stats.unwrap_or(&mut own);
             {
-                let run = pin!(full::run(
+                let run = pin!(full_path::run(
                     self,
                     bus,
                     &mut message,
@@ -202,9 +202,9 @@ impl<C: Command, H: CommandHandler<C>> ErasedCommand for CommandPipeline<C, H> {
 
     fn handle<'a>(
         &'a self,
-        message: &'a mut Slot,
+        message: &'a mut Erased,
         last: bool,
-        output: &'a mut Slot,
+        output: &'a mut Erased,
         cx: &'a mut CommandContext,
     ) -> Result<HandleFuture<'a>, Error> {
         let message = erased::message_for::<C>(message, last);
@@ -219,27 +219,27 @@ impl<C: Command, H: CommandHandler<C>> ErasedCommand for CommandPipeline<C, H> {
         Ok(HandleFuture::from_or_box(handled))
     }
 
-    fn peek<'s>(&self, message: &'s Slot) -> Option<&'s Slot> {
+    fn peek<'s>(&self, message: &'s Erased) -> Option<&'s Erased> {
         erased::peek::<C>(message)
     }
 
-    fn validate(&self, message: &Slot) -> Result<(), Error> {
+    fn validate(&self, message: &Erased) -> Result<(), Error> {
         erased::message::<C>(message)?.validate_message()
     }
 
-    fn fingerprint(&self, message: &Slot) -> Result<String, Error> {
+    fn fingerprint(&self, message: &Erased) -> Result<String, Error> {
         idempotency::fingerprint(erased::message::<C>(message)?)
     }
 
-    fn clone_message(&self, message: &Slot) -> Box<Slot> {
+    fn clone_message(&self, message: &Erased) -> Box<Erased> {
         erased::clone_message::<C>(message)
     }
 
-    fn to_json(&self) -> fn(&Slot) -> Option<serde_json::Value> {
+    fn to_json(&self) -> fn(&Erased) -> Option<serde_json::Value> {
         super::command_json::<C>
     }
 
-    fn encode_output(&self, output: &Slot) -> Result<Vec<u8>, Error> {
+    fn encode_output(&self, output: &Erased) -> Result<Vec<u8>, Error> {
         let Some(Some(output)) = output.downcast_ref::<Option<C::Output>>() else {
             return Err(erased::missing(C::NAME));
         };
@@ -247,7 +247,7 @@ impl<C: Command, H: CommandHandler<C>> ErasedCommand for CommandPipeline<C, H> {
             .map_err(|e| Error::from_std(Status::Internal, e).context("serializing the reply"))
     }
 
-    fn decode_output(&self, reply: &[u8], output: &mut Slot) -> Result<(), Error> {
+    fn decode_output(&self, reply: &[u8], output: &mut Erased) -> Result<(), Error> {
         let Some(slot) = output.downcast_mut::<Option<C::Output>>() else {
             return Err(erased::missing(C::NAME));
         };

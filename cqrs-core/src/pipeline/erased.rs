@@ -28,28 +28,28 @@ pub(crate) const HANDLE_INLINE: usize = 1024;
 pub(crate) type HandleFuture<'a> = StackFuture<'a, Result<(), Error>, HANDLE_INLINE>;
 
 /// A message or output slot (`Option<M>`, `Option<M::Output>`), or a message (`&M`).
-pub(crate) type Slot = dyn Any + Send + Sync;
+pub(crate) type Erased = dyn Any + Send + Sync;
 
 /// The message to hand a handler: the last attempt takes it from the slot, the others clone it.
-pub(crate) fn message_for<M: Clone + 'static>(slot: &mut Slot, last: bool) -> Option<M> {
+pub(crate) fn message_for<M: Clone + 'static>(slot: &mut Erased, last: bool) -> Option<M> {
     let slot = slot.downcast_mut::<Option<M>>()?;
     if last { slot.take() } else { slot.clone() }
 }
 
 /// The message in a slot, as `&M`.
-pub(crate) fn peek<M: Send + Sync + 'static>(slot: &Slot) -> Option<&Slot> {
+pub(crate) fn peek<M: Send + Sync + 'static>(slot: &Erased) -> Option<&Erased> {
     let message = slot.downcast_ref::<Option<M>>()?.as_ref()?;
     Some(message)
 }
 
 /// A copy of a message slot (`Option<M>`), for middleware to look at while the handler owns
 /// the original.
-pub(crate) fn clone_message<M: Clone + Send + Sync + 'static>(slot: &Slot) -> Box<Slot> {
+pub(crate) fn clone_message<M: Clone + Send + Sync + 'static>(slot: &Erased) -> Box<Erased> {
     Box::new(slot.downcast_ref::<Option<M>>().cloned().flatten())
 }
 
 /// A message behind `&dyn Any`, as `&M`.
-pub(crate) fn message<M: crate::Message>(message: &Slot) -> Result<&M, Error> {
+pub(crate) fn message<M: crate::Message>(message: &Erased) -> Result<&M, Error> {
     message.downcast_ref::<M>().ok_or_else(|| missing(M::NAME))
 }
 

@@ -7,7 +7,7 @@ use std::any::Any;
 use std::marker::PhantomData;
 use std::pin::pin;
 
-use super::{DispatchFuture, Guarded, Layers, guard_panic, retry, timeout, trace};
+use super::{CatchPanic, DispatchFuture, Layers, guard_panic, retry, timeout, trace};
 use crate::Error;
 use crate::context::EventContext;
 use crate::envelope::Metadata;
@@ -72,7 +72,7 @@ impl<E: Event, H: EventHandler<E>> EventPipe for EventPipeline<E, H> {
                     ..DispatchStats::default()
                 };
                 let fut = pin!(self.handler.handle(event, &mut cx));
-                let result = Guarded {
+                let result = CatchPanic {
                     handler: self.name,
                     span: span.as_ref(),
                     fut,

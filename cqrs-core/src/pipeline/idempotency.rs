@@ -266,7 +266,7 @@ impl IdempotencyLayer {
     /// (the output, serialized, or why it could not be); a repeat gets the stored reply.
     ///
     /// Not generic over the output type: the full path calls it with the output in a slot of
-    /// its own (see `pipeline/command/full.rs`), so there is one copy of this in a binary.
+    /// its own (see `pipeline/command/full_path.rs`), so there is one copy of this in a binary.
     pub(crate) async fn run<R, F, Fut>(
         &self,
         key: &IdempotencyKey,

@@ -26,7 +26,7 @@
 //!   (see [`erased`]), so that a crate with many handlers does not compile it once per handler.
 //!   Its future is boxed: one allocation, whatever the number of layers. A cached query is
 //!   first authorized, validated and looked up without any future when none of that awaits
-//!   (`query::full::early`): a cache hit allocates nothing either.
+//!   (`query::full_path::precheck`): a cache hit allocates nothing either.
 //!
 //! Layers that do I/O (transaction, idempotency store, publishing) box their own part, and only
 //! when they run, so they do not grow every dispatch's future.
@@ -202,13 +202,13 @@ fn panicked(handler: &'static str, payload: Box<dyn Any + Send>) -> Error {
 /// [`guard_panic`] for the lean paths, with the span entered too: one poll wrapper instead of
 /// three (`Either`, `Map`, `CatchUnwind`), around a future pinned where it lies, which is
 /// never moved (see [`trace::InSpan`]).
-pub(crate) struct Guarded<'a, F> {
+pub(crate) struct CatchPanic<'a, F> {
     pub(crate) handler: &'static str,
     pub(crate) span: Option<&'a tracing::Span>,
     pub(crate) fut: Pin<&'a mut F>,
 }
 
-impl<T, F: Future<Output = Result<T, Error>>> Future for Guarded<'_, F> {
+impl<T, F: Future<Output = Result<T, Error>>> Future for CatchPanic<'_, F> {
     type Output = Result<T, Error>;
 
     #[inline]

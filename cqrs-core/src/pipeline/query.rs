@@ -5,10 +5,10 @@
 //! other decorator, the bus no middleware and the envelope no deadline; every other dispatch
 //! takes the full path, boxed, in [`full`]: written once for all query handlers (see
 //! [`erased`](super::erased)). Before it, a cached query is authorized, validated and looked
-//! up without awaiting when nothing there needs to await ([`full::early`]): a refusal or a
+//! up without awaiting when nothing there needs to await ([`full_path::precheck`]): a refusal or a
 //! cache hit then builds no future.
 
-mod full;
+mod full_path;
 
 use std::future::Future;
 use std::marker::PhantomData;
@@ -19,11 +19,11 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tracing::Span;
 
-use self::full::{Checked, Early, ErasedQuery};
+use self::full_path::{Checked, ErasedQuery, Precheck};
 use super::authorize::AuthorizeLayer;
 use super::cache::{Answer, AnswerCodec, CacheLayer};
-use super::erased::{self, HandleFuture, Slot};
-use super::{DispatchFuture, Guarded, Layers, trace};
+use super::erased::{self, Erased, HandleFuture};
+use super::{CatchPanic, DispatchFuture, Layers, trace};
 use crate::context::QueryContext;
 use crate::envelope::{Envelope, Metadata};
 use crate::handler::QueryHandler;
@@ -65,21 +65,21 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipe<Q> for QueryPipeline<Q, H> {
             let Envelope { message, metadata } = env;
             let span = trace::lean_span(MessageKind::Query, Q::NAME, self.name, &metadata);
             let mut own = DispatchStats::default();
-            let early_stats = stats.as_deref_mut().unwrap_or(&mut own);
-            let early = {
+            let precheck_stats = stats.as_deref_mut().unwrap_or(&mut own);
+            let prechecked = {
                 let _entered = span.as_ref().map(Span::enter);
-                full::early(self, bus, &message, &metadata, early_stats)
+                full_path::precheck(self, bus, &message, &metadata, precheck_stats)
             };
-            let checked = match early {
-                Early::Done(result) => {
+            let checked = match prechecked {
+                Precheck::Done(result) => {
                     // Refused, or a cache hit: no future to build, nothing to box.
                     let result = result.and_then(unshare::<Q>);
                     let stats = stats.as_deref().unwrap_or(&own);
                     trace::finish_in(span.as_ref(), MessageKind::Query, Q::NAME, &result, stats);
                     return DispatchFuture::from_or_box(std::future::ready(result));
                 }
-                Early::Checked(checked) => Some(checked),
-                Early::Later => None,
+                Precheck::Checked(checked) => Some(checked),
+                Precheck::Later => None,
             };
             let full = self.full(bus, message, metadata, span, checked, stats);
             return DispatchFuture::from_or_box(full);
@@ -137,7 +137,7 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipeline<Q, H> {
                     stats.attempts = 1;
                     let fut = pin!(self.handler.handle(message, &cx));
                     let handler = self.name;
-                    Guarded {
+                    CatchPanic {
                         handler,
                         span: span.as_ref(),
                         fut,
@@ -150,7 +150,7 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipeline<Q, H> {
         }
     }
 
-    /// The full path: the typed ends of [`full::run`], which holds the layers.
+    /// The full path: the typed ends of [`full_path::run`], which holds the layers.
     #[allow(clippy::manual_async_fn)] // `async move`, not `async fn`: see `lean`
     fn full<'a>(
         &'a self,
@@ -167,7 +167,7 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipeline<Q, H> {
             let stats = stats.unwrap_or(&mut own);
             let mut output: Option<Q::Output> = None;
             {
-                let run = pin!(full::run(
+                let run = pin!(full_path::run(
                     self,
                     bus,
                     &mut message,
@@ -208,9 +208,9 @@ impl<Q: Query, H: QueryHandler<Q>> ErasedQuery for QueryPipeline<Q, H> {
 
     fn handle<'a>(
         &'a self,
-        message: &'a mut Slot,
+        message: &'a mut Erased,
         last: bool,
-        output: &'a mut Slot,
+        output: &'a mut Erased,
         cx: &'a QueryContext,
     ) -> Result<HandleFuture<'a>, Error> {
         let message = erased::message_for::<Q>(message, last);
@@ -224,19 +224,19 @@ impl<Q: Query, H: QueryHandler<Q>> ErasedQuery for QueryPipeline<Q, H> {
         Ok(HandleFuture::from_or_box(handled))
     }
 
-    fn peek<'s>(&self, message: &'s Slot) -> Option<&'s Slot> {
+    fn peek<'s>(&self, message: &'s Erased) -> Option<&'s Erased> {
         erased::peek::<Q>(message)
     }
 
-    fn validate(&self, message: &Slot) -> Result<(), Error> {
+    fn validate(&self, message: &Erased) -> Result<(), Error> {
         erased::message::<Q>(message)?.validate_message()
     }
 
-    fn clone_message(&self, message: &Slot) -> Box<Slot> {
+    fn clone_message(&self, message: &Erased) -> Box<Erased> {
         erased::clone_message::<Q>(message)
     }
 
-    fn share_output(&self, output: &mut Slot) -> Result<Answer, Error> {
+    fn share_output(&self, output: &mut Erased) -> Result<Answer, Error> {
         match output
             .downcast_mut::<Option<Q::Output>>()
             .and_then(Option::take)
@@ -246,7 +246,7 @@ impl<Q: Query, H: QueryHandler<Q>> ErasedQuery for QueryPipeline<Q, H> {
         }
     }
 
-    fn restore_output(&self, answer: Answer, output: &mut Slot) -> Result<(), Error> {
+    fn restore_output(&self, answer: Answer, output: &mut Erased) -> Result<(), Error> {
         let Some(slot) = output.downcast_mut::<Option<Q::Output>>() else {
             return Err(erased::missing(Q::NAME));
         };
@@ -266,7 +266,7 @@ fn unshare<Q: Query>(answer: Answer) -> Result<Q::Output, Error> {
 
 /// Serializing answers, for cache backends that store JSON.
 impl<Q: Query, H: QueryHandler<Q>> AnswerCodec for QueryPipeline<Q, H> {
-    fn encode(&self, answer: &Slot) -> Result<Vec<u8>, Error> {
+    fn encode(&self, answer: &Erased) -> Result<Vec<u8>, Error> {
         let answer = answer
             .downcast_ref::<Q::Output>()
             .ok_or_else(|| erased::missing(Q::NAME))?;

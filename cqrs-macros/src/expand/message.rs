@@ -157,7 +157,7 @@ fn expand(
         quote!(#p::generic_slot::<Self>(#kind_tokens))
     } else {
         quote! {
-            static __CQRS_SLOT: #p::Slot = #p::Slot::new(#kind_tokens);
+            static __CQRS_SLOT: #p::MessageIndex = #p::MessageIndex::new(#kind_tokens);
             __CQRS_SLOT.get()
         }
     };

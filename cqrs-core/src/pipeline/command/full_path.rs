@@ -6,10 +6,12 @@
 
 use std::pin::pin;
 
-use super::super::erased::{HandleFuture, Slot, missing};
+use super::super::erased::{Erased, HandleFuture, missing};
 use super::super::idempotency::{IdempotencyKey, Outcome};
 use super::super::trace::InSpan;
-use super::super::{Guarded, Layers, publish, retry, timeout, trace, transaction, with_middleware};
+use super::super::{
+    CatchPanic, Layers, publish, retry, timeout, trace, transaction, with_middleware,
+};
 use crate::Error;
 use crate::context::CommandContext;
 use crate::envelope::{Metadata, Principal};
@@ -31,32 +33,32 @@ pub(crate) trait ErasedCommand: Send + Sync {
     /// clone it. A success writes `output`. An error means an empty or mistyped slot.
     fn handle<'a>(
         &'a self,
-        message: &'a mut Slot,
+        message: &'a mut Erased,
         last: bool,
-        output: &'a mut Slot,
+        output: &'a mut Erased,
         cx: &'a mut CommandContext,
     ) -> Result<HandleFuture<'a>, Error>;
     /// The message in the slot, as `&C` (for authorization, validation, middleware).
-    fn peek<'s>(&self, message: &'s Slot) -> Option<&'s Slot>;
-    fn validate(&self, message: &Slot) -> Result<(), Error>;
+    fn peek<'s>(&self, message: &'s Erased) -> Option<&'s Erased>;
+    fn validate(&self, message: &Erased) -> Result<(), Error>;
     /// The fingerprint of the message, for idempotency.
-    fn fingerprint(&self, message: &Slot) -> Result<String, Error>;
+    fn fingerprint(&self, message: &Erased) -> Result<String, Error>;
     /// A copy of the message slot, for middleware to look at while the handler owns the message.
-    fn clone_message(&self, message: &Slot) -> Box<Slot>;
+    fn clone_message(&self, message: &Erased) -> Box<Erased>;
     /// The command as JSON, for middleware.
-    fn to_json(&self) -> fn(&Slot) -> Option<serde_json::Value>;
+    fn to_json(&self) -> fn(&Erased) -> Option<serde_json::Value>;
     /// The output in the slot, serialized: the reply an idempotency store keeps.
-    fn encode_output(&self, output: &Slot) -> Result<Vec<u8>, Error>;
+    fn encode_output(&self, output: &Erased) -> Result<Vec<u8>, Error>;
     /// Writes a stored reply into the output slot.
-    fn decode_output(&self, reply: &[u8], output: &mut Slot) -> Result<(), Error>;
+    fn decode_output(&self, reply: &[u8], output: &mut Erased) -> Result<(), Error>;
 }
 
 /// The full path. Layers 1 and 2.
 pub(crate) async fn run(
     pipe: &dyn ErasedCommand,
     bus: &Runtime,
-    message: &mut Slot,
-    output: &mut Slot,
+    message: &mut Erased,
+    output: &mut Erased,
     metadata: Metadata,
     stats: &mut DispatchStats,
 ) -> Result<(), Error> {
@@ -110,8 +112,8 @@ pub(crate) async fn run(
 async fn guarded(
     pipe: &dyn ErasedCommand,
     bus: &Runtime,
-    message: &mut Slot,
-    output: &mut Slot,
+    message: &mut Erased,
+    output: &mut Erased,
     cx: &mut CommandContext,
     stats: &mut DispatchStats,
 ) -> Result<(), Error> {
@@ -158,8 +160,8 @@ pub(crate) async fn after(
 async fn checked(
     pipe: &dyn ErasedCommand,
     bus: &Runtime,
-    message: &mut Slot,
-    output: &mut Slot,
+    message: &mut Erased,
+    output: &mut Erased,
     cx: &mut CommandContext,
     stats: &mut DispatchStats,
 ) -> Result<Vec<EmittedEvent>, Error> {
@@ -193,8 +195,8 @@ async fn idempotent(
     pipe: &dyn ErasedCommand,
     bus: &Runtime,
     key: IdempotencyKey,
-    message: &mut Slot,
-    output: &mut Slot,
+    message: &mut Erased,
+    output: &mut Erased,
     cx: &mut CommandContext,
     stats: &mut DispatchStats,
 ) -> Result<Vec<EmittedEvent>, Error> {
@@ -237,8 +239,8 @@ async fn attempts(
     pipe: &dyn ErasedCommand,
     bus: &Runtime,
     key: Option<&IdempotencyKey>,
-    message: &mut Slot,
-    output: &mut Slot,
+    message: &mut Erased,
+    output: &mut Erased,
     cx: &mut CommandContext,
     stats: &mut DispatchStats,
 ) -> Result<Vec<EmittedEvent>, Error> {
@@ -259,20 +261,20 @@ async fn attempt(
     pipe: &dyn ErasedCommand,
     bus: &Runtime,
     key: Option<&IdempotencyKey>,
-    message: &mut Slot,
+    message: &mut Erased,
     last: bool,
-    output: &mut Slot,
+    output: &mut Erased,
     cx: &mut CommandContext,
 ) -> Result<Vec<EmittedEvent>, Error> {
     let handler = pipe.handler_name();
     match &pipe.layers().transaction {
-        // The handler's future is pinned where it is built and polled through `Guarded`,
+        // The handler's future is pinned where it is built and polled through `CatchPanic`,
         // which borrows it: handing it to a wrapper by value would keep it twice in the future.
         None => {
             {
                 let fut = pin!(pipe.handle(message, last, output, cx)?);
                 let span = None;
-                Guarded { handler, span, fut }.await?;
+                CatchPanic { handler, span, fut }.await?;
             }
             Ok(std::mem::take(&mut cx.events))
         }
@@ -283,7 +285,7 @@ async fn attempt(
                 let result = {
                     let fut = pin!(pipe.handle(message, last, &mut *output, cx)?);
                     let span = None;
-                    Guarded { handler, span, fut }.await
+                    CatchPanic { handler, span, fut }.await
                 };
                 let reply = || pipe.encode_output(output);
                 transaction::finish(layer, bus, cx, key, result, reply).await

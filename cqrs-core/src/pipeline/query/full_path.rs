@@ -8,9 +8,9 @@ use std::pin::pin;
 
 use super::super::authorize::AuthorizeLayer;
 use super::super::cache::{Answer, AnswerCodec, CacheLayer};
-use super::super::erased::{HandleFuture, Slot, missing};
+use super::super::erased::{Erased, HandleFuture, missing};
 use super::super::trace::InSpan;
-use super::super::{Guarded, Layers, retry, timeout, trace, with_middleware};
+use super::super::{CatchPanic, Layers, retry, timeout, trace, with_middleware};
 use crate::Error;
 use crate::context::QueryContext;
 use crate::envelope::{Metadata, Principal};
@@ -33,25 +33,25 @@ pub(crate) trait ErasedQuery: AnswerCodec {
     /// clone it. A success writes `output`. An error means an empty or mistyped slot.
     fn handle<'a>(
         &'a self,
-        message: &'a mut Slot,
+        message: &'a mut Erased,
         last: bool,
-        output: &'a mut Slot,
+        output: &'a mut Erased,
         cx: &'a QueryContext,
     ) -> Result<HandleFuture<'a>, Error>;
     /// The message in the slot, as `&Q`.
-    fn peek<'s>(&self, message: &'s Slot) -> Option<&'s Slot>;
-    fn validate(&self, message: &Slot) -> Result<(), Error>;
+    fn peek<'s>(&self, message: &'s Erased) -> Option<&'s Erased>;
+    fn validate(&self, message: &Erased) -> Result<(), Error>;
     /// A copy of the message slot, for middleware to look at while the handler owns the message.
-    fn clone_message(&self, message: &Slot) -> Box<Slot>;
+    fn clone_message(&self, message: &Erased) -> Box<Erased>;
     /// Takes the output out of its slot, shared: what the cache hands around.
-    fn share_output(&self, output: &mut Slot) -> Result<Answer, Error>;
+    fn share_output(&self, output: &mut Erased) -> Result<Answer, Error>;
     /// Puts an answer in the output slot: moved out when nothing else holds it, cloned if the
     /// cache (or another caller) does.
-    fn restore_output(&self, answer: Answer, output: &mut Slot) -> Result<(), Error>;
+    fn restore_output(&self, answer: Answer, output: &mut Erased) -> Result<(), Error>;
 }
 
-/// What a dispatch of a cached query settled before building any future (see [`early`]).
-pub(crate) enum Early {
+/// What a dispatch of a cached query settled before building any future (see [`precheck`]).
+pub(crate) enum Precheck {
     /// The dispatch is over: refused by layer 4 or 5, or answered by a cache hit.
     Done(Result<Answer, Error>),
     /// Authorized and valid; the full path goes on at the cache (layer 7).
@@ -61,7 +61,7 @@ pub(crate) enum Early {
     Later,
 }
 
-/// A query that [`early`] authorized and validated, and its cache key.
+/// A query that [`precheck`] authorized and validated, and its cache key.
 #[derive(Clone, Copy)]
 pub(crate) struct Checked {
     key: u128,
@@ -78,50 +78,50 @@ pub(crate) struct Checked {
 /// no attempt runs (layer 8), and a deadline (layer 3) is not reached by a dispatch that never
 /// awaits, as inside `tokio::time::timeout_at`, which polls its future before the clock.
 /// Refusals and hits are the same, and reported the same, as on the full path.
-pub(crate) fn early(
+pub(crate) fn precheck(
     pipe: &dyn ErasedQuery,
     bus: &Runtime,
-    query: &Slot,
+    query: &Erased,
     metadata: &Metadata,
     stats: &mut DispatchStats,
-) -> Early {
+) -> Precheck {
     let Some(cache) = pipe.cache() else {
-        return Early::Later;
+        return Precheck::Later;
     };
     if !bus.middleware(MessageKind::Query).is_empty() {
-        return Early::Later;
+        return Precheck::Later;
     }
     // Layer 4 as the lean paths run it: only a check that needs no resource policy.
     let authorize = pipe.layers().authorize.as_ref();
     if !AuthorizeLayer::is_lean(authorize) {
-        return Early::Later;
+        return Precheck::Later;
     }
     if let Err(error) = AuthorizeLayer::check_lean(authorize, pipe.message_name(), metadata) {
-        return Early::Done(Err(error));
+        return Precheck::Done(Err(error));
     }
     if let Err(error) = pipe.validate(query) {
-        return Early::Done(Err(error));
+        return Precheck::Done(Err(error));
     }
     let key = cache.key(query, metadata.principal().map(Principal::id));
     stats.cached = true;
     match cache.peek(pipe.codec(), key) {
         Some(Some(hit)) => {
             stats.cache_hit = true;
-            Early::Done(Ok(hit))
+            Precheck::Done(Ok(hit))
         }
-        Some(None) => Early::Checked(Checked { key, looked: true }),
-        None => Early::Checked(Checked { key, looked: false }),
+        Some(None) => Precheck::Checked(Checked { key, looked: true }),
+        None => Precheck::Checked(Checked { key, looked: false }),
     }
 }
 
 /// The full path. Layers 1 and 2. `span` is the dispatch's (see [`trace::lean_span`]);
-/// `checked`, what [`early`] already did.
+/// `checked`, what [`precheck`] already did.
 #[allow(clippy::too_many_arguments)] // one caller, `QueryPipeline::full`, which owns them all
 pub(crate) async fn run(
     pipe: &dyn ErasedQuery,
     bus: &Runtime,
-    message: &mut Slot,
-    output: &mut Slot,
+    message: &mut Erased,
+    output: &mut Erased,
     metadata: Metadata,
     span: Option<tracing::Span>,
     checked: Option<Checked>,
@@ -170,12 +170,12 @@ pub(crate) async fn run(
     result
 }
 
-/// Layers 3 to 7 (4 and 5 skipped when [`early`] `checked` them).
+/// Layers 3 to 7 (4 and 5 skipped when [`precheck`] `checked` them).
 async fn guarded(
     pipe: &dyn ErasedQuery,
     bus: &Runtime,
-    message: &mut Slot,
-    output: &mut Slot,
+    message: &mut Erased,
+    output: &mut Erased,
     cx: &QueryContext,
     checked: Option<Checked>,
     stats: &mut DispatchStats,
@@ -222,13 +222,13 @@ async fn guarded(
 /// Layers 8 and 10.
 async fn attempts(
     pipe: &dyn ErasedQuery,
-    message: &mut Slot,
-    output: &mut Slot,
+    message: &mut Erased,
+    output: &mut Erased,
     cx: &QueryContext,
     attempts: &mut u32,
 ) -> Result<(), Error> {
     // The handler's future (up to `HANDLE_INLINE` bytes) is pinned where it is built and
-    // polled through `Guarded`, which borrows it: handing it to a wrapper by value would keep
+    // polled through `CatchPanic`, which borrows it: handing it to a wrapper by value would keep
     // it twice in this future. One loop, with or without `#[retry]`: two call sites would be
     // two pinned locals, which the compiler lays out side by side, not overlapping.
     let handler = pipe.handler_name();
@@ -237,7 +237,7 @@ async fn attempts(
         let last = tries.start();
         let fut = pin!(pipe.handle(message, last, &mut *output, cx)?);
         let span = None;
-        match (Guarded { handler, span, fut }).await {
+        match (CatchPanic { handler, span, fut }).await {
             Ok(()) => return Ok(()),
             Err(error) => tries.failed(error, last).await?,
         }

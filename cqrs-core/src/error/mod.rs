@@ -1,5 +1,13 @@
 //! The one error type of the bus, and its status.
 
+mod classify;
+mod status;
+
+pub use self::status::Status;
+
+pub(crate) use self::classify::ErrorClassifier;
+use self::classify::classify;
+
 use std::any::Any;
 use std::borrow::Cow;
 use std::error::Error as StdError;
@@ -8,95 +16,6 @@ use std::sync::Arc;
 
 /// The source of an [`Error`]: any standard error, shared so that errors can be cloned.
 pub type Source = Arc<dyn StdError + Send + Sync + 'static>;
-
-/// What kind of failure an [`Error`] is.
-///
-/// `#[retry(on = [..])]` and `#[transactional(rollback_on = [..])]` name these, and the `axum`
-/// feature maps them to HTTP statuses.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-#[non_exhaustive]
-pub enum Status {
-    /// The message broke a field rule (HTTP 422).
-    Validation,
-    /// No principal travelled with the message (HTTP 401).
-    Unauthenticated,
-    /// The principal lacks a permission or role, or a resource policy refused (HTTP 403).
-    Forbidden,
-    /// Something the message refers to does not exist (HTTP 404).
-    NotFound,
-    /// The message clashes with the current state: a version, a unique key, an idempotency key
-    /// reused with another payload (HTTP 409).
-    Conflict,
-    /// The deadline passed before the handler finished (HTTP 504).
-    Timeout,
-    /// A dependency is temporarily unreachable; trying again later may succeed (HTTP 503).
-    Unavailable,
-    /// A bug or an unexpected failure, including a panicking handler (HTTP 500).
-    Internal,
-    /// Nobody handles this message (HTTP 500: the bus was built without its handler).
-    NoHandler,
-}
-
-impl Status {
-    /// Every status, in declaration order.
-    pub const ALL: [Status; 9] = [
-        Status::Validation,
-        Status::Unauthenticated,
-        Status::Forbidden,
-        Status::NotFound,
-        Status::Conflict,
-        Status::Timeout,
-        Status::Unavailable,
-        Status::Internal,
-        Status::NoHandler,
-    ];
-
-    /// The status as it appears in logs and metrics, e.g. `"not_found"`.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Status::Validation => "validation",
-            Status::Unauthenticated => "unauthenticated",
-            Status::Forbidden => "forbidden",
-            Status::NotFound => "not_found",
-            Status::Conflict => "conflict",
-            Status::Timeout => "timeout",
-            Status::Unavailable => "unavailable",
-            Status::Internal => "internal",
-            Status::NoHandler => "no_handler",
-        }
-    }
-
-    /// The HTTP status code this status maps to.
-    pub const fn http_status(self) -> u16 {
-        match self {
-            Status::Validation => 422,
-            Status::Unauthenticated => 401,
-            Status::Forbidden => 403,
-            Status::NotFound => 404,
-            Status::Conflict => 409,
-            Status::Timeout => 504,
-            Status::Unavailable => 503,
-            Status::Internal | Status::NoHandler => 500,
-        }
-    }
-
-    /// Whether trying again may succeed without changing the message (`Unavailable`,
-    /// `Conflict`, `Timeout`).
-    pub const fn is_transient(self) -> bool {
-        matches!(
-            self,
-            Status::Unavailable | Status::Conflict | Status::Timeout
-        )
-    }
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// One failing field of a message that broke its validation rules.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -505,49 +424,6 @@ impl From<Error> for Box<dyn StdError + 'static> {
         Box::new(StdErrorAdapter(error))
     }
 }
-
-/// Picks the status of a foreign error: the first recognised error along its source chain.
-fn classify(error: &(dyn StdError + 'static)) -> Status {
-    let mut next: Option<&(dyn StdError + 'static)> = Some(error);
-    while let Some(e) = next {
-        if let Some(status) = classify_one(e) {
-            return status;
-        }
-        next = e.source();
-    }
-    Status::Internal
-}
-
-fn classify_one(e: &(dyn StdError + 'static)) -> Option<Status> {
-    if let Some(adapter) = e.downcast_ref::<StdErrorAdapter>() {
-        return Some(adapter.0.status());
-    }
-    if let Some(io) = e.downcast_ref::<std::io::Error>() {
-        use std::io::ErrorKind::*;
-        return match io.kind() {
-            ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected | BrokenPipe
-            | AddrNotAvailable | TimedOut | Interrupted | WouldBlock | UnexpectedEof
-            | HostUnreachable | NetworkUnreachable | NetworkDown => Some(Status::Unavailable),
-            // A missing file is the server's problem, not a missing resource the caller asked
-            // for: it stays `Internal` (and its detail out of HTTP responses).
-            _ => None,
-        };
-    }
-    if e.downcast_ref::<tokio::time::error::Elapsed>().is_some() {
-        return Some(Status::Timeout);
-    }
-    inventory::iter::<ErrorClassifier>
-        .into_iter()
-        .find_map(|classifier| (classifier.0)(e))
-}
-
-/// A backend's reading of its own errors (a database's connection failures are `Unavailable`,
-/// its unique violations `Conflict`, ..), registered with `inventory::submit!` beside the
-/// backend, so that this model knows no backend. Asked for each error along a foreign error's
-/// source chain, after the errors every backend shares (I/O, tokio's timeout).
-pub(crate) struct ErrorClassifier(pub(crate) fn(&(dyn StdError + 'static)) -> Option<Status>);
-
-inventory::collect!(ErrorClassifier);
 
 /// Turns a caught panic payload into an `Internal` error naming what panicked.
 pub(crate) fn from_panic(what: &str, payload: Box<dyn Any + Send>) -> Error {
