@@ -46,6 +46,13 @@
 //! Start with [the guide](crate::guide): it walks from a first command to a transactional,
 //! cached, authorized handler. The pipeline's layers and their order are in
 //! [`pipeline_order`].
+//!
+//! Inside, the crate is a stack of layers, each using only those below it: the message model
+//! (messages, envelope, error), what handlers implement and receive (handler traits, contexts,
+//! dependency injection, the event store model), the pipeline (one module per layer, and the
+//! runtime a built bus holds), the registry of declared handlers, the bus (builder, checks,
+//! dispatch), and on top the backends (SQLite, PostgreSQL), which implement traits the layers
+//! define and add themselves through the builder. `ARCHITECTURE.md` in the repository draws it.
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![deny(unsafe_code)]
