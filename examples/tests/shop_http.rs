@@ -23,6 +23,7 @@ on_both_databases!(
     product_reads_are_cached_until_an_update,
     placed_order_reaches_the_projection,
     fifty_orders_for_the_last_ten_units,
+    fifty_concurrent_registrations_all_succeed,
     cancelled_order_puts_the_stock_back,
     metrics_are_served_for_prometheus,
 );
@@ -405,6 +406,36 @@ async fn placed_order_reaches_the_projection(shop: Shop) {
 
     let (_, product) = call(shop.http.get(shop.at(&format!("/products/{product}")))).await;
     assert_eq!(product["stock"], 17, "the order took the stock");
+}
+
+/// Serializable registrations of distinct emails clash inside PostgreSQL (serialization
+/// failures, `40001`): they are transient, retried with jittered backoff, and every one of the
+/// fifty ends with its user created.
+async fn fifty_concurrent_registrations_all_succeed(shop: Shop) {
+    let registrations = (0..50).map(|i| {
+        let shop = shop.clone();
+        tokio::spawn(async move {
+            call(
+                shop.http
+                    .post(shop.at("/users"))
+                    .bearer_auth(STAFF)
+                    .json(&json!({ "email": format!("crowd-{i}@example.com"), "name": "Crowd" })),
+            )
+            .await
+        })
+    });
+    for registration in registrations.collect::<Vec<_>>() {
+        let (status, body) = registration.await.unwrap();
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    assert_eq!(
+        shop.count(
+            "SELECT COUNT(*) FROM users WHERE email LIKE $1",
+            "crowd-%@example.com"
+        )
+        .await,
+        50
+    );
 }
 
 async fn fifty_orders_for_the_last_ten_units(shop: Shop) {

@@ -738,3 +738,63 @@ async fn sqlite_transaction_takes_the_write_lock_when_it_begins() {
     drop(bus);
     db.cleanup().await;
 }
+
+/// Write skew under SERIALIZABLE: each reads the total, waits until both have read, then
+/// inserts. PostgreSQL lets one commit and fails the other with a serialization failure.
+#[derive(Command, Debug, Clone, Serialize, Deserialize)]
+struct SkewedInsert {
+    name: String,
+}
+
+#[command_handler(SkewedInsert)]
+#[transactional(isolation = "serializable")]
+struct SkewedInsertHandler {
+    both_read: Arc<tokio::sync::Barrier>,
+}
+
+impl CommandHandler<SkewedInsert> for SkewedInsertHandler {
+    async fn handle(&self, cmd: SkewedInsert, cx: &mut CommandContext) -> Result<(), Error> {
+        let cqrs_core::AnyTx::Postgres(conn) = cx.any_tx()? else {
+            return Err(Error::internal("this test runs on PostgreSQL"));
+        };
+        let (_count,): (i64,) = cqrs_core::sqlx::query_as("SELECT COUNT(*) FROM things")
+            .fetch_one(&mut *conn)
+            .await?;
+        self.both_read.wait().await;
+        cqrs_core::sqlx::query("INSERT INTO things (name) VALUES ($1)")
+            .bind(&cmd.name)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// A serialization failure is transient: `Unavailable` (what `#[retry(on = [Unavailable])]`
+/// retries, and a 503 with `Retry-After` over HTTP), not a `Conflict` the caller must resolve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set CQRS_POSTGRES_URL"]
+async fn postgres_serialization_failure_is_unavailable() {
+    let db = TestDb::postgres().await;
+    db.execute("CREATE TABLE things (name TEXT PRIMARY KEY)")
+        .await;
+    let bus = db
+        .attach(Bus::builder().discover(false))
+        .register::<SkewedInsertHandler>()
+        .provide(Arc::new(tokio::sync::Barrier::new(2)))
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+    let send = |name: &str| {
+        let bus = bus.clone();
+        let name = name.to_owned();
+        tokio::spawn(async move { bus.send(SkewedInsert { name }).await })
+    };
+    let (a, b) = (send("a"), send("b"));
+    let results = [a.await.unwrap(), b.await.unwrap()];
+    let failures: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(failures.len(), 1, "{results:?}");
+    assert_eq!(failures[0].status(), Status::Unavailable, "{}", failures[0]);
+    assert_eq!(db.count("SELECT COUNT(*) FROM things").await, 1);
+    drop(bus);
+    db.cleanup().await;
+}

@@ -142,7 +142,7 @@ pub(crate) async fn finish(
 /// |---|---|---|
 /// | `ReadCommitted` | `READ COMMITTED` | `BEGIN IMMEDIATE` (SQLite is always serializable) |
 /// | `RepeatableRead` | `REPEATABLE READ` | `BEGIN IMMEDIATE` |
-/// | `Serializable` | `SERIALIZABLE` (a serialization failure is a `Conflict`, which `#[retry]` retries) | `BEGIN IMMEDIATE` |
+/// | `Serializable` | `SERIALIZABLE` (a serialization failure or a deadlock is a transient `Unavailable`, which `#[retry]` retries; when the attempts run out the caller gets `Unavailable`: a 503 with `Retry-After` over HTTP, not a 409) | `BEGIN IMMEDIATE` |
 ///
 /// SQLite runs one writer at a time, so every level is serializable there. The transaction takes
 /// the write lock when it begins (`BEGIN IMMEDIATE`) rather than at its first write: two writers

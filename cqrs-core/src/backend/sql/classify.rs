@@ -11,12 +11,14 @@ inventory::submit! {
     ErrorClassifier(|error: &(dyn StdError + 'static)| error.downcast_ref::<sqlx::Error>().and_then(classify))
 }
 
-/// The status of a database error: connection trouble is `Unavailable` (transient),
-/// serialization failures, deadlocks and unique violations are `Conflict` (retry may succeed,
-/// or the caller must know), a missing row is `NotFound`.
+/// The status of a database error: what is transient (the same request may succeed if sent
+/// again) is `Unavailable`, a unique violation is `Conflict` (the caller must change something),
+/// a missing row is `NotFound`.
 ///
 /// `Unavailable`, by database:
-/// - PostgreSQL: connection exceptions (class `08`), the server shutting down or restarting
+/// - PostgreSQL: a serialization failure (`40001`) or a deadlock (`40P01`), where the database
+///   itself says "retry the transaction"; connection exceptions (class `08`), the server
+///   shutting down or restarting
 ///   (`57P01`..`57P03`), too many connections (`53300`), a full disk (`53100`), out of memory
 ///   (`53200`), an I/O error (`58030`);
 /// - SQLite: the database busy or locked past the busy timeout (`SQLITE_BUSY`,
@@ -50,7 +52,7 @@ pub(crate) fn classify(error: &sqlx::Error) -> Option<Status> {
             }
             // PostgreSQL SQLSTATEs.
             if code == "40001" || code == "40P01" {
-                return Some(Status::Conflict);
+                return Some(Status::Unavailable);
             }
             if code.starts_with("08")
                 || matches!(
