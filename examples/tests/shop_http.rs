@@ -6,6 +6,7 @@ mod support;
 
 use std::time::Duration;
 
+use cqrs_examples::shop::Db;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::{Shop, eventually};
@@ -24,6 +25,7 @@ on_both_databases!(
     placed_order_reaches_the_projection,
     fifty_orders_for_the_last_ten_units,
     fifty_concurrent_registrations_all_succeed,
+    text_the_database_cannot_store_is_a_422,
     cancelled_order_puts_the_stock_back,
     metrics_are_served_for_prometheus,
 );
@@ -436,6 +438,25 @@ async fn fifty_concurrent_registrations_all_succeed(shop: Shop) {
         .await,
         50
     );
+}
+
+/// A NUL character passes JSON and validation, but PostgreSQL cannot store it in text: the
+/// request is at fault (422), not the server (500). SQLite stores it.
+async fn text_the_database_cannot_store_is_a_422(shop: Shop) {
+    let (status, body) = call(
+        shop.http
+            .post(shop.at("/users"))
+            .bearer_auth(STAFF)
+            .json(&json!({ "email": "nul@example.com", "name": "Nul\u{0}Byte" })),
+    )
+    .await;
+    if matches!(shop.db, Db::Postgres(_)) {
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["code"], "validation", "{body}");
+        assert!(!body.to_string().contains("0x00"), "no driver text: {body}");
+    } else {
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
 }
 
 async fn fifty_orders_for_the_last_ten_units(shop: Shop) {

@@ -393,6 +393,17 @@ where
             return Error::internal("an error was lost converting it");
         };
         let status = classify(&error);
+        if status == Status::Validation {
+            // A rule the database enforces on a value (text it cannot store). A validation
+            // error carries no source and its fields reach the client, so it says what is
+            // wrong in stable words; the driver's own text, which names internals, is logged.
+            tracing::debug!(target: "cqrs", error = %error, "the database refused a value");
+            return Error::validation([FieldError::new(
+                "",
+                "unstorable",
+                "contains a value the database cannot store, such as a NUL character",
+            )]);
+        }
         Error::new(status, error.to_string()).with_source(error)
     }
 }

@@ -13,7 +13,7 @@ inventory::submit! {
 
 /// The status of a database error: what is transient (the same request may succeed if sent
 /// again) is `Unavailable`, a unique violation is `Conflict` (the caller must change something),
-/// a missing row is `NotFound`.
+/// text PostgreSQL cannot store (a NUL character) is `Validation`, a missing row is `NotFound`.
 ///
 /// `Unavailable`, by database:
 /// - PostgreSQL: a serialization failure (`40001`) or a deadlock (`40P01`), where the database
@@ -53,6 +53,12 @@ pub(crate) fn classify(error: &sqlx::Error) -> Option<Status> {
             // PostgreSQL SQLSTATEs.
             if code == "40001" || code == "40P01" {
                 return Some(Status::Unavailable);
+            }
+            // Text the database cannot store (a NUL character in UTF-8 text, `22021`; a
+            // character the encoding lacks, `22P05`): the request is at fault, as with a field
+            // rule, not the server.
+            if code == "22021" || code == "22P05" {
+                return Some(Status::Validation);
             }
             if code.starts_with("08")
                 || matches!(
