@@ -365,6 +365,59 @@ on_both!(
     failed_delivery_is_retried_with_the_same_id
 );
 
+/// After an inline delivery fails, the row is given back for a retry within about a second,
+/// not held for the dispatch's whole lease (an hour here): a read model fed by the event
+/// catches up in seconds after a transient failure.
+async fn failed_inline_delivery_is_retried_soon(db: &TestDb) {
+    setup(db).await;
+    let deliveries = Deliveries::default();
+    let bus = db
+        .attach(Bus::builder().discover(false))
+        .register::<CreateThingHandler>()
+        .register::<Flaky>()
+        .provide(deliveries.clone())
+        .provide(Arc::new(AtomicUsize::new(1)))
+        .outbox_relay(false)
+        .outbox_lease(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+    bus.send(create("soon", None)).await.unwrap();
+    assert_eq!(
+        deliveries.count.load(Ordering::SeqCst),
+        0,
+        "the first delivery failed"
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert_eq!(
+        db.count(&format!(
+            "SELECT COUNT(*) FROM cqrs_outbox WHERE delivered_at_ms IS NULL AND locked_until_ms < {}",
+            now_ms + 10_000
+        ))
+        .await,
+        1,
+        "the failed row is free again within seconds, not after the hour-long lease"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while deliveries.count.load(Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relay never delivered the event"
+        );
+        bus.relay_outbox().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(bus.pending_events().await.unwrap(), 0);
+}
+on_both!(
+    retry_soon_sqlite,
+    retry_soon_postgres,
+    failed_inline_delivery_is_retried_soon
+);
+
 async fn concurrent_writers_queue(db: &TestDb) {
     setup(db).await;
     let deliveries = Deliveries::default();

@@ -64,6 +64,7 @@ fn has_work(bus: &Runtime, emitted: &EmittedEvent) -> bool {
 
 async fn deliver_all(bus: &Runtime, events: Vec<EmittedEvent>, parent: &Metadata) {
     let mut delivered = Vec::new();
+    let mut failed = Vec::new();
     for emitted in &events {
         if emitted.stored && !bus.delivers_inline() {
             continue;
@@ -77,13 +78,29 @@ async fn deliver_all(bus: &Runtime, events: Vec<EmittedEvent>, parent: &Metadata
         }
         let metadata = event_metadata(emitted, parent);
         let failures = deliver(bus, &*emitted.event, &metadata).await;
-        if emitted.stored && failures.is_empty() {
-            delivered.push(emitted.id);
+        match failures.first() {
+            _ if !emitted.stored => {}
+            None => delivered.push(emitted.id),
+            Some((handler, error)) => failed.push((emitted.id, format!("`{handler}`: {error}"))),
         }
     }
     if !delivered.is_empty() {
         // Boxed: the database's futures are large, and most publishes have nothing to mark.
         Box::pin(mark_delivered(bus, &delivered)).await;
+    }
+    if !failed.is_empty() {
+        Box::pin(retry_soon(bus, &failed)).await;
+    }
+}
+
+/// Gives the rows whose delivery failed back to the relay, for a retry within about a second
+/// rather than when this dispatch's claim runs out (failures are logged: the claim still runs
+/// out, and the relay delivers them then).
+async fn retry_soon(runtime: &Runtime, failed: &[(uuid::Uuid, String)]) {
+    if let Some(database) = &runtime.stores.database
+        && let Err(error) = database.retry_soon(failed).await
+    {
+        tracing::warn!(target: "cqrs::outbox", error = %format_args!("{error:#}"), "could not give failed events back to the relay; it delivers them once their claim runs out");
     }
 }
 

@@ -33,6 +33,9 @@ pub(crate) trait TransactionalStore: Send + Sync + 'static {
     fn begin(&self, isolation: Isolation) -> BoxFuture<'_, Result<Box<dyn Transaction>, Error>>;
     /// Marks outbox rows delivered, after their events were delivered in the dispatch.
     fn mark_delivered<'a>(&'a self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<(), Error>>;
+    /// Gives back outbox rows whose delivery in the dispatch failed, for the relay to retry
+    /// after a short back-off (rather than once the dispatch's claim runs out).
+    fn retry_soon<'a>(&'a self, failed: &'a [(Uuid, String)]) -> BoxFuture<'a, Result<(), Error>>;
     /// The backend's own type, for its extensions (`bus.migrate()`, `cx.tx::<DB>()`).
     fn as_any(&self) -> &dyn Any;
 }

@@ -5,7 +5,9 @@
 //! A row written by a dispatch is *claimed* by it (`locked_until_ms` = now + lease), so the relay
 //! leaves it alone while the dispatch delivers it inline. If the process dies before delivering,
 //! the claim runs out and the relay of any process sharing the database delivers it. A failed
-//! delivery gives the row back with a growing back-off. Delivery is therefore at least once;
+//! delivery, in the dispatch or by the relay, gives the row back with a growing back-off (about a
+//! second the first time), so a transient failure delays a read model by seconds, not by the
+//! lease. Delivery is therefore at least once;
 //! event handlers get the event id (`cx.event_id()`) to recognise a redelivery.
 //!
 //! On PostgreSQL the "delivered" mark is committed asynchronously (`synchronous_commit = off`

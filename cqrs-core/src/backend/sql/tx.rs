@@ -44,6 +44,15 @@ impl TransactionalStore for SqlStore {
         Box::pin(outbox::mark_delivered(&self.db, ids))
     }
 
+    fn retry_soon<'a>(&'a self, failed: &'a [(Uuid, String)]) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            for (id, error) in failed {
+                outbox::defer(&self.db, *id, 0, error).await?;
+            }
+            Ok(())
+        })
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }
