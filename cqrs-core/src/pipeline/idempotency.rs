@@ -295,7 +295,7 @@ impl IdempotencyLayer {
                             match reply {
                                 Ok(bytes) => {
                                     if let Err(error) = self.store.complete_dyn(key, &bytes).await {
-                                        tracing::error!(target: "cqrs", command = key.scope, key = %key.key, %error,
+                                        tracing::error!(target: "cqrs", command = key.scope, key = ?key.key, %error,
                                             "the command succeeded but its reply could not be stored; a repeat may run it again");
                                     }
                                 }
