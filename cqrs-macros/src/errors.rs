@@ -1,4 +1,5 @@
-//! Collecting every mistake of one attribute before reporting (STYLE rule 3).
+//! Collecting every mistake of one attribute before reporting, so that one compile shows them
+//! all rather than one per attempt.
 
 use proc_macro2::{Span, TokenStream};
 use std::fmt::Display;

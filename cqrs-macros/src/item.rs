@@ -156,37 +156,6 @@ fn is_ours(attr: &Attribute) -> bool {
     })
 }
 
-/// Reports the attributes below `attribute` that clash with it (the same one again; a second
-/// handler attribute) and removes them, so that the clash is one error. The outermost attribute
-/// expands first and sees all the others.
-pub(crate) fn remove_clashing(item: &mut ItemStruct, attribute: &str, errors: &mut Errors) {
-    let is_handler = HANDLER_ATTRIBUTES.contains(&attribute);
-    item.attrs.retain(|attr| {
-        let Some(name) = attribute_name(attr) else {
-            return true;
-        };
-        if name == attribute {
-            let what = if is_handler {
-                "a struct is one handler; declare another struct for another message".to_owned()
-            } else {
-                format!("a handler takes each decorator once; put every option in one `#[{name}(..)]`")
-            };
-            errors.spanned(attr.path(), format!("duplicate `#[{name}]`: {what}"));
-            false
-        } else if is_handler && HANDLER_ATTRIBUTES.contains(&name.as_str()) {
-            errors.spanned(
-                attr.path(),
-                format!(
-                    "a struct is one handler: it cannot be both `#[{attribute}]` and `#[{name}]`; declare another struct"
-                ),
-            );
-            false
-        } else {
-            true
-        }
-    });
-}
-
 /// The option `name = ..` written in a handler attribute on `item`, if any (its name's token).
 pub(crate) fn handler_option(item: &ItemStruct, name: &str) -> Option<Ident> {
     item.attrs

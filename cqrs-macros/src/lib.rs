@@ -8,7 +8,9 @@
 #![warn(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+mod ast;
 mod attr;
+mod check;
 mod duration;
 mod errors;
 mod expand;
@@ -16,8 +18,13 @@ mod item;
 
 use proc_macro::TokenStream;
 
-use crate::expand::handler::HandlerKind;
-use crate::expand::message::MessageKind;
+use crate::ast::{
+    AuthorizeOptions, CacheOptions, HandlerKind, MessageKind, RetryOptions, TimeoutOption,
+    TransactionalOptions,
+};
+use crate::expand::decorator::decorator_attribute;
+use crate::expand::handler::handler_attribute;
+use crate::expand::message::derive_message;
 
 /// Declares a command: implements `Command`, registers the type, and wires validation.
 ///
@@ -36,7 +43,7 @@ use crate::expand::message::MessageKind;
 /// (`#[derive(validator::Validate)]` and `#[validate(..)]`) are checked before the handler runs.
 #[proc_macro_derive(Command, attributes(command))]
 pub fn derive_command(input: TokenStream) -> TokenStream {
-    expand::message::derive(input.into(), MessageKind::Command)
+    derive_message(input.into(), MessageKind::Command)
         .unwrap_or_else(syn::Error::into_compile_error)
         .into()
 }
@@ -47,7 +54,7 @@ pub fn derive_command(input: TokenStream) -> TokenStream {
 /// (`#[cached_query]` on its handler) is usually `Hash + Eq` too.
 #[proc_macro_derive(Query, attributes(query))]
 pub fn derive_query(input: TokenStream) -> TokenStream {
-    expand::message::derive(input.into(), MessageKind::Query)
+    derive_message(input.into(), MessageKind::Query)
         .unwrap_or_else(syn::Error::into_compile_error)
         .into()
 }
@@ -55,7 +62,7 @@ pub fn derive_query(input: TokenStream) -> TokenStream {
 /// Declares an event: `#[derive(Event)]`. Option, in `#[event(..)]`: `name = ".."`.
 #[proc_macro_derive(Event, attributes(event))]
 pub fn derive_event(input: TokenStream) -> TokenStream {
-    expand::message::derive(input.into(), MessageKind::Event)
+    derive_message(input.into(), MessageKind::Event)
         .unwrap_or_else(syn::Error::into_compile_error)
         .into()
 }
@@ -78,7 +85,7 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 /// (`#[authorize]`, `#[retry]`, `#[timeout]`, `#[transactional]`) go above or below it.
 #[proc_macro_attribute]
 pub fn command_handler(args: TokenStream, input: TokenStream) -> TokenStream {
-    expand::handler::expand(args.into(), input.into(), HandlerKind::Command).into()
+    handler_attribute(args.into(), input.into(), HandlerKind::Command).into()
 }
 
 /// Declares the handler of a query: `#[query_handler(GetUser)]`. Option: `timeout = ".."`.
@@ -87,7 +94,7 @@ pub fn command_handler(args: TokenStream, input: TokenStream) -> TokenStream {
 /// Decorators: `#[cached_query]`, `#[authorize]`, `#[retry]`, `#[timeout]`.
 #[proc_macro_attribute]
 pub fn query_handler(args: TokenStream, input: TokenStream) -> TokenStream {
-    expand::handler::expand(args.into(), input.into(), HandlerKind::Query).into()
+    handler_attribute(args.into(), input.into(), HandlerKind::Query).into()
 }
 
 /// Declares a handler of an event (an event has any number): `#[event_handler(UserRegistered)]`.
@@ -95,7 +102,7 @@ pub fn query_handler(args: TokenStream, input: TokenStream) -> TokenStream {
 /// `#[retry]`, `#[timeout]`.
 #[proc_macro_attribute]
 pub fn event_handler(args: TokenStream, input: TokenStream) -> TokenStream {
-    expand::handler::expand(args.into(), input.into(), HandlerKind::Event).into()
+    handler_attribute(args.into(), input.into(), HandlerKind::Event).into()
 }
 
 /// Requires a principal, permissions, roles, or a resource policy's consent:
@@ -105,7 +112,7 @@ pub fn event_handler(args: TokenStream, input: TokenStream) -> TokenStream {
 /// handed to the bus's resource policy.
 #[proc_macro_attribute]
 pub fn authorize(args: TokenStream, input: TokenStream) -> TokenStream {
-    expand::authorize::expand(args.into(), input.into()).into()
+    decorator_attribute::<AuthorizeOptions>(args.into(), input.into()).into()
 }
 
 /// Caches a query handler's answers:
@@ -114,22 +121,25 @@ pub fn authorize(args: TokenStream, input: TokenStream) -> TokenStream {
 /// On query handlers only. The key is the whole query (which must be `Hash`) unless `vary_by`
 /// names the fields that make it, and the caller: answers are kept per principal (anonymous
 /// callers share one scope), since a handler may read `cx.principal()`. `public` declares the
-/// answer the same for every caller, so that all of them share one cached answer. `ttl`
-/// defaults to one minute.
+/// answer the same for every caller, so that all of them share one cached answer. Options left
+/// out take the runtime's defaults: `ttl` is `CacheSpec::DEFAULT_TTL` (one minute),
+/// `max_entries` is `CacheSpec::DEFAULT_MAX_ENTRIES`.
 #[proc_macro_attribute]
 pub fn cached_query(args: TokenStream, input: TokenStream) -> TokenStream {
-    expand::cached_query::expand(args.into(), input.into()).into()
+    decorator_attribute::<CacheOptions>(args.into(), input.into()).into()
 }
 
 /// Retries transient failures:
 /// `#[retry(max_attempts = 3, delay = "50ms", backoff = 2.0, max_delay = "1s", jitter = true, on = [Conflict, Unavailable])]`.
 ///
-/// `max_attempts` counts the first attempt (at least 1); `backoff` is at least 1.0; `jitter`
-/// is `true` (half of each delay random) or a fraction; `on` lists statuses (default
-/// `Conflict`, `Unavailable`), never `Validation` or `NoHandler`, which a retry cannot change.
+/// `max_attempts` counts the first attempt (at least 1; default
+/// `RetryLayer::DEFAULT_MAX_ATTEMPTS`, 3); `backoff` is at least 1.0; `jitter` is `true`
+/// (`RetryLayer::DEFAULT_JITTER`: half of each delay random) or a fraction; `on` lists statuses
+/// (default `RetryLayer::DEFAULT_ON`: `Conflict`, `Unavailable`), never `Validation` or
+/// `NoHandler`, which a retry cannot change.
 #[proc_macro_attribute]
 pub fn retry(args: TokenStream, input: TokenStream) -> TokenStream {
-    expand::retry::expand(args.into(), input.into()).into()
+    decorator_attribute::<RetryOptions>(args.into(), input.into()).into()
 }
 
 /// The handler's overall deadline, retries included: `#[timeout("2s")]`, the same as the
@@ -137,7 +147,7 @@ pub fn retry(args: TokenStream, input: TokenStream) -> TokenStream {
 /// `ms`, `s`, `m`, `h`, `d`, as in `"250ms"` or `"1m30s"`.
 #[proc_macro_attribute]
 pub fn timeout(args: TokenStream, input: TokenStream) -> TokenStream {
-    expand::timeout::expand(args.into(), input.into()).into()
+    decorator_attribute::<TimeoutOption>(args.into(), input.into()).into()
 }
 
 /// Runs a command handler in a database transaction:
@@ -148,5 +158,5 @@ pub fn timeout(args: TokenStream, input: TokenStream) -> TokenStream {
 /// error).
 #[proc_macro_attribute]
 pub fn transactional(args: TokenStream, input: TokenStream) -> TokenStream {
-    expand::transactional::expand(args.into(), input.into()).into()
+    decorator_attribute::<TransactionalOptions>(args.into(), input.into()).into()
 }

@@ -38,6 +38,16 @@ impl RetryLayer {
     /// The statuses retried when `on` is not given.
     pub const DEFAULT_ON: &'static [Status] = &[Status::Unavailable, Status::Conflict];
 
+    /// The most attempts, the first included, when `max_attempts` is not given.
+    pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+    /// The random fraction of each delay that `jitter = true` stands for.
+    pub const DEFAULT_JITTER: f64 = 0.5;
+
+    /// `#[retry]` with no options: [`RetryLayer::DEFAULT_MAX_ATTEMPTS`] attempts, no delay, on
+    /// [`RetryLayer::DEFAULT_ON`].
+    pub const DEFAULT: RetryLayer = RetryLayer::new(Self::DEFAULT_MAX_ATTEMPTS);
+
     /// Up to `max_attempts` attempts in all (at least 1), no delay, on the default statuses.
     pub const fn new(max_attempts: u32) -> Self {
         RetryLayer {
@@ -68,7 +78,8 @@ impl RetryLayer {
         self
     }
 
-    /// The fraction of each delay that is random (0.0 to 1.0; `true` in the attribute is 0.5).
+    /// The fraction of each delay that is random (0.0 to 1.0; `true` in the attribute is
+    /// [`RetryLayer::DEFAULT_JITTER`]).
     pub const fn jitter(mut self, fraction: f64) -> Self {
         self.jitter = if fraction < 0.0 {
             0.0
@@ -187,6 +198,12 @@ impl<'a> Attempts<'a> {
             }
             _ => Err(error),
         }
+    }
+}
+
+impl Default for RetryLayer {
+    fn default() -> Self {
+        RetryLayer::DEFAULT
     }
 }
 

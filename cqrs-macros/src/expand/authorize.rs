@@ -2,45 +2,43 @@
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
+use syn::ItemStruct;
 
-use crate::attr::{Kind, Leading, opt};
-use crate::expand::call_site;
-use crate::expand::decorator::{Decorator, Generated};
+use crate::ast::AuthorizeOptions;
+use crate::attr::{Args, Spec};
+use crate::check;
+use crate::errors::Errors;
+use crate::expand::decorator::{DecoratorAttribute, Generated, Handler};
+use crate::expand::tokens::call_site;
 
-pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
-    let specs = [
-        opt("permissions", Kind::Strs),
-        opt("roles", Kind::Strs),
-        opt("resource", Kind::Ident),
-        opt("admin_override", Kind::Flag),
-    ];
-    let decorator = Decorator {
-        attribute: "authorize",
-        accepts: "AcceptsAuthorize",
-        leading: Leading::Nothing,
-        specs: &specs,
-    };
-    decorator.expand(args, input, |args, handler, errors| {
+impl DecoratorAttribute for AuthorizeOptions {
+    const ATTRIBUTE: &'static str = AuthorizeOptions::ATTRIBUTE;
+    const ACCEPTS: &'static str = "AcceptsAuthorize";
+    const SPECS: &'static [Spec] = AuthorizeOptions::SPECS;
+
+    fn read(args: Args, _errors: &mut Errors) -> Option<Self> {
+        Some(AuthorizeOptions::from_args(args))
+    }
+
+    fn check(&mut self, _item: &ItemStruct, errors: &mut Errors) {
+        check::authorize(self, errors);
+    }
+
+    fn generate(&self, handler: &Handler<'_>) -> Generated {
         let p = quote!(::cqrs_core::__private);
         let mut layer = quote!(#p::AuthorizeLayer::new());
-        for option in ["permissions", "roles"] {
-            let Some(list) = args.strs(option) else {
-                continue;
-            };
-            for s in &list {
-                if s.value().trim().is_empty() {
-                    errors.spanned(s, format!("an empty string in `{option}` can never match"));
-                }
-            }
-            let method = syn::Ident::new(option, proc_macro2::Span::call_site());
-            layer = quote!(#layer.#method(&[#(#list),*]));
+        if let Some(list) = &self.permissions {
+            layer = quote!(#layer.permissions(&[#(#list),*]));
+        }
+        if let Some(list) = &self.roles {
+            layer = quote!(#layer.roles(&[#(#list),*]));
         }
         let mut items = TokenStream::new();
-        if let Some(field) = args.ident("resource") {
+        if let Some(field) = &self.resource {
             let message = handler.message();
             // The field access is spanned on the user's field name: a typo reads
             // "no field `ownr` on type `DeleteDocument`" right under it. `message` is not (see
-            // `expand::call_site`).
+            // `tokens::call_site`).
             let message_var = call_site("message");
             let access = quote_spanned!(field.span()=> ::cqrs_core::__private::resource_id(&(*#message_var).#field));
             let name = field.to_string();
@@ -52,12 +50,12 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
             };
             layer = quote!(#layer.resource(#p::ResourceField::new(#name, __cqrs_resource_id)));
         }
-        if let Some((true, _)) = args.bool("admin_override") {
+        if self.admin_override {
             layer = quote!(#layer.admin_override());
         }
-        Some(Generated {
+        Generated {
             items,
             decorator: quote!(#p::Decorator::Authorize(#layer)),
-        })
-    })
+        }
+    }
 }

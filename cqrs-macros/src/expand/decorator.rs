@@ -1,13 +1,35 @@
-//! What every decorator attribute shares: parse its options, check the struct it is on, and
-//! register its configuration for that handler type (the runtime does the rest).
+//! What every decorator attribute shares: read its options, check them and the struct it is on,
+//! and register its configuration for that handler type (the runtime does the rest).
 
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, quote, quote_spanned};
 use syn::{Ident, ItemStruct};
 
 use crate::attr::{self, Args, Leading, Spec};
+use crate::check;
 use crate::errors::Errors;
 use crate::item::{self, Target};
+
+/// A decorator attribute's typed options, and how to check and generate them.
+pub(crate) trait DecoratorAttribute: Sized {
+    /// Its name, as written in `#[name(..)]`.
+    const ATTRIBUTE: &'static str;
+    /// The `__private` trait the handler attributes implement for the structs it may go on.
+    const ACCEPTS: &'static str;
+    /// What its arguments start with.
+    const LEADING: Leading = Leading::Nothing;
+    /// Its options.
+    const SPECS: &'static [Spec] = &[];
+
+    /// Reads the options (`crate::ast`); `None` when nothing can be generated.
+    fn read(args: Args, errors: &mut Errors) -> Option<Self>;
+
+    /// Checks the options and how they go with the struct (`crate::check`).
+    fn check(&mut self, item: &ItemStruct, errors: &mut Errors);
+
+    /// The code: an expression of type `Decorator`, and the items it uses.
+    fn generate(&self, handler: &Handler<'_>) -> Generated;
+}
 
 /// What a decorator generates besides the registration.
 pub(crate) struct Generated {
@@ -17,53 +39,42 @@ pub(crate) struct Generated {
     pub(crate) decorator: TokenStream,
 }
 
-/// A decorator attribute.
-pub(crate) struct Decorator<'a> {
-    /// Its name, as written in `#[name(..)]`.
-    pub(crate) attribute: &'static str,
-    /// The `__private` trait the handler attributes implement for the structs it may go on.
-    pub(crate) accepts: &'static str,
-    /// What its arguments start with.
-    pub(crate) leading: Leading,
-    /// Its options.
-    pub(crate) specs: &'a [Spec],
-}
-
-impl Decorator<'_> {
-    pub(crate) fn expand(
-        &self,
-        args: TokenStream,
-        input: TokenStream,
-        build: impl FnOnce(&mut Args, &Handler<'_>, &mut Errors) -> Option<Generated>,
-    ) -> TokenStream {
-        let mut errors = Errors::default();
-        let mut args = attr::parse(args, self.attribute, self.leading, self.specs, &mut errors);
-        let mut item = match item::target(input, self.attribute, &mut errors) {
-            Target::Struct(item) => item,
-            Target::Rejected(item) => {
-                let mut out = errors.to_compile_errors();
-                out.extend(item);
-                return out;
-            }
-        };
-        item::remove_clashing(&mut item, self.attribute, &mut errors);
-        let handler = Handler {
-            item: &item,
-            accepts: self.accepts,
-        };
-        let generated = build(&mut args, &handler, &mut errors);
-        let mut out = errors.to_compile_errors();
-        out.extend(item.to_token_stream());
-        if let Some(generated) = generated {
-            out.extend(handler.register(self.attribute, generated));
+/// The whole of a decorator attribute: the struct given back as written (its attributes of
+/// this crate that clash with this one taken off), the errors, and the registration.
+pub(crate) fn decorator_attribute<D: DecoratorAttribute>(
+    args: TokenStream,
+    input: TokenStream,
+) -> TokenStream {
+    let mut errors = Errors::default();
+    let args = attr::parse(args, D::ATTRIBUTE, D::LEADING, D::SPECS, &mut errors);
+    let mut item = match item::target(input, D::ATTRIBUTE, &mut errors) {
+        Target::Struct(item) => item,
+        Target::Rejected(item) => {
+            let mut out = errors.to_compile_errors();
+            out.extend(item);
+            return out;
         }
-        out
+    };
+    check::clashing_attributes(&mut item, D::ATTRIBUTE, &mut errors);
+    let options = D::read(args, &mut errors).map(|mut options| {
+        options.check(&item, &mut errors);
+        options
+    });
+    let handler = Handler {
+        item: &item,
+        accepts: D::ACCEPTS,
+    };
+    let mut out = errors.to_compile_errors();
+    out.extend(item.to_token_stream());
+    if let Some(options) = options {
+        out.extend(handler.register(D::ATTRIBUTE, options.generate(&handler)));
     }
+    out
 }
 
 /// The struct a decorator is on.
 pub(crate) struct Handler<'a> {
-    pub(crate) item: &'a ItemStruct,
+    item: &'a ItemStruct,
     accepts: &'static str,
 }
 

@@ -2,149 +2,34 @@
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
-use syn::{Data, DeriveInput, LitStr, Type};
 
-use crate::attr::{self, Kind, Leading, opt};
+use crate::ast::{MessageInput, MessageKind};
+use crate::check;
 use crate::errors::Errors;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum MessageKind {
-    Command,
-    Query,
-    Event,
-}
-
-impl MessageKind {
-    fn attribute(self) -> &'static str {
-        match self {
-            MessageKind::Command => "command",
-            MessageKind::Query => "query",
-            MessageKind::Event => "event",
-        }
-    }
-}
-
-pub(crate) fn derive(input: TokenStream, kind: MessageKind) -> syn::Result<TokenStream> {
-    let input: DeriveInput = syn::parse2(input)?;
+/// The whole of a message derive: the errors, and the impls.
+pub(crate) fn derive_message(input: TokenStream, kind: MessageKind) -> syn::Result<TokenStream> {
     let mut errors = Errors::default();
-    let attribute = kind.attribute();
-    let ident = &input.ident;
-
-    if let Data::Union(u) = &input.data {
-        // Nothing else is generated: a union cannot be `Clone + Serialize` by derive, so any impl
-        // would only add errors about that.
-        return Err(syn::Error::new_spanned(
-            u.union_token,
-            format!(
-                "a {attribute} is a struct or an enum, not a union: declare `struct {ident} {{ .. }}` or `enum {ident} {{ .. }}`"
-            ),
-        ));
-    }
-
-    let specs: &[attr::Spec] = match kind {
-        MessageKind::Event => &[opt("name", Kind::Str)],
-        _ => &[opt("output", Kind::Type), opt("name", Kind::Str)],
-    };
-    let mut output: Option<Type> = None;
-    let mut name: Option<LitStr> = None;
-    let mut seen_attr = false;
-    let mut attribute_failed = false;
-    for a in &input.attrs {
-        if !a.path().is_ident(attribute) {
-            continue;
-        }
-        if seen_attr {
-            errors.spanned(
-                a.path(),
-                format!("duplicate `#[{attribute}(..)]`: put every option in one"),
-            );
-            continue;
-        }
-        seen_attr = true;
-        let tokens = match &a.meta {
-            syn::Meta::List(list) => list.tokens.clone(),
-            other => {
-                errors.spanned(
-                    other,
-                    format!(
-                        "expected `#[{attribute}(option = value, ..)]`, with options {}",
-                        attr::known_list(specs)
-                    ),
-                );
-                attribute_failed = true;
-                continue;
-            }
-        };
-        let mut attribute_errors = Errors::default();
-        let mut args = attr::parse(
-            tokens,
-            attribute,
-            Leading::Nothing,
-            specs,
-            &mut attribute_errors,
-        );
-        attribute_failed |= attribute_errors.any();
-        errors.extend(attribute_errors);
-        output = args.ty("output");
-        name = args.str("name");
-    }
-    if let Some(n) = &name {
-        let value = n.value();
-        if value.trim().is_empty() || value.chars().any(char::is_whitespace) {
-            errors.spanned(
-                n,
-                format!(
-                    "a {attribute} name is not empty and has no spaces, e.g. \"users.register\""
-                ),
-            );
-        }
-    }
-
-    // When the attribute could not be read and gave no output, the output is unknown. Rather
-    // than `()`, it becomes `[(); compile_error!(..)]` carrying the attribute's first error: a
-    // type rustc knows is erroneous, so a handler returning the output the user meant adds no
-    // mismatch error.
-    let output = match (&output, attribute_failed, kind) {
-        (None, true, MessageKind::Command | MessageKind::Query) => errors.take_first().map(|e| {
-            let error = e.to_compile_error();
-            quote!([(); #error])
-        }),
-        (Some(ty), _, _) => Some(quote!(#ty)),
-        _ => None,
-    };
-
-    let validated = has_validation_rules(&input);
-    let name = name.map_or_else(|| ident.to_string(), |n| n.value());
-    let expanded = expand(&input, kind, &name, output.as_ref(), validated);
+    let message = MessageInput::parse(input, kind, &mut errors)?;
+    check::message(&message, &mut errors);
     let mut out = errors.to_compile_errors();
-    out.extend(expanded);
+    out.extend(generate(&message));
     Ok(out)
 }
 
-/// Whether the message carries `validator` rules (`#[validate(..)]` on it or on a field).
-fn has_validation_rules(input: &DeriveInput) -> bool {
-    let on = |attrs: &[syn::Attribute]| attrs.iter().any(|a| a.path().is_ident("validate"));
-    if on(&input.attrs) {
-        return true;
-    }
-    match &input.data {
-        Data::Struct(s) => s.fields.iter().any(|f| on(&f.attrs)),
-        Data::Enum(e) => e
-            .variants
-            .iter()
-            .any(|v| on(&v.attrs) || v.fields.iter().any(|f| on(&f.attrs))),
-        Data::Union(_) => false,
-    }
-}
-
-fn expand(
-    input: &DeriveInput,
-    kind: MessageKind,
-    name: &str,
-    output: Option<&TokenStream>,
-    validated: bool,
-) -> TokenStream {
+/// The impls of `Message`, of the kind's trait, and the registration.
+fn generate(message: &MessageInput) -> TokenStream {
+    let MessageInput {
+        input,
+        kind,
+        name,
+        output,
+        validated,
+    } = message;
     let ident = &input.ident;
+    let name = name
+        .as_ref()
+        .map_or_else(|| ident.to_string(), |n| n.value());
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
     let p = quote!(::cqrs_core::__private);
     let kind_tokens = match kind {
@@ -161,7 +46,7 @@ fn expand(
             __CQRS_SLOT.get()
         }
     };
-    let validate = if validated {
+    let validate = if *validated {
         // Located at the message's name, so rules without `#[derive(Validate)]` are reported
         // there, but resolved at the call site: `self` must keep the hygiene of the generated
         // method when the message is declared by a `macro_rules!` (which then owns the name's
@@ -177,7 +62,7 @@ fn expand(
     } else {
         TokenStream::new()
     };
-    let output = output.map_or_else(|| quote!(()), |t| quote!(#t));
+    let output = output.as_ref().map_or_else(|| quote!(()), |t| quote!(#t));
     let (kind_trait, kind_body, is_kind, assoc) = match kind {
         MessageKind::Command => (
             quote!(CommandTrait),

@@ -56,6 +56,24 @@ impl CacheSpec {
     /// The default number of entries kept per query.
     pub const DEFAULT_MAX_ENTRIES: u64 = 10_000;
 
+    /// How long an answer is kept when `ttl` is not given: one minute.
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
+
+    /// A cache of answers kept [`CacheSpec::DEFAULT_TTL`], keyed by what `key` hashes;
+    /// `is_none` tells whether an answer is `None` (the macro generates both functions).
+    pub const fn keyed(
+        key: fn(&(dyn Any + Send + Sync), &mut dyn Hasher),
+        is_none: fn(&(dyn Any + Send + Sync)) -> bool,
+    ) -> Self {
+        Self::new(Self::DEFAULT_TTL, key, is_none)
+    }
+
+    /// Keep each answer `ttl`.
+    pub const fn expire_after(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
     /// A cache of answers kept `ttl`, keyed by what `key` hashes; `is_none` tells whether an
     /// answer is `None` (the macro generates both functions).
     pub const fn new(
