@@ -5,6 +5,10 @@ mod status;
 
 pub use self::status::Status;
 
+#[cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres")),
+    allow(unused_imports)
+)]
 pub(crate) use self::classify::ErrorClassifier;
 use self::classify::classify;
 
