@@ -133,10 +133,13 @@ pub fn cached_query(args: TokenStream, input: TokenStream) -> TokenStream {
 /// `#[retry(max_attempts = 3, delay = "50ms", backoff = 2.0, max_delay = "1s", jitter = true, on = [Conflict, Unavailable])]`.
 ///
 /// `max_attempts` counts the first attempt (at least 1; default
-/// `RetryLayer::DEFAULT_MAX_ATTEMPTS`, 3); `backoff` is at least 1.0; `jitter` is `true`
-/// (`RetryLayer::DEFAULT_JITTER`: half of each delay random) or a fraction; `on` lists statuses
-/// (default `RetryLayer::DEFAULT_ON`: `Conflict`, `Unavailable`), never `Validation` or
-/// `NoHandler`, which a retry cannot change.
+/// `RetryLayer::DEFAULT_MAX_ATTEMPTS`, 3). The pauses are jittered exponential backoff unless
+/// told otherwise: `delay` (default 10 ms) before the second attempt, growing by `backoff`
+/// (at least 1.0; default 2.0) up to `max_delay` (default 1 s), with `jitter` of each pause
+/// random (`RetryLayer::DEFAULT_JITTER`, half, unless a fraction is given; `jitter = false` for
+/// exact pauses), so that callers that failed together do not retry in step. `on` lists
+/// statuses (default `RetryLayer::DEFAULT_ON`: `Conflict`, `Unavailable`), never `Validation`
+/// or `NoHandler`, which a retry cannot change.
 #[proc_macro_attribute]
 pub fn retry(args: TokenStream, input: TokenStream) -> TokenStream {
     decorator_attribute::<RetryOptions>(args.into(), input.into()).into()

@@ -135,7 +135,7 @@ const OPEN_ACCOUNT_LAYERS: [&str; 9] = [
     "authorize(permissions=[account:open], roles=[teller])",
     "validate",
     "idempotency",
-    "retry(max_attempts=3, delay=50ms, on=[Conflict])",
+    "retry(max_attempts=3, delay=50ms, backoff=2, max_delay=1s, jitter=0.5, on=[Conflict])",
     "handler",
     "invalidates[AccountView]",
 ];

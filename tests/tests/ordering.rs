@@ -173,7 +173,7 @@ fn the_order_of_the_attributes_does_not_change_the_pipeline() {
             "authorize(permissions=[money:move])",
             "validate",
             "idempotency",
-            "retry(max_attempts=3, on=[Unavailable])",
+            "retry(max_attempts=3, delay=10ms, backoff=2, max_delay=1s, jitter=0.5, on=[Unavailable])",
             "handler",
         ]
     );
@@ -184,7 +184,7 @@ fn the_order_of_the_attributes_does_not_change_the_pipeline() {
             "trace",
             "authorize(roles=[teller])",
             "cache(ttl=1m, vary_by=[account], max_entries=10000)",
-            "retry(max_attempts=2, on=[Unavailable, Conflict])",
+            "retry(max_attempts=2, delay=10ms, backoff=2, max_delay=1s, jitter=0.5, on=[Unavailable, Conflict])",
             "handler",
         ]
     );

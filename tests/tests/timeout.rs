@@ -144,7 +144,7 @@ struct Reconnect;
 
 #[command_handler(Reconnect)]
 #[timeout("2500ms")]
-#[retry(max_attempts = 10, delay = "1s", on = [Unavailable])]
+#[retry(max_attempts = 10, delay = "1s", backoff = 1.0, jitter = false, on = [Unavailable])]
 struct ReconnectHandler {
     attempts: Arc<Attempts>,
 }

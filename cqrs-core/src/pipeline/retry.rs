@@ -41,21 +41,34 @@ impl RetryLayer {
     /// The most attempts, the first included, when `max_attempts` is not given.
     pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
-    /// The random fraction of each delay that `jitter = true` stands for.
+    /// The random fraction of each delay, when `jitter` is not given (and what `jitter = true`
+    /// stands for): half of each pause is random, so that callers that failed together do not
+    /// retry together and clash again (`jitter = false` for exact pauses).
     pub const DEFAULT_JITTER: f64 = 0.5;
 
-    /// `#[retry]` with no options: [`RetryLayer::DEFAULT_MAX_ATTEMPTS`] attempts, no delay, on
-    /// [`RetryLayer::DEFAULT_ON`].
+    /// The pause before the second attempt, when `delay` is not given.
+    pub const DEFAULT_DELAY: Duration = Duration::from_millis(10);
+
+    /// The factor each pause grows by, when `backoff` is not given.
+    pub const DEFAULT_BACKOFF: f64 = 2.0;
+
+    /// The longest pause, when `max_delay` is not given.
+    pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(1);
+
+    /// `#[retry]` with no options: [`RetryLayer::DEFAULT_MAX_ATTEMPTS`] attempts, on
+    /// [`RetryLayer::DEFAULT_ON`], with jittered exponential backoff (10 ms, then 20 ms, 40 ms,
+    /// .. up to 1 s, half of each pause random).
     pub const DEFAULT: RetryLayer = RetryLayer::new(Self::DEFAULT_MAX_ATTEMPTS);
 
-    /// Up to `max_attempts` attempts in all (at least 1), no delay, on the default statuses.
+    /// Up to `max_attempts` attempts in all (at least 1), on the default statuses, with the
+    /// default jittered exponential backoff.
     pub const fn new(max_attempts: u32) -> Self {
         RetryLayer {
             max_attempts: if max_attempts == 0 { 1 } else { max_attempts },
-            delay: Duration::ZERO,
-            backoff: 1.0,
-            max_delay: None,
-            jitter: 0.0,
+            delay: Self::DEFAULT_DELAY,
+            backoff: Self::DEFAULT_BACKOFF,
+            max_delay: Some(Self::DEFAULT_MAX_DELAY),
+            jitter: Self::DEFAULT_JITTER,
             on: Self::DEFAULT_ON,
         }
     }
@@ -241,7 +254,8 @@ mod tests {
     fn retries_only_listed_statuses_within_the_limit() {
         let policy = RetryLayer::new(3)
             .delay(Duration::from_millis(10))
-            .backoff(2.0);
+            .backoff(2.0)
+            .jitter(0.0);
         let down = Error::unavailable("down");
         assert_eq!(policy.next_delay(1, &down), Some(Duration::from_millis(10)));
         assert_eq!(policy.next_delay(2, &down), Some(Duration::from_millis(20)));
@@ -254,6 +268,19 @@ mod tests {
                 .next_delay(1, &Error::conflict("v"))
                 .is_some()
         );
+    }
+
+    #[test]
+    fn the_default_is_jittered_exponential_backoff() {
+        let d = RetryLayer::DEFAULT;
+        assert_eq!(d.max_attempts(), 3);
+        assert_eq!(d.delay_before(2), Duration::from_millis(10));
+        assert_eq!(d.delay_before(3), Duration::from_millis(20));
+        assert_eq!(RetryLayer::new(20).delay_before(20), Duration::from_secs(1));
+        for _ in 0..100 {
+            let pause = d.next_delay(1, &Error::unavailable("down")).unwrap();
+            assert!(pause >= Duration::from_millis(5) && pause <= Duration::from_millis(10));
+        }
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub(crate) struct RetryOptions {
 
 /// `jitter = true` (the runtime's default fraction) or `jitter = 0.2`.
 pub(crate) enum Jitter {
+    /// `jitter = false`: exact delays.
+    Off,
     Default,
     Fraction(f64, Span),
 }
@@ -55,6 +57,7 @@ impl RetryOptions {
         };
         let jitter = match args.take("jitter") {
             Some((_, Value::Bool(true, _))) => Some(Jitter::Default),
+            Some((_, Value::Bool(false, _))) => Some(Jitter::Off),
             Some((_, Value::Float(f, span))) => Some(Jitter::Fraction(f, span)),
             _ => None,
         };

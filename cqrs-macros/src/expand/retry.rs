@@ -53,6 +53,7 @@ fn retry_layer(options: &RetryOptions) -> TokenStream {
     match options.jitter {
         Some(Jitter::Default) => layer = quote!(#layer.jitter(#p::RetryLayer::DEFAULT_JITTER)),
         Some(Jitter::Fraction(f, _)) => layer = quote!(#layer.jitter(#f)),
+        Some(Jitter::Off) => layer = quote!(#layer.jitter(0.0)),
         None => {}
     }
     if let Some((_, on)) = &options.on {

@@ -54,10 +54,11 @@ pub(crate) fn classify(error: &sqlx::Error) -> Option<Status> {
             if code == "40001" || code == "40P01" {
                 return Some(Status::Unavailable);
             }
-            // Text the database cannot store (a NUL character in UTF-8 text, `22021`; a
-            // character the encoding lacks, `22P05`): the request is at fault, as with a field
-            // rule, not the server.
-            if code == "22021" || code == "22P05" {
+            // Text the database cannot store: a NUL character sent in UTF-8 text (`22021`, "..
+            // 0x00"), a character the database's encoding lacks (`22P05`). The request is at
+            // fault, as with a field rule, not the server. Other `22021`s come from the SQL
+            // itself (`convert_from` of bad bytes): a bug, left `Internal`.
+            if (code == "22021" && db.message().ends_with("0x00")) || code == "22P05" {
                 return Some(Status::Validation);
             }
             if code.starts_with("08")
