@@ -14,6 +14,8 @@ mod check;
 mod duration;
 mod errors;
 mod expand;
+#[cfg(test)]
+mod fuzz;
 mod item;
 
 use proc_macro::TokenStream;
