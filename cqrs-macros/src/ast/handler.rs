@@ -132,6 +132,19 @@ fn message_type(positional: &[Positional], kind: HandlerKind, errors: &mut Error
             ),
         );
     }
+    // A message is a struct or an enum: a path (`RegisterUser`, `Import<Csv>`). Anything else
+    // (`A + B`, `&T`, `_`) cannot be one, and written into the generated code it would not even
+    // parse there (`<A + as ..>`), burying this error under rustc's.
+    if !matches!(first, Type::Path(_)) {
+        return Message::Missing(syn::Error::new_spanned(
+            first,
+            format!(
+                "expected the {} type, such as `{}`",
+                kind.message(),
+                kind.example()
+            ),
+        ));
+    }
     Message::Named(Box::new(first.clone()))
 }
 
