@@ -7,7 +7,7 @@
 //! | [`sql`] | `sqlite`, `postgres` | transactions, the outbox and its relay, idempotency keys, the event store |
 //!
 //! The in-memory implementations, the defaults, live beside their traits: `MemoryCache` in
-//! `pipeline/cache/memory.rs`, `MemoryIdempotencyStore` in `pipeline/idempotency/memory.rs`,
+//! `pipeline/cache/memory.rs`, `MemoryIdempotencyStore` in `pipeline/idempotency.rs`,
 //! `MemoryEventStore` in `event_store/memory.rs`.
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
