@@ -332,19 +332,27 @@ impl EventHandler<ThingCreated> for Flaky {
     }
 }
 
-async fn failed_delivery_is_retried_with_the_same_id(db: &TestDb) {
+/// A bus whose only event handler fails its first delivery, with no relay running.
+async fn flaky_bus(
+    db: &TestDb,
+    configure: impl FnOnce(BusBuilder) -> BusBuilder,
+) -> (Bus, Deliveries) {
     setup(db).await;
     let deliveries = Deliveries::default();
-    let bus = db
+    let builder = db
         .attach(Bus::builder().discover(false))
         .register::<CreateThingHandler>()
         .register::<Flaky>()
         .provide(deliveries.clone())
         .provide(Arc::new(AtomicUsize::new(1)))
-        .outbox_relay(false)
-        .build()
-        .unwrap();
+        .outbox_relay(false);
+    let bus = configure(builder).build().unwrap();
     bus.migrate().await.unwrap();
+    (bus, deliveries)
+}
+
+async fn failed_delivery_is_retried_with_the_same_id(db: &TestDb) {
+    let (bus, deliveries) = flaky_bus(db, |b| b).await;
     let sent = bus.send(create("f", None)).await.unwrap();
     assert_eq!(sent, "f", "a failed delivery does not fail the command");
     assert_eq!(deliveries.count.load(Ordering::SeqCst), 0);
@@ -369,19 +377,7 @@ on_both!(
 /// not held for the dispatch's whole lease (an hour here): a read model fed by the event
 /// catches up in seconds after a transient failure.
 async fn failed_inline_delivery_is_retried_soon(db: &TestDb) {
-    setup(db).await;
-    let deliveries = Deliveries::default();
-    let bus = db
-        .attach(Bus::builder().discover(false))
-        .register::<CreateThingHandler>()
-        .register::<Flaky>()
-        .provide(deliveries.clone())
-        .provide(Arc::new(AtomicUsize::new(1)))
-        .outbox_relay(false)
-        .outbox_lease(Duration::from_secs(3600))
-        .build()
-        .unwrap();
-    bus.migrate().await.unwrap();
+    let (bus, deliveries) = flaky_bus(db, |b| b.outbox_lease(Duration::from_secs(3600))).await;
     bus.send(create("soon", None)).await.unwrap();
     assert_eq!(
         deliveries.count.load(Ordering::SeqCst),

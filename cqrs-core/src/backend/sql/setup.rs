@@ -50,14 +50,10 @@ fn finish(backends: &mut Backends) {
 fn store(inner: &Shared) -> Result<&SqlStore, Error> {
     inner
         .stores
-        .database
-        .as_deref()
-        .and_then(|db| db.as_any().downcast_ref::<SqlStore>())
-        .ok_or_else(|| {
-            Error::internal(
-                "the bus has no database: add `.sqlite(pool)` or `.postgres(pool)` to the builder",
-            )
-        })
+        .database()?
+        .as_any()
+        .downcast_ref::<SqlStore>()
+        .ok_or_else(|| Error::internal("the bus's database is not a SQL database"))
 }
 
 impl BusBuilder {
