@@ -132,6 +132,13 @@ pub enum BuildProblem {
         /// The two types.
         types: (&'static str, &'static str),
     },
+    /// A backend (a database, a broker) is configured in a way that cannot work.
+    Backend {
+        /// The backend, e.g. `nats`.
+        backend: &'static str,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
 }
 
 impl fmt::Display for BuildProblem {
@@ -198,6 +205,7 @@ impl fmt::Display for BuildProblem {
                 "two {kind}s are named `{name}`: `{}` and `{}`; names key logs, caches and stores, so give one of them `#[{kind}(name = \"..\")]`",
                 types.0, types.1
             ),
+            BuildProblem::Backend { backend, problem } => write!(f, "{backend}: {problem}"),
         }
     }
 }

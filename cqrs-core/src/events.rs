@@ -14,6 +14,7 @@ pub(crate) trait ErasedEvent: Send + Sync + 'static {
     fn slot(&self) -> usize;
     fn as_any(&self) -> &(dyn Any + Send + Sync);
     fn to_json(&self) -> Result<serde_json::Value, serde_json::Error>;
+    fn partition_key(&self) -> Option<String>;
 }
 
 impl<E: Event> ErasedEvent for E {
@@ -28,6 +29,9 @@ impl<E: Event> ErasedEvent for E {
     }
     fn to_json(&self) -> Result<serde_json::Value, serde_json::Error> {
         serde_json::to_value(self)
+    }
+    fn partition_key(&self) -> Option<String> {
+        Event::partition_key(self)
     }
 }
 
@@ -54,6 +58,15 @@ impl EmittedEvent {
 
     pub(crate) fn name(&self) -> &'static str {
         self.event.name()
+    }
+
+    /// The key whose events keep their order: its aggregate (`type/id`), else what the event
+    /// declares.
+    pub(crate) fn partition_key(&self) -> Option<String> {
+        match &self.aggregate {
+            Some(origin) => Some(format!("{}/{}", origin.aggregate, origin.id)),
+            None => self.event.partition_key(),
+        }
     }
 }
 

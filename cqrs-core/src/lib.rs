@@ -85,6 +85,8 @@ pub use cqrs_macros::{
     retry, timeout, transactional,
 };
 
+#[cfg(feature = "nats")]
+pub use crate::backend::nats::{DeadLetter, Nats, Redeliver, ReplayFrom};
 #[cfg(feature = "postgres")]
 pub use crate::backend::sql::setup::migrate_postgres;
 #[cfg(feature = "sqlite")]
@@ -123,6 +125,9 @@ pub use crate::pipeline::middleware::{
 pub use crate::pipeline::retry::RetryLayer;
 pub use crate::pipeline::transaction::{Isolation, TransactionLayer};
 pub use crate::registry::{Handler, HandlerRegistration};
+/// The NATS client this crate is built with (feature `nats`).
+#[cfg(feature = "nats")]
+pub use async_nats;
 /// The `sqlx` this crate is built with (features `sqlite`, `postgres`): use it for the SQL your
 /// handlers write in `cx.tx()`.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

@@ -133,7 +133,16 @@ pub trait Query: Message + Clone {
     label = "not an event",
     note = "derive it with `#[derive(Event)]`; a command goes to `#[command_handler]`, a query to `#[query_handler]`"
 )]
-pub trait Event: Message + Serialize + DeserializeOwned {}
+pub trait Event: Message + Serialize + DeserializeOwned {
+    /// The key whose events keep their order through a broker (`.nats(..)`): events with one
+    /// key reach each handler in the order they were committed, one at a time. An event saved
+    /// with an aggregate (`cx.save`) is keyed by its aggregate whatever this says; for other
+    /// events, `#[event(partition_key = field)]` names the field (any `Display` type), and
+    /// without it the event has no order with any other.
+    fn partition_key(&self) -> Option<String> {
+        None
+    }
+}
 
 /// Static information about one message type, as the derive registers it.
 #[derive(Debug, Clone, Copy)]

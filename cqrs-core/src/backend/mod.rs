@@ -4,11 +4,14 @@
 //!
 //! | backend | feature | gives |
 //! |---|---|---|
-//! | [`sql`] | `sqlite`, `postgres` | transactions, the outbox and its relay, idempotency keys, the event store |
+//! | [`sql`] | `sqlite`, `postgres` | transactions, the outbox and its relay, idempotency keys, the event store, the inbox |
+//! | [`nats`] | `nats` | events across processes on NATS JetStream: publishing from the outbox, durable consumers per handler, dead letters, replay |
 //!
 //! The in-memory implementations, the defaults, live beside their traits: `MemoryCache` in
 //! `pipeline/cache/memory.rs`, `MemoryIdempotencyStore` in `pipeline/idempotency.rs`,
 //! `MemoryEventStore` in `event_store/memory.rs`.
 
+#[cfg(feature = "nats")]
+pub(crate) mod nats;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) mod sql;

@@ -15,6 +15,7 @@ use super::Bus;
 use crate::event_store::{DynEventStore, EventStore, MemoryEventStore};
 use crate::pipeline::idempotency::DynIdempotencyStore;
 use crate::pipeline::transaction::TransactionalStore;
+use crate::pipeline::transport::EventTransport;
 
 /// A task started once the bus is built.
 pub(crate) type OnBuild = Box<dyn FnOnce(&Bus) + Send>;
@@ -29,11 +30,18 @@ pub(crate) struct Backends {
     pub(crate) database_events: Option<Arc<dyn DynEventStore>>,
     /// Whether outbox events are delivered in the dispatch, right after commit.
     pub(crate) outbox_inline: bool,
+    /// The broker events leave through, set by the broker's builder method itself (not by a
+    /// `finish` function), so the database's `finish` sees it whatever the order of the calls.
+    pub(crate) transport: Option<Arc<dyn EventTransport>>,
+    /// Work to do in `bus.start()` and `bus.shutdown(..)` (a broker's streams and consumers).
+    pub(crate) lifecycle: Vec<Arc<dyn crate::bus::lifecycle::Lifecycle>>,
     /// The application's event store ([`BusBuilder::event_store`](super::BusBuilder::event_store)).
     pub(crate) event_store: Option<Arc<dyn DynEventStore>>,
     /// The same store, when it is a [`MemoryEventStore`].
     pub(crate) memory_events: Option<Arc<MemoryEventStore>>,
     pub(crate) on_build: Vec<OnBuild>,
+    /// What the backends' `finish` functions found wrong.
+    pub(crate) problems: Vec<crate::BuildProblem>,
     settings: HashMap<TypeId, Box<dyn Any + Send>>,
     finishers: Vec<fn(&mut Backends)>,
 }
@@ -45,9 +53,12 @@ impl Default for Backends {
             database_idempotency: None,
             database_events: None,
             outbox_inline: true,
+            transport: None,
+            lifecycle: Vec::new(),
             event_store: None,
             memory_events: None,
             on_build: Vec::new(),
+            problems: Vec::new(),
             settings: HashMap::new(),
             finishers: Vec::new(),
         }

@@ -37,7 +37,8 @@ impl BusBuilder {
             mut backends,
         } = self;
         backends.finish();
-        let mut problems = Vec::new();
+        let mut problems = std::mem::take(&mut backends.problems);
+        let lifecycle = std::mem::take(&mut backends.lifecycle).into_boxed_slice();
 
         let candidates = checks::collect_candidates(manual, discover);
         let messages = checks::collect_messages(&candidates, discover, &mut problems);
@@ -95,6 +96,7 @@ impl BusBuilder {
             idempotency_in_tx: !custom_idempotency && backends.database.is_some(),
             database: backends.database,
             outbox_inline: backends.outbox_inline,
+            transport: backends.transport.clone(),
             event_store,
             memory_events,
             event_store_in_db,
@@ -169,6 +171,7 @@ impl BusBuilder {
             Shared {
                 runtime,
                 description,
+                lifecycle,
             }
         });
         if !problems.is_empty() {

@@ -6,6 +6,7 @@ mod build;
 pub(crate) mod builder;
 mod checks;
 pub(crate) mod describe;
+pub(crate) mod lifecycle;
 mod shutdown;
 
 use std::fmt;
@@ -29,6 +30,8 @@ pub use crate::pipeline::report::Report;
 pub(crate) struct Shared {
     pub(crate) runtime: Runtime,
     pub(crate) description: Description,
+    /// What `bus.start()` and `bus.shutdown(..)` run (`bus/lifecycle.rs`).
+    pub(crate) lifecycle: Box<[std::sync::Arc<dyn lifecycle::Lifecycle>]>,
 }
 
 impl Deref for Shared {

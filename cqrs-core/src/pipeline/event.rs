@@ -20,6 +20,11 @@ use crate::pipeline::runtime::Runtime;
 pub(crate) trait EventPipe: Send + Sync {
     fn handler_name(&self) -> &'static str;
 
+    /// The consumer group it reads a broker's events in: its name unless `group = ".."`.
+    fn group(&self) -> &'static str {
+        self.handler_name()
+    }
+
     /// The event's name and how to decode a stored one.
     fn event(&self) -> (&'static str, crate::events::EventDecoder);
 

@@ -51,6 +51,7 @@ pub(crate) mod stores;
 pub(crate) mod timeout;
 pub(crate) mod trace;
 pub(crate) mod transaction;
+pub(crate) mod transport;
 pub(crate) mod validate;
 
 use std::any::Any;

@@ -6,6 +6,10 @@
 //! change the command's result: the failure is logged (`tracing` error, target `cqrs`) and
 //! passed to the failure sink. Events written to the outbox are marked delivered afterwards;
 //! those whose delivery failed stay pending and are retried by the outbox relay.
+//!
+//! With a transport (a broker, `pipeline/transport.rs`), nothing is delivered here: events not
+//! in the outbox yet are written to it in a transaction of their own, and the relay is woken
+//! to send them.
 
 use std::future::Future;
 use std::pin::pin;
@@ -48,10 +52,44 @@ pub(crate) fn after_success<'a>(
     events: Vec<EmittedEvent>,
     parent: &'a Metadata,
 ) -> impl Future<Output = ()> + Send + 'a {
+    if bus.stores.transport.is_some() {
+        if events.is_empty() {
+            return Either::Left(std::future::ready(()));
+        }
+        return Either::Right(Either::Left(Box::pin(async move {
+            if let Err(error) = through_outbox(bus, events, parent).await {
+                // The command has succeeded; only a transactional command writes its events
+                // with its work, atomically.
+                tracing::error!(target: "cqrs::outbox", error = %format_args!("{error:#}"), "events of a command without `#[transactional]` could not be written to the outbox; they are lost (make the command transactional to write them with its work)");
+            }
+        })));
+    }
     if events.iter().all(|e| !has_work(bus, e)) {
         return Either::Left(std::future::ready(()));
     }
-    Either::Right(Box::pin(deliver_all(bus, events, parent)))
+    Either::Right(Either::Right(Box::pin(deliver_all(bus, events, parent))))
+}
+
+/// With a transport: writes the events not in the outbox yet in a transaction of their own,
+/// then wakes the relay, which sends them.
+pub(crate) async fn through_outbox(
+    bus: &Runtime,
+    mut events: Vec<EmittedEvent>,
+    parent: &Metadata,
+) -> Result<(), Error> {
+    let database = bus.stores.database()?;
+    if events.iter().any(|e| !e.stored) {
+        let mut tx = database
+            .begin(crate::pipeline::transaction::Isolation::ReadCommitted)
+            .await?;
+        if let Err(error) = tx.write_outbox(&mut events, parent).await {
+            let _ = tx.rollback().await;
+            return Err(error);
+        }
+        tx.commit().await?;
+    }
+    database.wake_relay();
+    Ok(())
 }
 
 /// Whether publishing `emitted` does anything: deliver it, or mark it delivered in the outbox.

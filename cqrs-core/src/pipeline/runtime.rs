@@ -73,7 +73,8 @@ impl Runtime {
 
     /// Whether events in the outbox are delivered in the dispatch, right after commit.
     pub(crate) fn delivers_inline(&self) -> bool {
-        self.stores.database.is_none() || self.stores.outbox_inline
+        self.stores.transport.is_none()
+            && (self.stores.database.is_none() || self.stores.outbox_inline)
     }
 
     pub(crate) fn event_handlers(&self, slot: usize) -> &[Box<dyn EventPipe>] {
@@ -130,6 +131,16 @@ impl Runtime {
     }
 
     pub(crate) async fn publish_envelope<E: Event>(&self, env: Envelope<E>) -> Result<(), Error> {
+        if self.stores.transport.is_some() {
+            // Through the outbox and the broker, like a command's events. The envelope's
+            // metadata is the event's own: as the "parent" the outbox derives it from, it keeps
+            // its correlation id, and its causation id (a root event is its own cause).
+            let mut emitted = crate::events::EmittedEvent::new(env.message);
+            emitted.id = env.metadata.message_id();
+            let mut parent = env.metadata;
+            parent.set_message_id(parent.causation_id().unwrap_or(emitted.id));
+            return Box::pin(publish::through_outbox(self, vec![emitted], &parent)).await;
+        }
         let failures = publish::deliver(self, &env.message, &env.metadata).await;
         let Some((_, first)) = failures.first() else {
             return Ok(());

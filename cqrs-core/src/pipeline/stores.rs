@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::transaction::TransactionalStore;
+use super::transport::EventTransport;
 use crate::Error;
 use crate::event_store::{DynEventStore, MemoryEventStore};
 
@@ -13,6 +14,9 @@ pub(crate) struct Stores {
     pub(crate) database: Option<Arc<dyn TransactionalStore>>,
     /// Whether events in the outbox are delivered in the dispatch, right after commit.
     pub(crate) outbox_inline: bool,
+    /// The broker events leave through (`.nats(..)`): then every event goes through the outbox
+    /// and none is delivered in this process (`pipeline/transport.rs`).
+    pub(crate) transport: Option<Arc<dyn EventTransport>>,
     pub(crate) event_store: Arc<dyn DynEventStore>,
     /// `event_store` itself, when it is the in-memory store: `cx.load` and `cx.save` use it
     /// directly (typed events, no JSON).

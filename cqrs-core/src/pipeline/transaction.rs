@@ -36,6 +36,12 @@ pub(crate) trait TransactionalStore: Send + Sync + 'static {
     /// Gives back outbox rows whose delivery in the dispatch failed, for the relay to retry
     /// after a short back-off (rather than once the dispatch's claim runs out).
     fn retry_soon<'a>(&'a self, failed: &'a [(Uuid, String)]) -> BoxFuture<'a, Result<(), Error>>;
+    /// Tells the outbox relay that rows were committed for it (with a transport, the relay
+    /// publishes them at once rather than at its next round).
+    fn wake_relay(&self) {}
+    /// Forgets which events `handler` has handled (its inbox rows), so that they run again
+    /// (a replay); returns how many it forgot.
+    fn forget_handled<'a>(&'a self, handler: &'a str) -> BoxFuture<'a, Result<u64, Error>>;
     /// The backend's own type, for its extensions (`bus.migrate()`, `cx.tx::<DB>()`).
     fn as_any(&self) -> &dyn Any;
 }

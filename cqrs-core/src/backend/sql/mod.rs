@@ -6,6 +6,7 @@
 pub(crate) mod classify;
 pub(crate) mod events;
 pub(crate) mod idempotency;
+pub(crate) mod inbox;
 pub(crate) mod outbox;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;

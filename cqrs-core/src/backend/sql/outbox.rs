@@ -64,6 +64,8 @@ pub(crate) struct OutboxRow {
     pub(crate) payload: String,
     pub(crate) metadata: String,
     pub(crate) created_at_ms: i64,
+    /// The key whose events leave in order (`pipeline/transport.rs`).
+    pub(crate) partition_key: Option<String>,
 }
 
 /// A row the relay claimed.
@@ -74,6 +76,9 @@ pub(crate) struct ClaimedRow {
     pub(crate) metadata: String,
     pub(crate) created_at_ms: i64,
     pub(crate) attempts: i64,
+    pub(crate) partition_key: Option<String>,
+    /// The order in which rows were written.
+    pub(crate) seq: i64,
 }
 
 fn json_error(e: serde_json::Error) -> Error {
@@ -108,6 +113,7 @@ pub(crate) async fn write(
             payload: event.event.to_json().map_err(json_error)?.to_string(),
             metadata,
             created_at_ms: now,
+            partition_key: event.partition_key(),
         };
         match tx {
             #[cfg(feature = "sqlite")]
@@ -163,7 +169,9 @@ pub(crate) async fn pending(db: &Database) -> Result<u64, Error> {
     }
 }
 
-/// Delivers one batch of pending events; returns how many rows it handled.
+/// Delivers (or, with a transport, sends) one batch of pending events; returns how many rows it
+/// handled. The rows of one partition key go one after the other; when one fails, it backs off
+/// and the later rows of its key are given back untouched, to leave after it.
 pub(crate) async fn relay_once(
     bus: &Runtime,
     db: &Database,
@@ -181,23 +189,121 @@ pub(crate) async fn relay_once(
             super::postgres::outbox_claim(pool, now, lease_until, settings.batch).await?
         }
     };
-    // In the order they were written: ids are UUID v7, monotonic within a process, so they
-    // order the events of one millisecond (`RETURNING` gives rows in no particular order).
-    let mut rows = rows;
-    rows.sort_by_key(|r| (r.created_at_ms, r.id));
     let handled = rows.len();
-    let mut delivered = Vec::with_capacity(rows.len());
-    for row in rows {
-        match deliver_row(bus, &row).await {
-            Ok(()) => delivered.push(row.id),
-            Err(error) => {
-                tracing::warn!(target: "cqrs::outbox", event = %row.event_name, event_id = %row.id, attempts = row.attempts, error = %format_args!("{error:#}"), "outbox delivery failed; will retry");
-                defer(db, row.id, row.attempts, &error.to_string()).await?;
-            }
+    let chains = chains(rows);
+    let outcomes: Vec<ChainOutcome> = match &bus.stores.transport {
+        // Keys are independent: their chains are sent concurrently.
+        Some(transport) => {
+            futures_util::future::join_all(
+                chains
+                    .iter()
+                    .map(|chain| run_chain(chain, |row| send_row(&**transport, row))),
+            )
+            .await
         }
+        // In-process handlers run one event at a time, as inline delivery does.
+        None => {
+            let mut outcomes = Vec::with_capacity(chains.len());
+            for chain in &chains {
+                outcomes.push(run_chain(chain, |row| deliver_row(bus, row)).await);
+            }
+            outcomes
+        }
+    };
+    let mut delivered = Vec::with_capacity(handled);
+    let mut held_back = Vec::new();
+    for outcome in outcomes {
+        delivered.extend(outcome.done);
+        if let Some((row, error)) = outcome.failed {
+            tracing::warn!(target: "cqrs::outbox", event = %row.event_name, event_id = %row.id, attempts = row.attempts, error = %format_args!("{error:#}"), "outbox delivery failed; will retry");
+            defer(db, row.id, row.attempts, &error.to_string()).await?;
+        }
+        held_back.extend(outcome.held_back);
     }
     mark_delivered(db, &delivered).await?;
+    release(db, &held_back).await?;
     Ok(handled)
+}
+
+/// The claimed rows, by partition key, each key's rows in the order they were written; a row
+/// without a key is a chain of its own. Chains are in the order of their first row.
+fn chains(mut rows: Vec<ClaimedRow>) -> Vec<Vec<ClaimedRow>> {
+    rows.sort_by_key(|r| r.seq);
+    let mut chains: Vec<Vec<ClaimedRow>> = Vec::new();
+    let mut by_key: std::collections::HashMap<String, usize> = Default::default();
+    for row in rows {
+        match row.partition_key.clone() {
+            Some(key) => match by_key.get(&key) {
+                Some(&i) => chains[i].push(row),
+                None => {
+                    by_key.insert(key, chains.len());
+                    chains.push(vec![row]);
+                }
+            },
+            None => chains.push(vec![row]),
+        }
+    }
+    chains
+}
+
+/// What became of one chain: the rows done, the one that failed, the ones after it.
+struct ChainOutcome<'a> {
+    done: Vec<Uuid>,
+    failed: Option<(&'a ClaimedRow, Error)>,
+    held_back: Vec<Uuid>,
+}
+
+async fn run_chain<'a, F, Fut>(chain: &'a [ClaimedRow], mut step: F) -> ChainOutcome<'a>
+where
+    F: FnMut(&'a ClaimedRow) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Error>>,
+{
+    let mut outcome = ChainOutcome {
+        done: Vec::with_capacity(chain.len()),
+        failed: None,
+        held_back: Vec::new(),
+    };
+    for (i, row) in chain.iter().enumerate() {
+        if let Err(error) = step(row).await {
+            outcome.failed = Some((row, error));
+            outcome.held_back = chain[i + 1..].iter().map(|r| r.id).collect();
+            break;
+        }
+        outcome.done.push(row.id);
+    }
+    outcome
+}
+
+/// Gives claimed rows back without a back-off.
+async fn release(db: &Database, ids: &[Uuid]) -> Result<(), Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    match db {
+        #[cfg(feature = "sqlite")]
+        Database::Sqlite(pool) => super::sqlite::outbox_release(pool, ids).await,
+        #[cfg(feature = "postgres")]
+        Database::Postgres(pool) => super::postgres::outbox_release(pool, ids).await,
+    }
+}
+
+/// Hands a row to the transport; `Ok` once the broker has it.
+async fn send_row(
+    transport: &dyn crate::pipeline::transport::EventTransport,
+    row: &ClaimedRow,
+) -> Result<(), Error> {
+    let stored: StoredMetadata = serde_json::from_str(&row.metadata)?;
+    let metadata = stored.into_metadata(row.id);
+    transport
+        .send(crate::pipeline::transport::OutgoingEvent {
+            id: row.id,
+            name: &row.event_name,
+            payload: &row.payload,
+            metadata: &metadata,
+            partition_key: row.partition_key.as_deref(),
+            created_at_ms: row.created_at_ms,
+        })
+        .await
 }
 
 async fn deliver_row(bus: &Runtime, row: &ClaimedRow) -> Result<(), Error> {

@@ -59,8 +59,9 @@ pub(crate) async fn outbox_insert(
     locked_until_ms: Option<i64>,
 ) -> Result<(), Error> {
     sqlx::query(
-        "INSERT INTO cqrs_outbox (id, event_name, payload, metadata, created_at_ms, locked_until_ms)
-         VALUES ($1, $2, $3::jsonb, $4::jsonb, $5, $6)",
+        "INSERT INTO cqrs_outbox
+           (id, event_name, payload, metadata, created_at_ms, locked_until_ms, partition_key)
+         VALUES ($1, $2, $3::jsonb, $4::jsonb, $5, $6, $7)",
     )
     .bind(row.id)
     .bind(row.event_name)
@@ -68,6 +69,7 @@ pub(crate) async fn outbox_insert(
     .bind(&row.metadata)
     .bind(row.created_at_ms)
     .bind(locked_until_ms)
+    .bind(row.partition_key.as_deref())
     .execute(conn)
     .await
     .map_err(db_error)?;
@@ -119,30 +121,46 @@ pub(crate) async fn outbox_defer(
     Ok(())
 }
 
+/// Claims up to `limit` pending rows, in the order they were written (`seq`), skipping every
+/// row with an older pending row of the same partition key that is claimed or backing off (so
+/// a key's events leave one after the other). Claims are serialized by a transaction-scoped
+/// advisory lock (per schema): with `SKIP LOCKED` instead, a relay could skip an older row
+/// another relay is claiming and take the next one of its key.
 pub(crate) async fn outbox_claim(
     pool: &PgPool,
     now_ms: i64,
     lease_until_ms: i64,
     limit: i64,
 ) -> Result<Vec<ClaimedRow>, Error> {
-    let rows: Vec<(Uuid, String, String, String, i64, i32)> = sqlx::query_as(
-        "UPDATE cqrs_outbox SET locked_until_ms = $1, attempts = attempts + 1
-         WHERE id IN (
-             SELECT id FROM cqrs_outbox
-             WHERE delivered_at_ms IS NULL AND (locked_until_ms IS NULL OR locked_until_ms <= $2)
-             ORDER BY created_at_ms, id LIMIT $3
-             FOR UPDATE SKIP LOCKED)
-         RETURNING id, event_name, payload::text, metadata::text, created_at_ms, attempts",
+    let mut tx = pool.begin().await.map_err(db_error)?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.cqrs_outbox'))")
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    let rows: Vec<(Uuid, String, String, String, i64, i32, Option<String>, i64)> = sqlx::query_as(
+        "WITH pending AS (
+                 SELECT id, seq, bool_or(locked_until_ms IS NOT NULL AND locked_until_ms > $2)
+                     OVER (PARTITION BY COALESCE(partition_key, id::text) ORDER BY seq
+                           ROWS UNBOUNDED PRECEDING) AS blocked
+                 FROM cqrs_outbox WHERE delivered_at_ms IS NULL
+             ), chosen AS (
+                 SELECT id FROM pending WHERE NOT blocked ORDER BY seq LIMIT $3
+             )
+             UPDATE cqrs_outbox o SET locked_until_ms = $1, attempts = attempts + 1
+             FROM chosen WHERE o.id = chosen.id
+             RETURNING o.id, o.event_name, o.payload::text, o.metadata::text, o.created_at_ms,
+                       o.attempts, o.partition_key, o.seq",
     )
     .bind(lease_until_ms)
     .bind(now_ms)
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await
     .map_err(db_error)?;
+    tx.commit().await.map_err(db_error)?;
     rows.into_iter()
         .map(
-            |(id, event_name, payload, metadata, created_at_ms, attempts)| {
+            |(id, event_name, payload, metadata, created_at_ms, attempts, partition_key, seq)| {
                 Ok(ClaimedRow {
                     id,
                     event_name,
@@ -150,10 +168,26 @@ pub(crate) async fn outbox_claim(
                     metadata,
                     created_at_ms,
                     attempts: i64::from(attempts),
+                    partition_key,
+                    seq,
                 })
             },
         )
         .collect()
+}
+
+/// Gives claimed rows back at once, without a back-off (rows of a key held back behind an older
+/// row that failed).
+pub(crate) async fn outbox_release(pool: &PgPool, ids: &[Uuid]) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE cqrs_outbox SET locked_until_ms = NULL, attempts = GREATEST(attempts - 1, 0)
+         WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await
+    .map_err(db_error)?;
+    Ok(())
 }
 
 pub(crate) async fn outbox_pending(pool: &PgPool) -> Result<u64, Error> {

@@ -21,6 +21,7 @@ pub(crate) fn start(bus: &Bus, store: SqlStore) {
             BusRef::Weak(weak) => weak.clone(),
         };
         let interval = store.outbox.interval;
+        let wake = store.wake.clone();
         runtime.spawn(async move {
             let mut ticks: u64 = 0;
             let mut schema_ready = false;
@@ -33,10 +34,16 @@ pub(crate) fn start(bus: &Bus, store: SqlStore) {
                         Err(error) => tracing::warn!(target: "cqrs::outbox", error = %format_args!("{error:#}"), "the outbox relay cannot reach the database; retrying"),
                     }
                 }
-                if schema_ready {
+                // With a broker, nothing is sent before `bus.start()` set it up.
+                let ready = inner.stores.transport.as_ref().is_none_or(|t| t.is_ready());
+                let mut full = false;
+                if schema_ready && ready {
                     match outbox::relay_once(&inner, &store.db, &store.outbox).await {
                         Ok(0) => {}
-                        Ok(n) => tracing::debug!(target: "cqrs::outbox", delivered = n, "relay delivered pending events"),
+                        Ok(n) => {
+                            full = n as i64 >= store.outbox.batch;
+                            tracing::debug!(target: "cqrs::outbox", delivered = n, "relay delivered pending events");
+                        }
                         Err(error) => tracing::warn!(target: "cqrs::outbox", error = %format_args!("{error:#}"), "outbox relay failed; retrying"),
                     }
                     if ticks.is_multiple_of(300)
@@ -47,7 +54,13 @@ pub(crate) fn start(bus: &Bus, store: SqlStore) {
                 }
                 drop(inner);
                 ticks += 1;
-                tokio::time::sleep(interval).await;
+                if full {
+                    // A full batch: more are likely waiting.
+                    continue;
+                }
+                let sleep = std::pin::pin!(tokio::time::sleep(interval));
+                let woken = std::pin::pin!(wake.notified());
+                futures_util::future::select(sleep, woken).await;
             }
         });
     }

@@ -144,6 +144,35 @@ CREATE TABLE cqrs_idempotency (
 );
 "#,
     },
+    Migration {
+        version: 3,
+        description: "outbox order per partition key; inbox of transactional event handlers",
+        // `partition_key`: the events of one key (an aggregate, or the key an event declares)
+        // leave the outbox in the order they were written (`seq`; SQLite's `rowid`). The inbox
+        // records (handler, event id) in a transactional event handler's own transaction.
+        #[cfg(feature = "sqlite")]
+        sqlite: r#"
+ALTER TABLE cqrs_outbox ADD COLUMN partition_key TEXT;
+CREATE INDEX cqrs_outbox_partition ON cqrs_outbox (partition_key) WHERE delivered_at_ms IS NULL;
+CREATE TABLE cqrs_inbox (
+    handler       TEXT NOT NULL,
+    event_id      TEXT NOT NULL,
+    handled_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (handler, event_id)
+);
+"#,
+        #[cfg(feature = "postgres")]
+        postgres: r#"
+ALTER TABLE cqrs_outbox ADD COLUMN partition_key TEXT, ADD COLUMN seq BIGSERIAL;
+CREATE INDEX cqrs_outbox_partition ON cqrs_outbox (partition_key) WHERE delivered_at_ms IS NULL;
+CREATE TABLE cqrs_inbox (
+    handler       TEXT NOT NULL,
+    event_id      UUID NOT NULL,
+    handled_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (handler, event_id)
+);
+"#,
+    },
 ];
 
 /// Whether every migration has run (the relay waits for it rather than failing on missing

@@ -29,15 +29,24 @@ fn sql_settings(builder: &mut BusBuilder) -> &mut SqlSettings {
 fn finish(backends: &mut Backends) {
     let Some(SqlSettings {
         database: Some(db),
-        outbox,
+        mut outbox,
     }) = backends.take_settings::<SqlSettings>()
     else {
         return;
     };
+    if backends.transport.is_some() {
+        // Events leave through the broker: rows are written unclaimed, for the relay (this
+        // process's, woken at once, or another's) to send in order.
+        outbox.inline = false;
+    }
     backends.database_idempotency = Some(Arc::new(SqlIdempotencyStore::new(db.clone())));
     backends.database_events = Some(Arc::new(SqlEventStore::new(db.clone())));
     backends.outbox_inline = outbox.inline;
-    let store = SqlStore { db, outbox };
+    let store = SqlStore {
+        db,
+        outbox,
+        wake: Default::default(),
+    };
     backends.database = Some(Arc::new(store.clone()));
     if outbox.relay {
         backends

@@ -57,8 +57,9 @@ pub(crate) async fn outbox_insert(
     locked_until_ms: Option<i64>,
 ) -> Result<(), Error> {
     sqlx::query(
-        "INSERT INTO cqrs_outbox (id, event_name, payload, metadata, created_at_ms, locked_until_ms)
-         VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO cqrs_outbox
+           (id, event_name, payload, metadata, created_at_ms, locked_until_ms, partition_key)
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(row.id.to_string())
     .bind(row.event_name)
@@ -66,6 +67,7 @@ pub(crate) async fn outbox_insert(
     .bind(&row.metadata)
     .bind(row.created_at_ms)
     .bind(locked_until_ms)
+    .bind(row.partition_key.as_deref())
     .execute(conn)
     .await
     .map_err(db_error)?;
@@ -104,29 +106,36 @@ pub(crate) async fn outbox_defer(
     Ok(())
 }
 
+/// Claims up to `limit` pending rows, in the order they were written, skipping every row with
+/// an older pending row of the same partition key that is claimed or backing off (so a key's
+/// events leave one after the other). One statement: SQLite has one writer at a time.
 pub(crate) async fn outbox_claim(
     pool: &SqlitePool,
     now_ms: i64,
     lease_until_ms: i64,
     limit: i64,
 ) -> Result<Vec<ClaimedRow>, Error> {
-    let rows: Vec<(String, String, String, String, i64, i64)> = sqlx::query_as(
-        "UPDATE cqrs_outbox SET locked_until_ms = ?, attempts = attempts + 1
-         WHERE id IN (
-             SELECT id FROM cqrs_outbox
-             WHERE delivered_at_ms IS NULL AND (locked_until_ms IS NULL OR locked_until_ms <= ?)
-             ORDER BY created_at_ms, id LIMIT ?)
-         RETURNING id, event_name, payload, metadata, created_at_ms, attempts",
-    )
-    .bind(lease_until_ms)
-    .bind(now_ms)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-    .map_err(db_error)?;
+    let rows: Vec<(String, String, String, String, i64, i64, Option<String>, i64)> =
+        sqlx::query_as(
+            "UPDATE cqrs_outbox SET locked_until_ms = ?, attempts = attempts + 1
+             WHERE id IN (
+                 SELECT id FROM (
+                     SELECT id, rowid AS seq, MAX(CASE WHEN locked_until_ms > ? THEN 1 ELSE 0 END)
+                         OVER (PARTITION BY COALESCE(partition_key, id) ORDER BY rowid
+                               ROWS UNBOUNDED PRECEDING) AS blocked
+                     FROM cqrs_outbox WHERE delivered_at_ms IS NULL)
+                 WHERE blocked = 0 ORDER BY seq LIMIT ?)
+             RETURNING id, event_name, payload, metadata, created_at_ms, attempts, partition_key, rowid",
+        )
+        .bind(lease_until_ms)
+        .bind(now_ms)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+        .map_err(db_error)?;
     rows.into_iter()
         .map(
-            |(id, event_name, payload, metadata, created_at_ms, attempts)| {
+            |(id, event_name, payload, metadata, created_at_ms, attempts, partition_key, seq)| {
                 Ok(ClaimedRow {
                     id: Uuid::parse_str(&id)
                         .map_err(|e| Error::from_std(crate::Status::Internal, e))?,
@@ -135,10 +144,29 @@ pub(crate) async fn outbox_claim(
                     metadata,
                     created_at_ms,
                     attempts,
+                    partition_key,
+                    seq,
                 })
             },
         )
         .collect()
+}
+
+/// Gives claimed rows back at once, without a back-off (rows of a key held back behind an older
+/// row that failed).
+pub(crate) async fn outbox_release(pool: &SqlitePool, ids: &[Uuid]) -> Result<(), Error> {
+    let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    let ids =
+        serde_json::to_string(&ids).map_err(|e| Error::from_std(crate::Status::Internal, e))?;
+    sqlx::query(
+        "UPDATE cqrs_outbox SET locked_until_ms = NULL, attempts = MAX(attempts - 1, 0)
+         WHERE id IN (SELECT value FROM json_each(?))",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await
+    .map_err(db_error)?;
+    Ok(())
 }
 
 pub(crate) async fn outbox_pending(pool: &SqlitePool) -> Result<u64, Error> {

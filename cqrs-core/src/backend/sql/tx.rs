@@ -21,6 +21,8 @@ use crate::pipeline::transaction::{self, Isolation, Transaction, TransactionalSt
 pub(crate) struct SqlStore {
     pub(crate) db: Database,
     pub(crate) outbox: OutboxSettings,
+    /// Wakes the relay when rows were committed for it (with a transport).
+    pub(crate) wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// A running transaction and the outbox settings it writes rows with.
@@ -51,6 +53,14 @@ impl TransactionalStore for SqlStore {
             }
             Ok(())
         })
+    }
+
+    fn wake_relay(&self) {
+        self.wake.notify_one();
+    }
+
+    fn forget_handled<'a>(&'a self, handler: &'a str) -> BoxFuture<'a, Result<u64, Error>> {
+        Box::pin(super::inbox::forget(&self.db, handler))
     }
 
     fn as_any(&self) -> &dyn Any {
