@@ -157,6 +157,15 @@ pub(crate) fn message(message: &MessageInput, errors: &mut Errors) {
             );
         }
     }
+    if let (Some(field), syn::Data::Enum(_)) = (&message.partition_key, &message.input.data) {
+        errors.spanned(
+            field,
+            format!(
+                "`partition_key` names a field, and `{}` is an enum: an enum's events are usually one aggregate's (saved with `cx.save`, they are keyed by it already); otherwise make it a struct with the key as a field",
+                message.input.ident
+            ),
+        );
+    }
 }
 
 /// Statuses decided before the retry layer runs: retrying cannot change them.

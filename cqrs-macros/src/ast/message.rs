@@ -26,7 +26,7 @@ impl MessageKind {
     }
 
     fn specs(self) -> &'static [Spec] {
-        const EVENT: &[Spec] = &[opt("name", Kind::Str)];
+        const EVENT: &[Spec] = &[opt("name", Kind::Str), opt("partition_key", Kind::Ident)];
         const OTHER: &[Spec] = &[opt("output", Kind::Type), opt("name", Kind::Str)];
         match self {
             MessageKind::Event => EVENT,
@@ -45,6 +45,8 @@ pub(crate) struct MessageInput {
     pub(crate) output: Option<TokenStream>,
     /// Whether it carries `validator` rules (`#[validate(..)]` on it or on a field).
     pub(crate) validated: bool,
+    /// `partition_key = field` (events): the field whose value keeps the order of its events.
+    pub(crate) partition_key: Option<syn::Ident>,
 }
 
 impl MessageInput {
@@ -70,6 +72,7 @@ impl MessageInput {
         let specs = kind.specs();
         let mut output: Option<Type> = None;
         let mut name: Option<LitStr> = None;
+        let mut partition_key: Option<syn::Ident> = None;
         let mut seen_attr = false;
         let mut attribute_failed = false;
         for a in &input.attrs {
@@ -110,6 +113,7 @@ impl MessageInput {
             errors.extend(attribute_errors);
             output = args.ty("output");
             name = args.str("name");
+            partition_key = args.ident("partition_key");
         }
         // When the attribute could not be read and gave no output, the output is unknown.
         // Rather than `()`, it becomes `[(); compile_error!(..)]` carrying the attribute's first
@@ -132,6 +136,7 @@ impl MessageInput {
             name,
             output,
             validated,
+            partition_key,
         })
     }
 }

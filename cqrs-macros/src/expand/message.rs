@@ -25,6 +25,7 @@ fn generate(message: &MessageInput) -> TokenStream {
         name,
         output,
         validated,
+        partition_key,
     } = message;
     let ident = &input.ident;
     let name = name
@@ -78,7 +79,21 @@ fn generate(message: &MessageInput) -> TokenStream {
         ),
         MessageKind::Event => (
             quote!(EventTrait),
-            TokenStream::new(),
+            match partition_key {
+                // Spanned on the user's field name: a field that does not exist, or whose type
+                // is not `Display`, is reported there.
+                Some(field) if matches!(input.data, syn::Data::Struct(_)) => {
+                    let span = proc_macro2::Span::call_site().located_at(field.span());
+                    let value =
+                        quote_spanned!(span=> ::std::string::ToString::to_string(&self.#field));
+                    quote! {
+                        fn partition_key(&self) -> ::core::option::Option<::std::string::String> {
+                            ::core::option::Option::Some(#value)
+                        }
+                    }
+                }
+                _ => TokenStream::new(),
+            },
             quote!(IsEvent),
             quote!(Event),
         ),

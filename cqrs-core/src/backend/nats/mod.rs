@@ -209,6 +209,11 @@ impl Nats {
         self
     }
 
+    /// The connection.
+    pub fn client(&self) -> async_nats::Client {
+        self.client.clone()
+    }
+
     pub(crate) fn max_deliver_of(&self, handler: &str) -> i64 {
         self.handler_max_deliver
             .get(handler)
