@@ -179,6 +179,8 @@ pub struct EventContext {
     pub(crate) runtime: RuntimePtr,
     metadata: MetadataPtr,
     pub(crate) handler: &'static str,
+    /// The transaction of a `#[transactional]` event handler (see `backend/sql/inbox.rs`).
+    pub(crate) tx: TxSlot,
 }
 
 /// The metadata of the event being delivered, shared by every handler of that event rather than
@@ -221,6 +223,7 @@ impl EventContext {
             runtime,
             metadata: MetadataPtr(NonNull::from(metadata)),
             handler,
+            tx: TxSlot::default(),
         }
     }
 

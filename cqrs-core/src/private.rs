@@ -237,15 +237,15 @@ pub trait AcceptsCachedQuery {
     type Message: crate::Query;
 }
 
-/// Implemented by `#[command_handler]`.
+/// Implemented by `#[command_handler]` and `#[event_handler]`.
 #[diagnostic::on_unimplemented(
-    message = "`#[transactional]` is for command handlers, and `{Self}` is not one",
-    label = "not a command handler",
-    note = "put `#[transactional]` on a `#[command_handler(..)]` struct: queries only read, and the commands an event handler sends run in their own transactions"
+    message = "`#[transactional]` is for command and event handlers, and `{Self}` is neither",
+    label = "not a command or event handler",
+    note = "put `#[transactional]` on a `#[command_handler(..)]` or `#[event_handler(..)]` struct: queries only read"
 )]
 pub trait AcceptsTransactional {
-    /// The command.
-    type Message: crate::Command;
+    /// The command or event.
+    type Message: crate::Message;
 }
 
 /// Implemented by `#[command_handler]` and `#[query_handler]`.

@@ -155,10 +155,12 @@ pub fn timeout(args: TokenStream, input: TokenStream) -> TokenStream {
     decorator_attribute::<TimeoutOption>(args.into(), input.into()).into()
 }
 
-/// Runs a command handler in a database transaction:
+/// Runs a command or event handler in a database transaction:
 /// `#[transactional(isolation = "serializable", rollback_on = [Conflict])]`.
 ///
-/// On command handlers only. `isolation` is `"read_committed"`, `"repeatable_read"` or
+/// On command handlers and event handlers. An event handler's transaction also records the
+/// event in the handler's inbox (`cqrs_inbox`): a redelivered event it already handled is not
+/// run again, so its effects in the database happen once. `isolation` is `"read_committed"`, `"repeatable_read"` or
 /// `"serializable"`; `rollback_on` lists the statuses whose errors roll back (default: every
 /// error).
 #[proc_macro_attribute]

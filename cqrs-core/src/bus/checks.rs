@@ -219,8 +219,8 @@ pub(crate) fn assemble_layers(
                 }
             }
             Decorator::Transactional(t) => {
-                if c.kind != MessageKind::Command {
-                    misplaced("#[transactional]", "command handlers", problems);
+                if c.kind == MessageKind::Query {
+                    misplaced("#[transactional]", "command and event handlers", problems);
                 } else if layers.transaction.replace(t).is_some() {
                     conflict("`#[transactional]`", problems);
                 }

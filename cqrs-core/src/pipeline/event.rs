@@ -7,7 +7,7 @@ use std::any::Any;
 use std::marker::PhantomData;
 use std::pin::pin;
 
-use super::{CatchPanic, DispatchFuture, Layers, guard_panic, retry, timeout, trace};
+use super::{CatchPanic, DispatchFuture, Layers, guard_panic, retry, timeout, trace, transaction};
 use crate::Error;
 use crate::context::EventContext;
 use crate::envelope::Metadata;
@@ -69,7 +69,10 @@ impl<E: Event, H: EventHandler<E>> EventPipe for EventPipeline<E, H> {
             };
             let mut cx = EventContext::new(bus.ptr(), metadata, self.name);
             let deadline = timeout::deadline(self.layers.timeout, metadata);
-            if deadline.is_none() && self.layers.retry.is_none() {
+            if deadline.is_none()
+                && self.layers.retry.is_none()
+                && self.layers.transaction.is_none()
+            {
                 // The lean path: the handler, its panics caught, in its span if traced.
                 let span = trace::lean_span(MessageKind::Event, E::NAME, self.name, metadata);
                 let stats = DispatchStats {
@@ -93,7 +96,7 @@ impl<E: Event, H: EventHandler<E>> EventPipe for EventPipeline<E, H> {
                 timeout::run(
                     deadline,
                     E::NAME,
-                    self.attempts(event, &mut cx, &mut stats.attempts),
+                    self.attempts(bus, event, &mut cx, &mut stats.attempts),
                 ),
             );
             let result = body.await;
@@ -106,6 +109,7 @@ impl<E: Event, H: EventHandler<E>> EventPipe for EventPipeline<E, H> {
 impl<E: Event, H: EventHandler<E>> EventPipeline<E, H> {
     async fn attempts(
         &self,
+        bus: &Runtime,
         event: &E,
         cx: &mut EventContext,
         attempts: &mut u32,
@@ -113,10 +117,29 @@ impl<E: Event, H: EventHandler<E>> EventPipeline<E, H> {
         let mut tries = retry::Attempts::new(self.layers.retry.as_ref(), attempts);
         loop {
             let last = tries.start();
-            match guard_panic(self.name, self.handler.handle(event, cx)).await {
+            let result = match &self.layers.transaction {
+                None => guard_panic(self.name, self.handler.handle(event, cx)).await,
+                Some(layer) => self.in_transaction(bus, layer, event, cx).await,
+            };
+            match result {
                 Ok(()) => return Ok(()),
                 Err(error) => tries.failed(error, last).await?,
             }
         }
+    }
+
+    /// One attempt in a transaction, with the event recorded in the handler's inbox.
+    async fn in_transaction(
+        &self,
+        runtime: &Runtime,
+        layer: &crate::pipeline::transaction::TransactionLayer,
+        event: &E,
+        cx: &mut EventContext,
+    ) -> Result<(), Error> {
+        if !transaction::begin_event(layer, runtime, cx).await? {
+            return Ok(());
+        }
+        let result = guard_panic(self.name, self.handler.handle(event, cx)).await;
+        transaction::finish_event(layer, cx, result).await
     }
 }

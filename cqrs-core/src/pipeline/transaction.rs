@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::idempotency::IdempotencyKey;
 use super::runtime::Runtime;
-use crate::context::CommandContext;
+use crate::context::{CommandContext, EventContext};
 use crate::envelope::Metadata;
 use crate::events::EmittedEvent;
 use crate::{Error, Status};
@@ -62,6 +62,13 @@ pub(crate) trait Transaction: Send + 'static {
         key: &'a IdempotencyKey,
         reply: &'a [u8],
     ) -> BoxFuture<'a, Result<(), Error>>;
+    /// Records in the inbox that `handler` handles event `event_id`, in this transaction;
+    /// `false` when it already had (its work was committed then: do not run it again).
+    fn record_handled<'a>(
+        &'a mut self,
+        handler: &'a str,
+        event_id: Uuid,
+    ) -> BoxFuture<'a, Result<bool, Error>>;
     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>>;
     fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>>;
     /// The backend's own transaction, for `cx.tx::<DB>()`.
@@ -97,6 +104,62 @@ pub(crate) async fn begin(
     let store = runtime.stores.database()?;
     cx.tx = into_slot(store.begin(layer.isolation_level()).await?);
     Ok(())
+}
+
+/// Begins the transaction of one attempt of a `#[transactional]` event handler and records
+/// the event in its inbox; `false` when the handler had already handled this event (its work
+/// committed with that record): then the transaction is rolled back and the handler must not
+/// run. This is what makes a redelivered event's effects happen once.
+pub(crate) async fn begin_event(
+    layer: &TransactionLayer,
+    runtime: &Runtime,
+    cx: &mut EventContext,
+) -> Result<bool, Error> {
+    let store = runtime.stores.database()?;
+    let mut tx = store.begin(layer.isolation_level()).await?;
+    match tx.record_handled(cx.handler, cx.event_id()).await {
+        Ok(true) => {
+            cx.tx = into_slot(tx);
+            Ok(true)
+        }
+        Ok(false) => {
+            let _ = tx.rollback().await;
+            tracing::debug!(target: "cqrs", handler = cx.handler, event_id = %cx.event_id(), "event already handled (in the inbox): not run again");
+            Ok(false)
+        }
+        Err(error) => {
+            let _ = tx.rollback().await;
+            Err(error)
+        }
+    }
+}
+
+/// Ends the transaction of one attempt of a `#[transactional]` event handler: commit on
+/// success (the inbox record with the work), roll back on an error (or commit, for statuses
+/// not in `rollback_on`: the event then counts as handled).
+pub(crate) async fn finish_event(
+    layer: &TransactionLayer,
+    cx: &mut EventContext,
+    result: Result<(), Error>,
+) -> Result<(), Error> {
+    let Some(tx) = take_from_slot(&mut cx.tx) else {
+        return Err(Error::internal(
+            "the transaction of a `#[transactional]` handler disappeared",
+        ));
+    };
+    match result {
+        Ok(()) => tx.commit().await,
+        Err(error) if layer.rolls_back(error.status()) => {
+            if let Err(rollback) = tx.rollback().await {
+                tracing::warn!(target: "cqrs", handler = cx.handler, error = %rollback, "rollback failed (the database discards the transaction anyway)");
+            }
+            Err(error)
+        }
+        Err(error) => {
+            tx.commit().await?;
+            Err(error)
+        }
+    }
 }
 
 /// Ends the transaction of one attempt: on success, writes the outbox rows and the idempotent

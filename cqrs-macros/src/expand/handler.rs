@@ -161,7 +161,7 @@ fn generate(attr: &HandlerAttr, mut handler: HandlerStruct) -> TokenStream {
             "AcceptsRetry",
             "AcceptsTimeout",
         ],
-        HandlerKind::Event => &["AcceptsRetry", "AcceptsTimeout"],
+        HandlerKind::Event => &["AcceptsTransactional", "AcceptsRetry", "AcceptsTimeout"],
     };
     let accepts = accepts.iter().map(|name| {
         let name = syn::Ident::new(name, Span::call_site());

@@ -1,4 +1,4 @@
-//! `#[transactional(isolation = "serializable", rollback_on = [..])]` on command handlers.
+//! `#[transactional(isolation = "serializable", rollback_on = [..])]` on command and event handlers.
 
 use quote::quote;
 use syn::ItemStruct;

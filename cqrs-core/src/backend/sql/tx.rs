@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::outbox::{self, OutboxSettings};
 use super::{Database, Tx};
 use crate::Error;
-use crate::context::{CommandContext, TxSlot};
+use crate::context::{CommandContext, EventContext, TxSlot};
 use crate::envelope::Metadata;
 use crate::events::EmittedEvent;
 use crate::pipeline::idempotency::IdempotencyKey;
@@ -85,6 +85,14 @@ impl Transaction for SqlTransaction {
         Box::pin(super::idempotency::complete_in(&mut self.tx, key, reply))
     }
 
+    fn record_handled<'a>(
+        &'a mut self,
+        handler: &'a str,
+        event_id: Uuid,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(super::inbox::record(&mut self.tx, handler, event_id))
+    }
+
     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
         Box::pin(self.tx.commit())
     }
@@ -105,6 +113,44 @@ pub(crate) fn in_slot(slot: &mut TxSlot) -> Option<&mut Tx> {
         .downcast_mut::<Tx>()
 }
 
+/// The typed transaction in `slot`, or an error saying what is missing.
+fn typed_tx<'s, DB: sqlx::Database>(
+    slot: &'s mut TxSlot,
+    handler: &str,
+) -> Result<&'s mut sqlx::Transaction<'static, DB>, Error> {
+    let Some(tx) = in_slot(slot) else {
+        return Err(Error::internal(format!(
+            "`cx.tx()` needs a transaction: add `#[transactional]` to `{handler}`"
+        )));
+    };
+    let (any, running): (&mut dyn Any, &str) = match tx {
+        #[cfg(feature = "sqlite")]
+        Tx::Sqlite(t) => (t, "SQLite"),
+        #[cfg(feature = "postgres")]
+        Tx::Postgres(t) => (t, "PostgreSQL"),
+    };
+    any.downcast_mut::<sqlx::Transaction<'static, DB>>()
+        .ok_or_else(|| {
+            Error::internal(format!(
+                "`{handler}` asked for a `{}` transaction, but the bus runs on {running}",
+                std::any::type_name::<DB>()
+            ))
+        })
+}
+
+/// The connection of the transaction in `slot`, whichever the database.
+fn any_tx_of<'s>(slot: &'s mut TxSlot, handler: &str) -> Result<AnyTx<'s>, Error> {
+    match in_slot(slot) {
+        None => Err(Error::internal(format!(
+            "`cx.any_tx()` needs a transaction: add `#[transactional]` to `{handler}`"
+        ))),
+        #[cfg(feature = "sqlite")]
+        Some(Tx::Sqlite(tx)) => Ok(AnyTx::Sqlite(tx)),
+        #[cfg(feature = "postgres")]
+        Some(Tx::Postgres(tx)) => Ok(AnyTx::Postgres(tx)),
+    }
+}
+
 impl CommandContext {
     /// The running transaction of this `#[transactional]` handler, on database `DB`
     /// (`sqlx::Sqlite` or `sqlx::Postgres`): write your own SQL in it and it commits, or rolls
@@ -112,40 +158,29 @@ impl CommandContext {
     /// The [guide](crate::guide) has a complete example. Without `#[transactional]`, or with the
     /// other database's type, it is an `Internal` error saying so.
     pub fn tx<DB: sqlx::Database>(&mut self) -> Result<&mut sqlx::Transaction<'static, DB>, Error> {
-        let handler = self.handler;
-        let Some(tx) = in_slot(&mut self.tx) else {
-            return Err(Error::internal(format!(
-                "`cx.tx()` needs a transaction: add `#[transactional]` to `{handler}`"
-            )));
-        };
-        let (any, running): (&mut dyn Any, &str) = match tx {
-            #[cfg(feature = "sqlite")]
-            Tx::Sqlite(t) => (t, "SQLite"),
-            #[cfg(feature = "postgres")]
-            Tx::Postgres(t) => (t, "PostgreSQL"),
-        };
-        any.downcast_mut::<sqlx::Transaction<'static, DB>>()
-            .ok_or_else(|| {
-                Error::internal(format!(
-                    "`{handler}` asked for a `{}` transaction, but the bus runs on {running}",
-                    std::any::type_name::<DB>()
-                ))
-            })
+        typed_tx(&mut self.tx, self.handler)
     }
 
     /// The running transaction of this `#[transactional]` handler, whichever the database:
     /// match on it to run the SQL of each (`?` placeholders for SQLite, `$1` for PostgreSQL).
     pub fn any_tx(&mut self) -> Result<AnyTx<'_>, Error> {
-        let handler = self.handler;
-        match in_slot(&mut self.tx) {
-            None => Err(Error::internal(format!(
-                "`cx.any_tx()` needs a transaction: add `#[transactional]` to `{handler}`"
-            ))),
-            #[cfg(feature = "sqlite")]
-            Some(Tx::Sqlite(tx)) => Ok(AnyTx::Sqlite(tx)),
-            #[cfg(feature = "postgres")]
-            Some(Tx::Postgres(tx)) => Ok(AnyTx::Postgres(tx)),
-        }
+        any_tx_of(&mut self.tx, self.handler)
+    }
+}
+
+impl EventContext {
+    /// The running transaction of this `#[transactional]` event handler, on database `DB`:
+    /// its writes commit together with the record that it handled this event (the inbox), so
+    /// a redelivered event is acknowledged without running it again. Without
+    /// `#[transactional]`, or with the other database's type, an `Internal` error saying so.
+    pub fn tx<DB: sqlx::Database>(&mut self) -> Result<&mut sqlx::Transaction<'static, DB>, Error> {
+        typed_tx(&mut self.tx, self.handler)
+    }
+
+    /// The running transaction of this `#[transactional]` event handler, whichever the
+    /// database.
+    pub fn any_tx(&mut self) -> Result<AnyTx<'_>, Error> {
+        any_tx_of(&mut self.tx, self.handler)
     }
 }
 
