@@ -490,3 +490,151 @@ async fn unreachable_nats_names_the_url() {
     assert_eq!(error.status(), Status::Unavailable);
     assert!(error.to_string().contains("nats://127.0.0.1:1"), "{error}");
 }
+
+/// A `nats-server -js` of this test's own, on a free port, with its store in a temporary
+/// directory: stopped and started again by the test.
+struct OwnServer {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl OwnServer {
+    fn start() -> OwnServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("cqrs-nats-{}", Uuid::now_v7().simple()));
+        let mut server = OwnServer {
+            port,
+            dir,
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn restart(&mut self) {
+        let child = std::process::Command::new("nats-server")
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server is on the PATH (CQRS_NATS_URL is set: NATS is installed)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server as an operator does (SIGTERM: it saves its consumers' state first).
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() {
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NATS and PostgreSQL: set CQRS_NATS_URL and CQRS_POSTGRES_URL"]
+async fn nats_stopped_mid_run_leaves_events_in_the_outbox_then_they_flow_none_lost() {
+    let _ = nats_url();
+    let mut server = OwnServer::start();
+    let url = server.url();
+    let names = Names::new();
+    let db = TestDb::postgres().await;
+    let seen = Arc::new(Seen::default());
+    let bus = bus(&db, nats(&url, &names, "svc").await, &seen).await;
+    for n in 0..20 {
+        bus.send(Record {
+            key: format!("k{}", n % 3),
+            n,
+        })
+        .await
+        .unwrap();
+    }
+    eventually(30, "the first 20", || seen.count("projection") == 20).await;
+
+    server.stop();
+    for n in 20..40 {
+        // Commands go on: their events wait in the outbox.
+        bus.send(Record {
+            key: format!("k{}", n % 3),
+            n,
+        })
+        .await
+        .unwrap();
+    }
+    assert!(
+        bus.pending_events().await.unwrap() > 0,
+        "waiting in the outbox"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        seen.count("projection"),
+        20,
+        "nothing reached the handlers meanwhile"
+    );
+
+    server.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while seen.count("projection") < 40 || seen.count("audit") < 40 {
+        let pending = bus.pending_events().await.unwrap();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the 20 that waited: projection {}, audit {}, still in the outbox {pending}",
+            seen.count("projection"),
+            seen.count("audit")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ids = seen.ids.lock().unwrap().get("projection").cloned().unwrap();
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 40, "each once");
+    for ((_, key), ns) in seen.order.lock().unwrap().iter() {
+        let mut sorted = ns.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            *ns, sorted,
+            "{key}'s events in order across the outage: {ns:?}"
+        );
+    }
+    assert_eq!(bus.pending_events().await.unwrap(), 0);
+    bus.shutdown(Duration::from_secs(5)).await;
+    db.cleanup().await;
+}
