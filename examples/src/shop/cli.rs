@@ -4,6 +4,7 @@
 //! shop [--database <url>] [--port <port>] [--grace <duration>] [--header-timeout <duration>]
 //!                                           serve the API on 127.0.0.1 (default: ./shop.db, port 3000)
 //! shop describe [--mermaid]                 print every message, handler and layer (or the flow as Mermaid)
+//! shop dead-letters | redeliver | replay ..  the broker's dead letters and replays (see `broker`)
 //! ```
 
 use std::io::IsTerminal;
@@ -32,10 +33,19 @@ usage:
       --grace           how long requests in flight get to finish at shutdown (default: 10s)
       --header-timeout  how long a client has to send a request's headers, and an idle
                         keep-alive connection stays open (default: 10s)
+      --nats            run the event handlers through NATS JetStream at this URL (e.g.
+                        nats://127.0.0.1:4222): instances sharing the database and the broker
+                        share the work of every handler
       durations: 500ms, 10s, 2m, or a number of seconds
   shop describe [--mermaid]
       print every message -> handler -> layers -> source location,
-      or (--mermaid) the message flow as a Mermaid flowchart";
+      or (--mermaid) the message flow as a Mermaid flowchart
+  shop dead-letters [--handler H]                      (with --database, --nats)
+      list the events parked in the broker's dead-letter stream
+  shop redeliver <event id> | --all --handler H        (with --database, --nats)
+      put parked events back, each to its handler only
+  shop replay H --from start|<RFC 3339 time>|<seq>     (with --database, --nats)
+      deliver past events to handler H again (its inbox cleared first)";
 
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +54,12 @@ pub enum Command {
         database: String,
         port: u16,
         options: ServeOptions,
+        nats: Option<String>,
+    },
+    Broker {
+        database: String,
+        nats: String,
+        action: super::broker::Action,
     },
     Describe {
         mermaid: bool,
@@ -59,8 +75,27 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
     let mut options = ServeOptions::default();
     let mut describe = false;
     let mut mermaid = false;
+    let mut nats = None;
+    let mut broker = None;
+    let mut rest = Vec::new();
     while let Some(arg) = args.next() {
         match arg.as_str() {
+            verb @ ("dead-letters" | "redeliver" | "replay") if broker.is_none() && !describe => {
+                broker = Some(super::broker::parse(verb, &mut args, &mut rest)?);
+                // `--database` and `--nats` given after the verb (`parse` checked each has a
+                // value).
+                let mut flags = std::mem::take(&mut rest).into_iter();
+                while let (Some(flag), Some(value)) = (flags.next(), flags.next()) {
+                    if flag == "--database" {
+                        database = value;
+                    } else {
+                        nats = Some(value);
+                    }
+                }
+            }
+            "--nats" => {
+                nats = Some(args.next().ok_or("--nats needs a value")?);
+            }
             "describe" if !describe => describe = true,
             "--mermaid" if describe => mermaid = true,
             "--database" => {
@@ -85,13 +120,20 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             other => return Err(format!("unexpected argument `{other}`")),
         }
     }
-    Ok(if describe {
+    Ok(if let Some(action) = broker {
+        Command::Broker {
+            database,
+            nats: nats.unwrap_or_else(|| super::broker::DEFAULT_NATS.to_owned()),
+            action,
+        }
+    } else if describe {
         Command::Describe { mermaid }
     } else {
         Command::Serve {
             database,
             port,
             options,
+            nats,
         }
     })
 }
@@ -135,7 +177,13 @@ pub async fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
             database,
             port,
             options,
-        } => run(&database, port, options).await,
+            nats,
+        } => run(&database, port, options, nats.as_deref()).await,
+        Command::Broker {
+            database,
+            nats,
+            action,
+        } => broker(&database, &nats, action).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -161,7 +209,21 @@ async fn describe(mermaid: bool) -> Result<(), BoxError> {
     Ok(())
 }
 
-async fn run(database: &str, port: u16, options: ServeOptions) -> Result<(), BoxError> {
+async fn broker(database: &str, nats: &str, action: super::broker::Action) -> Result<(), BoxError> {
+    let db = Db::connect(database)
+        .await
+        .map_err(|e| e.message().into_owned())?;
+    let result = super::broker::run(action, &db, nats).await;
+    db.close().await;
+    result.map_err(|e| e.message().into_owned().into())
+}
+
+async fn run(
+    database: &str,
+    port: u16,
+    options: ServeOptions,
+    nats: Option<&str>,
+) -> Result<(), BoxError> {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -188,10 +250,20 @@ async fn run(database: &str, port: u16, options: ServeOptions) -> Result<(), Box
     migrate(&db)
         .await
         .map_err(|e| format!("cannot create the tables in {shown}: {}", e.message()))?;
-    let bus = build_bus(&db)?;
+    let bus = match nats {
+        None => build_bus(&db)?,
+        Some(url) => {
+            let nats = super::broker::connect(url)
+                .await
+                .map_err(|e| e.message().into_owned())?;
+            super::bus_builder(&db).nats(nats).build()?
+        }
+    };
     seed(&bus, &db)
         .await
         .map_err(|e| format!("cannot seed the catalogue in {shown}: {}", e.message()))?;
+    // With a broker: its streams and consumers, then the relay and the consumers.
+    bus.start().await.map_err(|e| e.message().into_owned())?;
 
     // Listening for SIGTERM and SIGINT from here on, before saying where the shop listens.
     let mut signals = Signals::new()?;
@@ -216,7 +288,7 @@ async fn run(database: &str, port: u16, options: ServeOptions) -> Result<(), Box
     // relay's batch in progress; then the pool is closed (SQLite: its log checkpointed).
     let deadline = signal_time.await.unwrap_or_else(|_| Instant::now()) + options.grace;
     if !bus
-        .close(deadline.saturating_duration_since(Instant::now()))
+        .shutdown(deadline.saturating_duration_since(Instant::now()))
         .await
     {
         tracing::warn!(target: "shop", "the grace period ran out with events being delivered; the outbox delivers the rest at the next start");
@@ -297,6 +369,7 @@ mod tests {
                 database: DEFAULT_DATABASE.into(),
                 port: DEFAULT_PORT,
                 options: ServeOptions::default(),
+                nats: None,
             })
         );
         assert_eq!(
@@ -317,12 +390,31 @@ mod tests {
                     grace: Duration::from_millis(1500),
                     header_read_timeout: Duration::from_secs(120),
                 },
+                nats: None,
             })
         );
         let Ok(Command::Serve { options, .. }) = parse(&["--grace", "3"]) else {
             panic!("--grace 3 is three seconds");
         };
         assert_eq!(options.grace, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn runs_on_nats_and_looks_after_its_broker() {
+        let Ok(Command::Serve { nats, .. }) = parse(&["--nats", "nats://127.0.0.1:4222"]) else {
+            panic!("--nats takes a URL");
+        };
+        assert_eq!(nats.as_deref(), Some("nats://127.0.0.1:4222"));
+        assert_eq!(
+            parse(&["dead-letters", "--database", "x.db"]),
+            Ok(Command::Broker {
+                database: "x.db".into(),
+                nats: super::super::broker::DEFAULT_NATS.into(),
+                action: super::super::broker::Action::DeadLetters { handler: None },
+            })
+        );
+        assert!(parse(&["--nats"]).is_err());
+        assert!(parse(&["replay"]).is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`auth`]: bearer tokens to principals, and who may read which order;
 //! - [`routes`]: the HTTP API; [`metrics`]: `GET /metrics` for Prometheus;
 //! - [`db`]: the shop's tables, one SQL text for both databases; [`cli`]: the `shop` command;
+//!   [`broker`]: the shop on NATS JetStream (`--nats`) and its dead letters and replays;
 //!   [`server`]: HTTP/1.1 with a header read timeout and a bounded graceful shutdown.
 //!
 //! In a test, start it on a free port:
@@ -30,6 +31,7 @@
 //! ```
 
 pub mod auth;
+pub mod broker;
 pub mod cli;
 pub mod db;
 pub mod metrics;

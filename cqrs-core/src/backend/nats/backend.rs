@@ -72,6 +72,17 @@ impl NatsBackend {
             .cloned()
     }
 
+    /// The group of a handler (by its name or its group's), whether or not the bus was
+    /// started (an admin command replays without running the handlers).
+    pub(crate) fn group_in(&self, shared: &Shared, name: &str) -> Option<Group> {
+        self.group(name).or_else(|| {
+            self.find_groups(shared)
+                .ok()?
+                .into_iter()
+                .find(|g| g.name == name || g.handler_names.iter().any(|h| *h == name))
+        })
+    }
+
     /// The handlers of this bus, by group.
     fn find_groups(&self, shared: &Shared) -> Result<Vec<Group>, Error> {
         let mut groups: Vec<Group> = Vec::new();

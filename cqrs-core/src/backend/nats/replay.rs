@@ -26,15 +26,17 @@ pub enum ReplayFrom {
 
 impl Bus {
     /// Delivers past events again to one handler (by its name, or its `group`), from `from`:
-    /// clears the handler's inbox, then recreates its consumers at that point. Needs
-    /// `bus.start()` first (the handler must run in this process). Events keep their order per
+    /// clears the handler's inbox, then recreates its consumers at that point. The bus must
+    /// have the handler registered (it need not be started: an admin command can replay for
+    /// the running services). Events keep their order per
     /// key as on first delivery; the handler's other consumers in other processes pick the new
     /// ones up by themselves.
     pub async fn replay(&self, handler: &str, from: ReplayFrom) -> Result<(), Error> {
         let backend = nats_backend(self)?;
-        let Some(group) = backend.group(handler) else {
+        let shared = self.inner.get()?;
+        let Some(group) = backend.group_in(&shared, handler) else {
             return Err(Error::not_found(format!(
-                "no event handler `{handler}` runs on this bus: is the name right (see `bus.describe()`), and was `bus.start()` called?"
+                "no event handler `{handler}` on this bus: is the name right? (`bus.describe()` lists them)"
             )));
         };
         let policy = match from {
@@ -46,7 +48,6 @@ impl Bus {
                 start_time: time::OffsetDateTime::from(time),
             },
         };
-        let shared = self.inner.get()?;
         let database = shared.stores.database()?;
         for handler in &group.handler_names {
             let forgotten = database.forget_handled(handler).await?;
