@@ -47,7 +47,7 @@ pub fn parse(
             "--handler" => handler = Some(args.next().ok_or("--handler needs a value")?),
             "--all" => all = true,
             "--from" => from = Some(args.next().ok_or("--from needs a value")?),
-            "--database" | "--nats" => {
+            "--database" | "--nats" | "--nats-stream" => {
                 rest.push(arg.clone());
                 rest.push(args.next().ok_or(format!("{arg} needs a value"))?);
             }
@@ -101,16 +101,26 @@ fn humantime_rfc3339(text: &str) -> Option<SystemTime> {
         .map(SystemTime::from)
 }
 
-/// Connects to the broker as the shop's service.
-pub async fn connect(url: &str) -> Result<Nats, Error> {
-    Ok(Nats::connect(url).await?.service(SERVICE))
+/// Connects to the broker as the shop's service; `stream` instead of `CQRS_EVENTS`
+/// (`--nats-stream`), with its name in lower case as the subject prefix.
+pub async fn connect(url: &str, stream: Option<&str>) -> Result<Nats, Error> {
+    let nats = Nats::connect(url).await?.service(SERVICE);
+    Ok(match stream {
+        Some(stream) => nats.stream(stream).subject_prefix(stream.to_lowercase()),
+        None => nats,
+    })
 }
 
 /// Runs one admin action against the shop's broker; prints what it did.
-pub async fn run(action: Action, db: &Db, nats_url: &str) -> Result<(), Error> {
+pub async fn run(
+    action: Action,
+    db: &Db,
+    nats_url: &str,
+    stream: Option<&str>,
+) -> Result<(), Error> {
     let bus: Bus = bus_builder(db)
         .outbox_relay(false)
-        .nats(connect(nats_url).await?)
+        .nats(connect(nats_url, stream).await?)
         .build()
         .map_err(|e| Error::internal(e.to_string()))?;
     match action {

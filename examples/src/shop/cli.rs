@@ -36,6 +36,8 @@ usage:
       --nats            run the event handlers through NATS JetStream at this URL (e.g.
                         nats://127.0.0.1:4222): instances sharing the database and the broker
                         share the work of every handler
+      --nats-stream     the JetStream stream (default: CQRS_EVENTS; its subjects are the name
+                        in lower case); instances and services that share events use the same
       durations: 500ms, 10s, 2m, or a number of seconds
   shop describe [--mermaid]
       print every message -> handler -> layers -> source location,
@@ -55,10 +57,12 @@ pub enum Command {
         port: u16,
         options: ServeOptions,
         nats: Option<String>,
+        nats_stream: Option<String>,
     },
     Broker {
         database: String,
         nats: String,
+        nats_stream: Option<String>,
         action: super::broker::Action,
     },
     Describe {
@@ -76,6 +80,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
     let mut describe = false;
     let mut mermaid = false;
     let mut nats = None;
+    let mut nats_stream = None;
     let mut broker = None;
     let mut rest = Vec::new();
     while let Some(arg) = args.next() {
@@ -86,15 +91,18 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
                 // value).
                 let mut flags = std::mem::take(&mut rest).into_iter();
                 while let (Some(flag), Some(value)) = (flags.next(), flags.next()) {
-                    if flag == "--database" {
-                        database = value;
-                    } else {
-                        nats = Some(value);
+                    match flag.as_str() {
+                        "--database" => database = value,
+                        "--nats" => nats = Some(value),
+                        _ => nats_stream = Some(value),
                     }
                 }
             }
             "--nats" => {
                 nats = Some(args.next().ok_or("--nats needs a value")?);
+            }
+            "--nats-stream" => {
+                nats_stream = Some(args.next().ok_or("--nats-stream needs a value")?);
             }
             "describe" if !describe => describe = true,
             "--mermaid" if describe => mermaid = true,
@@ -124,6 +132,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         Command::Broker {
             database,
             nats: nats.unwrap_or_else(|| super::broker::DEFAULT_NATS.to_owned()),
+            nats_stream,
             action,
         }
     } else if describe {
@@ -134,6 +143,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             port,
             options,
             nats,
+            nats_stream,
         }
     })
 }
@@ -178,12 +188,17 @@ pub async fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
             port,
             options,
             nats,
-        } => run(&database, port, options, nats.as_deref()).await,
+            nats_stream,
+        } => {
+            let nats = nats.as_deref().map(|url| (url, nats_stream.as_deref()));
+            run(&database, port, options, nats).await
+        }
         Command::Broker {
             database,
             nats,
+            nats_stream,
             action,
-        } => broker(&database, &nats, action).await,
+        } => broker(&database, &nats, nats_stream.as_deref(), action).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -209,11 +224,16 @@ async fn describe(mermaid: bool) -> Result<(), BoxError> {
     Ok(())
 }
 
-async fn broker(database: &str, nats: &str, action: super::broker::Action) -> Result<(), BoxError> {
+async fn broker(
+    database: &str,
+    nats: &str,
+    stream: Option<&str>,
+    action: super::broker::Action,
+) -> Result<(), BoxError> {
     let db = Db::connect(database)
         .await
         .map_err(|e| e.message().into_owned())?;
-    let result = super::broker::run(action, &db, nats).await;
+    let result = super::broker::run(action, &db, nats, stream).await;
     db.close().await;
     result.map_err(|e| e.message().into_owned().into())
 }
@@ -222,7 +242,7 @@ async fn run(
     database: &str,
     port: u16,
     options: ServeOptions,
-    nats: Option<&str>,
+    nats: Option<(&str, Option<&str>)>,
 ) -> Result<(), BoxError> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -252,8 +272,8 @@ async fn run(
         .map_err(|e| format!("cannot create the tables in {shown}: {}", e.message()))?;
     let bus = match nats {
         None => build_bus(&db)?,
-        Some(url) => {
-            let nats = super::broker::connect(url)
+        Some((url, stream)) => {
+            let nats = super::broker::connect(url, stream)
                 .await
                 .map_err(|e| e.message().into_owned())?;
             super::bus_builder(&db).nats(nats).build()?
@@ -370,6 +390,7 @@ mod tests {
                 port: DEFAULT_PORT,
                 options: ServeOptions::default(),
                 nats: None,
+                nats_stream: None,
             })
         );
         assert_eq!(
@@ -391,6 +412,7 @@ mod tests {
                     header_read_timeout: Duration::from_secs(120),
                 },
                 nats: None,
+                nats_stream: None,
             })
         );
         let Ok(Command::Serve { options, .. }) = parse(&["--grace", "3"]) else {
@@ -410,6 +432,7 @@ mod tests {
             Ok(Command::Broker {
                 database: "x.db".into(),
                 nats: super::super::broker::DEFAULT_NATS.into(),
+                nats_stream: None,
                 action: super::super::broker::Action::DeadLetters { handler: None },
             })
         );

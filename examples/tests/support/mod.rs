@@ -74,6 +74,19 @@ impl TestDatabase {
         }
     }
 
+    /// A URL of this database for another process (`shop --database ..`): the file, or the
+    /// server's URL with the schema as `search_path`.
+    pub fn url(&self) -> String {
+        match &self.remove {
+            Removal::File(path) => path.display().to_string(),
+            Removal::Schema { schema, .. } => {
+                let base = std::env::var("CQRS_POSTGRES_URL").unwrap();
+                let sep = if base.contains('?') { '&' } else { '?' };
+                format!("{base}{sep}options=-csearch_path%3D{schema}")
+            }
+        }
+    }
+
     /// Closes the pool and removes the file or drops the schema.
     pub async fn remove(self) {
         self.db.close().await;

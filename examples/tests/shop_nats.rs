@@ -1,0 +1,148 @@
+//! Two shop processes on one PostgreSQL database and one NATS JetStream stream: orders placed
+//! and cancelled on either are projected exactly once, in order, and each cancellation puts
+//! its units back once. Needs `CQRS_POSTGRES_URL` and `CQRS_NATS_URL`.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::{TestDatabase, eventually};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const SHOP: &str = env!("CARGO_BIN_EXE_shop");
+
+/// Starts `shop --nats ..` on a free port; its child (killed on drop) and its URL.
+async fn shop(database: &str, nats: &str, stream: &str) -> (Child, String) {
+    let mut child = Command::new(SHOP)
+        .args(["--database", database, "--port", "0", "--nats", nats])
+        .args(["--nats-stream", stream, "--grace", "2s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the shop starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("the shop prints where it listens")
+        .unwrap()
+        .expect("a line");
+    let url = first
+        .strip_prefix("shop listening on ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("unexpected first line: {first}"))
+        .to_owned();
+    (child, url)
+}
+
+/// The one number `sql` answers, on the test's PostgreSQL schema.
+async fn count(database: &TestDatabase, sql: &'static str) -> i64 {
+    let cqrs_examples::shop::Db::Postgres(pool) = &database.db else {
+        unreachable!("the test runs on PostgreSQL")
+    };
+    cqrs_core::sqlx::query_scalar::<_, i64>(sql)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn post(url: &str, body: serde_json::Value) -> serde_json::Value {
+    let response = reqwest::Client::new()
+        .post(url)
+        .bearer_auth("alice-token")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{url}: {}",
+        response.status()
+    );
+    response.json().await.unwrap_or(serde_json::Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NATS and PostgreSQL: set CQRS_NATS_URL and CQRS_POSTGRES_URL"]
+async fn two_shops_project_each_order_once_and_restock_each_cancellation_once() {
+    let nats = std::env::var("CQRS_NATS_URL").expect("this test needs NATS: set CQRS_NATS_URL");
+    let database = TestDatabase::postgres().await;
+    let stream = format!("SHOP{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    let (mut a, a_url) = shop(&database.url(), &nats, &stream).await;
+    let (mut b, b_url) = shop(&database.url(), &nats, &stream).await;
+    let stock_before = count(&database, "SELECT stock FROM products WHERE id = 1").await;
+
+    let mut orders = Vec::new();
+    for i in 0..20 {
+        let url = if i % 2 == 0 { &a_url } else { &b_url };
+        let receipt = post(
+            &format!("{url}/orders"),
+            serde_json::json!({"product_id": 1, "quantity": 1}),
+        )
+        .await;
+        orders.push(receipt["order_id"].as_str().unwrap().to_owned());
+    }
+    // Half of them cancelled on the other shop than the one that took them.
+    for (i, order) in orders.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+        let url = if i % 4 == 0 { &b_url } else { &a_url };
+        post(
+            &format!("{url}/orders/{order}/cancel"),
+            serde_json::json!({}),
+        )
+        .await;
+    }
+
+    eventually(
+        "every order projected, the cancelled ones as cancelled",
+        Duration::from_secs(60),
+        || async {
+            let placed = count(
+                &database,
+                "SELECT COUNT(*) FROM order_summaries WHERE status = 'placed'",
+            )
+            .await;
+            let cancelled = count(
+                &database,
+                "SELECT COUNT(*) FROM order_summaries WHERE status = 'cancelled'",
+            )
+            .await;
+            (placed == 10 && cancelled == 10).then_some(())
+        },
+    )
+    .await;
+    eventually(
+        "the units of every cancellation back in stock",
+        Duration::from_secs(60),
+        || async {
+            let stock = count(&database, "SELECT stock FROM products WHERE id = 1").await;
+            (stock == stock_before - 10).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        count(
+            &database,
+            "SELECT COUNT(*) FROM processed_events WHERE handler = 'order_summaries'"
+        )
+        .await,
+        30,
+        "30 events, each projected once"
+    );
+    assert_eq!(
+        count(&database, "SELECT stock FROM products WHERE id = 1").await,
+        stock_before - 10,
+        "no cancellation restocked twice"
+    );
+
+    a.kill().await.unwrap();
+    b.kill().await.unwrap();
+    let js = cqrs_core::async_nats::jetstream::new(
+        cqrs_core::Nats::connect(&nats).await.unwrap().client(),
+    );
+    let _ = js.delete_stream(&stream).await;
+    let _ = js.delete_stream(format!("{stream}_DLQ")).await;
+    database.remove().await;
+}
