@@ -473,12 +473,9 @@ async fn nats_without_a_database_is_a_build_error() {
         .connect("nats://127.0.0.1:1")
         .await
         .unwrap();
-    let error = Bus::builder()
-        .discover(false)
-        .nats(client)
-        .build()
-        .err()
-        .expect("a broker needs the outbox");
+    let Err(error) = Bus::builder().discover(false).nats(client).build() else {
+        panic!("a broker needs the outbox");
+    };
     let text = error.to_string();
     assert!(text.contains("needs a database"), "{text}");
     assert!(text.contains(".sqlite(pool)"), "{text}");

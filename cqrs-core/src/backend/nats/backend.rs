@@ -79,7 +79,7 @@ impl NatsBackend {
             self.find_groups(shared)
                 .ok()?
                 .into_iter()
-                .find(|g| g.name == name || g.handler_names.iter().any(|h| *h == name))
+                .find(|g| g.name == name || g.handler_names.contains(&name))
         })
     }
 

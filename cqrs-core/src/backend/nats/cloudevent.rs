@@ -84,6 +84,7 @@ fn rfc3339(ms: i64) -> String {
 }
 
 /// An event read from the wire.
+#[derive(Debug)]
 pub(crate) struct Incoming {
     pub(crate) id: Uuid,
     pub(crate) name: String,

@@ -137,7 +137,9 @@ pub(crate) async fn outbox_claim(
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
-    let rows: Vec<(Uuid, String, String, String, i64, i32, Option<String>, i64)> = sqlx::query_as(
+    /// id, event name, payload, metadata, created at, attempts, partition key, seq.
+    type Claimed = (Uuid, String, String, String, i64, i32, Option<String>, i64);
+    let rows: Vec<Claimed> = sqlx::query_as(
         "WITH pending AS (
                  SELECT id, seq, bool_or(locked_until_ms IS NOT NULL AND locked_until_ms > $2)
                      OVER (PARTITION BY COALESCE(partition_key, id::text) ORDER BY seq

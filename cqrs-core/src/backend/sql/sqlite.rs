@@ -115,7 +115,18 @@ pub(crate) async fn outbox_claim(
     lease_until_ms: i64,
     limit: i64,
 ) -> Result<Vec<ClaimedRow>, Error> {
-    let rows: Vec<(String, String, String, String, i64, i64, Option<String>, i64)> =
+    /// id, event name, payload, metadata, created at, attempts, partition key, rowid.
+    type Claimed = (
+        String,
+        String,
+        String,
+        String,
+        i64,
+        i64,
+        Option<String>,
+        i64,
+    );
+    let rows: Vec<Claimed> =
         sqlx::query_as(
             "UPDATE cqrs_outbox SET locked_until_ms = ?, attempts = attempts + 1
              WHERE id IN (
