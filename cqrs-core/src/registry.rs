@@ -62,6 +62,7 @@ pub struct HandlerOptions {
     pub(crate) invalidates: &'static [fn() -> MessageInfo],
     pub(crate) emits: &'static [fn() -> MessageInfo],
     pub(crate) sends: &'static [fn() -> MessageInfo],
+    pub(crate) group: Option<&'static str>,
 }
 
 impl HandlerOptions {
@@ -73,7 +74,14 @@ impl HandlerOptions {
             invalidates: &[],
             emits: &[],
             sends: &[],
+            group: None,
         }
+    }
+
+    /// The consumer group an event handler reads a broker's events in (`group = ".."`).
+    pub const fn group(mut self, group: &'static str) -> Self {
+        self.group = Some(group);
+        self
     }
 
     /// The documented reason a command handler reads the query side.

@@ -53,6 +53,15 @@ pub(crate) fn clashing_attributes(item: &mut ItemStruct, attribute: &str, errors
 /// A handler attribute and its struct.
 pub(crate) fn handler(attr: &HandlerAttr, handler: &mut HandlerStruct, errors: &mut Errors) {
     let attribute = attr.kind.attribute();
+    if let Some(group) = &attr.group {
+        let value = group.value();
+        if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            errors.spanned(
+                group,
+                "a consumer group is a name without spaces, e.g. \"order_projection\"",
+            );
+        }
+    }
     if let Some((d, span)) = attr.timeout {
         if d.is_zero() {
             errors.at(span, ZERO_TIMEOUT);

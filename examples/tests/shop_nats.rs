@@ -146,3 +146,68 @@ async fn two_shops_project_each_order_once_and_restock_each_cancellation_once() 
     let _ = js.delete_stream(format!("{stream}_DLQ")).await;
     database.remove().await;
 }
+
+const NOTIFIER: &str = env!("CARGO_BIN_EXE_order_notifier");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NATS: set CQRS_NATS_URL"]
+async fn another_binary_handles_the_shop_s_events_by_their_name() {
+    let nats = std::env::var("CQRS_NATS_URL").expect("this test needs NATS: set CQRS_NATS_URL");
+    let database = TestDatabase::sqlite().await;
+    let notifier_db = std::env::temp_dir().join(format!(
+        "cqrs-notifier-{}.db",
+        uuid::Uuid::now_v7().simple()
+    ));
+    let stream = format!("SHOP{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    let (mut shop, url) = shop(&database.url(), &nats, &stream).await;
+
+    let mut notifier = Command::new(NOTIFIER)
+        .args(["--nats", &nats, "--nats-stream", &stream, "--database"])
+        .arg(&notifier_db)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the notifier starts");
+    let mut lines = BufReader::new(notifier.stdout.take().unwrap()).lines();
+    let mut next_line = async move || {
+        tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("the notifier says something within 30 s")
+            .unwrap()
+            .expect("a line")
+    };
+    assert_eq!(next_line().await, "order_notifier ready");
+
+    let receipt = post(
+        &format!("{url}/orders"),
+        serde_json::json!({"product_id": 1, "quantity": 2}),
+    )
+    .await;
+    let order = receipt["order_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        next_line().await,
+        format!("notify: order {order} placed by alice (2 units)")
+    );
+    post(
+        &format!("{url}/orders/{order}/cancel"),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(
+        next_line().await,
+        format!("notify: order {order} cancelled")
+    );
+
+    notifier.kill().await.unwrap();
+    shop.kill().await.unwrap();
+    let js = cqrs_core::async_nats::jetstream::new(
+        cqrs_core::Nats::connect(&nats).await.unwrap().client(),
+    );
+    let _ = js.delete_stream(&stream).await;
+    let _ = js.delete_stream(format!("{stream}_DLQ")).await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", notifier_db.display()));
+    }
+    database.remove().await;
+}

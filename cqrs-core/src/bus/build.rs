@@ -125,6 +125,7 @@ impl BusBuilder {
                         &mut problems,
                     ),
                     handler_name: candidate.handler_name,
+                    group: candidate.options.group,
                     layers,
                     query_cache: &*query_cache,
                     cache_regions: &mut cache_regions,

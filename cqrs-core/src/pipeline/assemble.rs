@@ -18,6 +18,8 @@ use crate::message::{Command, Event, Query};
 pub(crate) struct Installation<'a> {
     pub(crate) resolver: Resolver<'a>,
     pub(crate) handler_name: &'static str,
+    /// The consumer group of an event handler (`group = ".."`), if not its name.
+    pub(crate) group: Option<&'static str>,
     pub(crate) layers: Layers,
     pub(crate) query_cache: &'a dyn QueryCache,
     pub(crate) cache_regions: &'a mut HashMap<&'static str, Arc<dyn CacheRegion>>,
@@ -75,6 +77,7 @@ where
     Installed::Event(Box::new(EventPipeline::<E, H> {
         handler,
         name: inst.handler_name,
+        group: inst.group,
         layers: inst.layers.clone(),
         _event: PhantomData,
     }))

@@ -40,6 +40,7 @@ pub(crate) trait EventPipe: Send + Sync {
 pub(crate) struct EventPipeline<E, H> {
     pub(crate) handler: H,
     pub(crate) name: &'static str,
+    pub(crate) group: Option<&'static str>,
     pub(crate) layers: Layers,
     pub(crate) _event: PhantomData<fn(E)>,
 }
@@ -47,6 +48,10 @@ pub(crate) struct EventPipeline<E, H> {
 impl<E: Event, H: EventHandler<E>> EventPipe for EventPipeline<E, H> {
     fn handler_name(&self) -> &'static str {
         self.name
+    }
+
+    fn group(&self) -> &'static str {
+        self.group.unwrap_or(self.name)
     }
 
     fn event(&self) -> (&'static str, crate::events::EventDecoder) {

@@ -53,7 +53,11 @@ impl HandlerKind {
             opt("sends", Kind::Types),
         ];
         const QUERY: &[Spec] = &[opt("timeout", Kind::Duration)];
-        const EVENT: &[Spec] = &[opt("timeout", Kind::Duration), opt("sends", Kind::Types)];
+        const EVENT: &[Spec] = &[
+            opt("timeout", Kind::Duration),
+            opt("sends", Kind::Types),
+            opt("group", Kind::Str),
+        ];
         match self {
             HandlerKind::Command => COMMAND,
             HandlerKind::Query => QUERY,
@@ -83,6 +87,8 @@ pub(crate) struct HandlerAttr {
     pub(crate) sends: Vec<Type>,
     /// Why a command handler reads the query side.
     pub(crate) reads_queries: Option<LitStr>,
+    /// The consumer group of an event handler on a broker.
+    pub(crate) group: Option<LitStr>,
 }
 
 impl HandlerAttr {
@@ -103,6 +109,7 @@ impl HandlerAttr {
             reads_queries: args.str("reads_queries"),
             emits: args.types("emits").unwrap_or_default(),
             sends: args.types("sends").unwrap_or_default(),
+            group: args.str("group"),
         }
     }
 }

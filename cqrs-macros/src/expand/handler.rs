@@ -114,6 +114,9 @@ fn handler_options(attr: &HandlerAttr) -> TokenStream {
         let list = infos(&attr.sends, quote!(command_info));
         options = quote!(#options.sends(#list));
     }
+    if let Some(group) = &attr.group {
+        options = quote!(#options.group(#group));
+    }
     options
 }
 
