@@ -211,3 +211,87 @@ async fn another_binary_handles_the_shop_s_events_by_their_name() {
     }
     database.remove().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NATS and PostgreSQL: set CQRS_NATS_URL and CQRS_POSTGRES_URL"]
+async fn a_shop_killed_mid_stream_loses_nothing_the_other_finishes() {
+    let nats = std::env::var("CQRS_NATS_URL").expect("this test needs NATS: set CQRS_NATS_URL");
+    let database = TestDatabase::postgres().await;
+    let stream = format!("SHOP{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    let (mut a, a_url) = shop(&database.url(), &nats, &stream).await;
+    let (mut b, b_url) = shop(&database.url(), &nats, &stream).await;
+
+    // A takes orders while its relay publishes and its consumers project; it is killed (-9)
+    // in the middle of that, with events in its outbox and in its handlers.
+    let mut placed = 0;
+    let sending = {
+        let a_url = a_url.clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut ok = 0;
+            for _ in 0..40 {
+                let sent = client
+                    .post(format!("{a_url}/orders"))
+                    .bearer_auth("alice-token")
+                    .json(&serde_json::json!({"product_id": 3, "quantity": 1}))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status().is_success() => ok += 1,
+                    _ => break,
+                }
+            }
+            ok
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    a.kill().await.unwrap();
+    placed += sending.await.unwrap();
+    for _ in 0..10 {
+        post(
+            &format!("{b_url}/orders"),
+            serde_json::json!({"product_id": 3, "quantity": 1}),
+        )
+        .await;
+        placed += 1;
+    }
+    // What A committed is in the database whatever it managed to publish: B's relay sends it
+    // once A's claims run out, and B's consumers take A's unanswered events after `ack_wait`.
+    let committed = count(&database, "SELECT COUNT(*) FROM cqrs_events").await;
+    assert!(committed >= placed, "every answered order is stored");
+    eventually(
+        "B projects every committed order",
+        Duration::from_secs(120),
+        || async {
+            (count(&database, "SELECT COUNT(*) FROM order_summaries").await == committed)
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        count(
+            &database,
+            "SELECT COUNT(*) FROM processed_events WHERE handler = 'order_summaries'"
+        )
+        .await,
+        committed,
+        "each projected once"
+    );
+    assert_eq!(
+        count(
+            &database,
+            "SELECT COUNT(*) FROM cqrs_outbox WHERE delivered_at_ms IS NULL"
+        )
+        .await,
+        0
+    );
+
+    b.kill().await.unwrap();
+    let js = cqrs_core::async_nats::jetstream::new(
+        cqrs_core::Nats::connect(&nats).await.unwrap().client(),
+    );
+    let _ = js.delete_stream(&stream).await;
+    let _ = js.delete_stream(format!("{stream}_DLQ")).await;
+    database.remove().await;
+}
