@@ -317,6 +317,84 @@
 //! helpers of the `http` module take a route from request to `bus.send` in one line, with the
 //! caller from a bearer token and the `Idempotency-Key` header in the envelope.
 //!
+//! ## 9. Events across processes: NATS JetStream (feature `nats`)
+//!
+//! One process delivers an event to its own handlers. A service that runs several instances,
+//! or services that react to each other's events, add a broker:
+//!
+#![cfg_attr(all(feature = "sqlite", feature = "nats"), doc = "```no_run")]
+#![cfg_attr(not(all(feature = "sqlite", feature = "nats")), doc = "```ignore")]
+//! # use cqrs_core::prelude::*;
+//! # use cqrs_core::Nats;
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let pool = cqrs_core::sqlite_pool("shop.db").await?;
+//! let nats = Nats::connect("nats://127.0.0.1:4222").await?.service("shop");
+//! let bus = Bus::builder().sqlite(pool).nats(nats).build()?; // `.nats` needs the database
+//! bus.migrate().await?;
+//! bus.start().await?;   // streams and consumers created or checked; relay and consumers run
+//! // .. serve ..
+//! bus.shutdown(std::time::Duration::from_secs(10)).await;
+//! # Ok(()) }
+//! ```
+//!
+//! **What changes.** Every event goes through the outbox: a `#[transactional]` command's in its
+//! transaction, any other command's (and `bus.publish`'s) in a transaction of its own right
+//! after the handler. The outbox relay publishes committed rows to the stream (`CQRS_EVENTS` by
+//! default) and marks a row sent once JetStream acknowledged it; nothing is published for
+//! rolled-back work, and a process that dies between commit and publish leaves the row for the
+//! next relay (its own after a restart, or another instance's once the claim runs out). The
+//! event id is the message id, so JetStream drops a second publish of the same event (within
+//! its duplicate window, 2 minutes). No event is delivered in the emitting process any more:
+//! each event handler receives events from its own durable consumers.
+//!
+//! **Who gets what.** Every handler (or `group = ".."`) gets every event of its type; instances
+//! of a service running the same handler share its work (competing consumers named
+//! `<service>_<group>_<partition>`); another service (another `service(..)` name) gets every
+//! event too. A handler in another binary reads an event by its stable name (`#[event(name =
+//! "orders.event")]`), declaring only the fields it needs: see `examples/src/bin/
+//! order_notifier.rs`. A new consumer starts with new events; [`Bus::replay`](crate::Bus::replay)
+//! reaches the past.
+//!
+//! **Order.** The events of one partition key (the aggregate they were saved for, or
+//! `#[event(partition_key = field)]`) reach each handler in the order they were committed, one
+//! at a time; other keys proceed in parallel, over `partitions` (8). The order holds at
+//! publish too: the outbox never hands on a row while an older row of its key is unsent. While
+//! an event is retried it holds back the later events of its partition; once parked (below) it
+//! no longer does.
+//!
+//! **Failures.** A handler's error (or panic) is retried through redelivery, after a delay that
+//! doubles from 1 s up to 60 s ([`Nats::retry_backoff`](crate::Nats::retry_backoff)); on the
+//! last delivery (`max_deliver`, 5, per handler with
+//! [`Nats::handler_max_deliver`](crate::Nats::handler_max_deliver)) the event is parked in the
+//! dead-letter stream `<stream>_DLQ` with the error and the handler's name. An event that
+//! cannot be read (not a CloudEvent, or data that no longer decodes: a schema that drifted) is
+//! parked at once. [`Bus::dead_letters`](crate::Bus::dead_letters) lists them;
+//! [`Bus::redeliver`](crate::Bus::redeliver) puts one, or all of a handler's, back to that
+//! handler only. Delivery is at least once: a handler without `#[transactional]` may see an
+//! event twice (a lost acknowledgement, a nats-server killed with `-9` before it saved its
+//! consumers' state), and reads `cx.event_id()` to tell.
+//!
+//! **Effects once.** `#[transactional]` on an event handler runs it in a database transaction
+//! that also records (handler, event id) in `cqrs_inbox`: a redelivered event it already
+//! handled is acknowledged without running it. `cx.tx::<DB>()` is that transaction. A replay
+//! clears the handler's inbox first.
+//!
+//! **On the wire** each event is a CloudEvent in the binary mode of the NATS protocol binding
+//! (the 1.0.3 draft): the JSON data as the body, the attributes as `ce-*` headers (`ce-id`,
+//! `ce-type`, `ce-source`, `ce-time`, and the extensions `correlationid`, `causationid`,
+//! `sagaid`, `principalid`, `aggregatetype`, `aggregateid`, `aggregateversion`,
+//! `partitionkey`) and a W3C `traceparent` whose trace id is the correlation id. Subjects are
+//! `<prefix>.ev.<event>.<partition>`, the event's name escaped (letters, digits and `_` kept,
+//! any other byte written `-XX`), the partition `FNV-1a-32(key) mod partitions`. In a handler
+//! of another process, `cx.principal()` has the sender's id and no roles: a message on the
+//! broker is not a credential, so commands it sends are authorized as that bare principal.
+//!
+//! **Start and stop.** `build()` stays synchronous and touches no network; `start()` reports
+//! every clash between what exists on the server and what the bus needs at once (a stream's
+//! `max_age`, its number of partitions, a consumer's `max_deliver`, ..), and `shutdown(grace)`
+//! stops pulling, lets the events being handled finish (or gives them back), then stops the
+//! relay. Tested with nats-server 2.9.10.
+//!
 //! ## Features
 //!
 //! | feature | what it adds |
@@ -326,3 +404,4 @@
 //! | `postgres` | the same on PostgreSQL |
 //! | `axum` | problem+json responses, extractors, route helpers |
 //! | `metrics` | dispatch counters and latency histograms through the `metrics` facade |
+//! | `nats` | events across processes on NATS JetStream (needs `sqlite` or `postgres`) |

@@ -44,7 +44,8 @@ pub use replay::ReplayFrom;
 /// timing of its streams and consumers. Every setting has a default; `Nats::new(client)` (or
 /// just `.nats(client)`) is enough on one machine.
 ///
-/// ```no_run
+#[cfg_attr(feature = "sqlite", doc = "```no_run")]
+#[cfg_attr(not(feature = "sqlite"), doc = "```ignore")]
 /// # use cqrs_core::prelude::*;
 /// # use cqrs_core::Nats;
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
