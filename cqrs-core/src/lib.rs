@@ -146,8 +146,9 @@ pub use sqlx;
 /// | 7 | cache | `#[cached_query(..)]` (queries) | hit returns the stored answer; concurrent misses run the handler once |
 /// | 8 | retry | `#[retry(..)]` | re-runs the inner layers on the listed statuses |
 /// | 9 | transaction | `#[transactional(..)]` (commands) | begin; handler; commit on `Ok`, roll back on `Err` |
+/// | 9 | transaction | `#[transactional]` (event handlers) | begin; the event recorded in the handler's inbox (already there: not run again); handler; commit or roll back |
 /// | 10 | handler | | a panic becomes `Internal` |
-/// | after | publish | | emitted events to event handlers after commit; `invalidates = [..]` caches dropped |
+/// | after | publish | | emitted events to event handlers after commit; `invalidates = [..]` caches dropped. With `.nats(..)`: every event through the outbox (its own transaction when the command has none), published to JetStream by the relay in order per partition key, and delivered by each handler's durable consumers in whichever process runs them |
 pub mod pipeline_order {}
 
 /// Everything a handler module needs: `use cqrs_core::prelude::*;`.
