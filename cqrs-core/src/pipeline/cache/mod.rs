@@ -21,6 +21,8 @@
 //! traits with serialized values.
 
 mod layer;
+#[cfg(all(test, loom))]
+mod loom_model;
 mod memory;
 
 pub(crate) use self::layer::{Answer, AnswerCodec, CacheLayer};
@@ -32,13 +34,14 @@ use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
 use crate::Error;
+use crate::sync::AtomicU64;
 
 /// The configuration of `#[cached_query(..)]`.
 #[derive(Clone, Copy)]
