@@ -131,10 +131,13 @@ impl CacheLayer {
                 }
             },
         };
-        if let Err(error) = self.region.insert(key, value).await {
+        let Some(insert) = self.region.insert_in(epoch, key, value) else {
+            return;
+        };
+        if let Err(error) = insert.await {
             tracing::warn!(target: "cqrs", query = self.query, %error, "cache insert failed");
         }
-        // Invalidated between the check and the insert: drop what may be a stale answer.
+        // A remote insert that finished after an invalidation: drop what may be a stale answer.
         if self.region.epoch() != epoch
             && let Err(error) = self.region.invalidate_all().await
         {

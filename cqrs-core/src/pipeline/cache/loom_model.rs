@@ -211,3 +211,27 @@ fn no_answer_is_stored_across_an_invalidation(deferred: bool) {
         }
     });
 }
+
+/// In process only: with a remote backend, an insert that lands after an invalidation is
+/// readable until the leader that made it checks the epoch again and clears the region.
+#[test]
+fn loom_a_caller_after_an_invalidation_gets_a_fresh_answer() {
+    loom::model(|| {
+        let layer = layer();
+        let data = Arc::new(AtomicUsize::new(0));
+        let reader = {
+            let (layer, data) = (layer.clone(), data.clone());
+            thread::spawn(move || ask(&layer, || data.load(SeqCst)))
+        };
+        data.store(1, SeqCst);
+        loom::future::block_on(layer.invalidate()).unwrap();
+        // Asked after the invalidation: neither a stored answer nor a computation from before
+        // it may answer.
+        let (answer, _) = ask(&layer, || data.load(SeqCst));
+        assert_eq!(
+            answer, 1,
+            "a caller after the invalidation got an answer from before it"
+        );
+        reader.join().unwrap();
+    });
+}
