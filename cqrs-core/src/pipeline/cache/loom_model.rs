@@ -7,11 +7,13 @@
 //! channel are loom's through `crate::sync`. The region stands for any backend whose get,
 //! insert and clear are each atomic (the in-process one is: one `quick_cache` call each).
 //!
-//! What the models prove, for every interleaving within the preemption bound:
+//! What the models prove, for every interleaving of two threads (of three, up to five
+//! preemptions, for the dropped leader with two waiters):
 //! - **one computation per key**: concurrent misses on one key run the handler once, and every
 //!   caller gets its answer;
 //! - **no lost wake-up**: a caller waiting for a leader always returns, whether the leader
-//!   answers or is dropped halfway (cancelled, timed out), in which case a waiter takes over;
+//!   answers or is dropped halfway (cancelled, timed out), in which case one waiter takes over
+//!   and the others wait for it;
 //! - **no answer stored across an invalidation**: an answer computed from data read before an
 //!   invalidation is not in the cache once the invalidation and the computation are done, and a
 //!   caller who asks after an invalidation gets an answer computed after it.
@@ -20,9 +22,10 @@
 //! remote one, modelled by a region that inserts when its future is polled), a stale answer can
 //! be read between its insert and the leader's re-check of the epoch, which then clears it.
 //!
-//! What they do not cover: expiry and eviction (the region keeps everything), backends whose
-//! operations are not atomic, invalidations from other processes (a shared backend's epoch is
-//! per process), and a waiter cancelled while it waits (see `crate::sync`).
+//! What they do not cover: more callers than these, expiry and eviction (the region keeps
+//! everything), backends whose operations are not atomic, invalidations from other processes (a
+//! shared backend's epoch is per process), and a waiter cancelled while it waits (see
+//! `crate::sync`).
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -233,5 +236,43 @@ fn loom_a_caller_after_an_invalidation_gets_a_fresh_answer() {
             "a caller after the invalidation got an answer from before it"
         );
         reader.join().unwrap();
+    });
+}
+
+/// Three threads: explored up to five preemptions (a few seconds; every interleaving takes a
+/// quarter of an hour), unless `LOOM_MAX_PREEMPTIONS` says otherwise.
+#[test]
+fn loom_two_waiters_of_a_dropped_leader_run_the_handler_once() {
+    let mut model = loom::model::Builder::new();
+    model.preemption_bound = model.preemption_bound.or(Some(5));
+    model.check(|| {
+        let layer = layer();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let cancelled = {
+            let layer = layer.clone();
+            thread::spawn(move || {
+                let mut hit = false;
+                let mut run = pin!(layer.run(&Codec, KEY, false, &mut hit, || {
+                    std::future::pending::<Result<Answer, Error>>()
+                }));
+                let _ = run.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+            })
+        };
+        let other = {
+            let (layer, runs) = (layer.clone(), runs.clone());
+            thread::spawn(move || {
+                ask(&layer, || {
+                    runs.fetch_add(1, SeqCst);
+                    7
+                })
+            })
+        };
+        let (mine, _) = ask(&layer, || {
+            runs.fetch_add(1, SeqCst);
+            7
+        });
+        assert_eq!((mine, other.join().unwrap().0), (7, 7));
+        cancelled.join().unwrap();
+        assert_eq!(runs.load(SeqCst), 1, "the handler ran more than once");
     });
 }

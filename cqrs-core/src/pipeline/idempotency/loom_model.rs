@@ -6,14 +6,14 @@
 //! `crate::sync`; a send that finds the key held pauses with `crate::sync::sleep`, a loom
 //! yield, and asks again).
 //!
-//! What the models prove, for every interleaving within the preemption bound:
+//! What the models prove, for every interleaving of two sends:
 //! - **one execution per key**: concurrent sends run the command once; the others get its
 //!   stored reply;
 //! - **a failed execution frees the key, and never overlaps another**: when the first execution
 //!   fails, a concurrent send runs the command itself (or the failing sender gets the reply of
 //!   the one that succeeded), and no two executions of the key are ever under way at once.
 //!
-//! What they do not cover: lease expiry (a claim outlives the model), the release that a
+//! What they do not cover: more senders, lease expiry (a claim outlives the model), the release that a
 //! dropped execution spawns on the tokio runtime (there is none under loom), and the SQL and
 //! Redis stores, whose claim is one statement in the database.
 
