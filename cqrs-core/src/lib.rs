@@ -74,6 +74,7 @@ mod location;
 mod message;
 mod pipeline;
 mod registry;
+mod sync;
 pub mod testing;
 
 #[doc(hidden)]

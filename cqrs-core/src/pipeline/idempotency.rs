@@ -16,13 +16,14 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 
 use crate::Error;
+use crate::sync::Mutex;
 
 /// The default time a stored reply is kept.
 pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -326,7 +327,7 @@ impl IdempotencyLayer {
                 }
                 Claim::InProgress { fingerprint } => {
                     check_fingerprint(key, &fingerprint)?;
-                    tokio::time::sleep(wait).await;
+                    crate::sync::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_millis(100));
                 }
             }
@@ -373,6 +374,9 @@ impl Drop for ReleaseOnDrop<'_> {
         }
     }
 }
+
+#[cfg(all(test, loom))]
+mod loom_model;
 
 #[cfg(test)]
 mod tests {

@@ -4,14 +4,13 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
-use tokio::sync::watch;
+use std::sync::Arc;
 
 use super::{
     CacheFuture, CacheRegion, CacheSpec, CachedValue, Invalidated, Representation, cache_key,
 };
 use crate::Error;
+use crate::sync::{Mutex, Subscriber, once_channel};
 
 /// An answer as the cache layer handles it: the query's output, shared. Sharing it is what a
 /// hit, a follower of a single flight and the in-process backend need; the layer never looks
@@ -29,7 +28,7 @@ pub(crate) trait AnswerCodec: Send + Sync {
 /// A computation in progress, and the invalidation epoch it started in.
 struct InFlight {
     epoch: u64,
-    answer: watch::Receiver<Option<Result<Answer, Error>>>,
+    answer: Subscriber<Result<Answer, Error>>,
 }
 
 /// The cache layer of one query handler.
@@ -132,10 +131,13 @@ impl CacheLayer {
                 }
             },
         };
-        if let Err(error) = self.region.insert(key, value).await {
+        let Some(insert) = self.region.insert_in(epoch, key, value) else {
+            return;
+        };
+        if let Err(error) = insert.await {
             tracing::warn!(target: "cqrs", query = self.query, %error, "cache insert failed");
         }
-        // Invalidated between the check and the insert: drop what may be a stale answer.
+        // A remote insert that finished after an invalidation: drop what may be a stale answer.
         if self.region.epoch() != epoch
             && let Err(error) = self.region.invalidate_all().await
         {
@@ -171,7 +173,7 @@ impl CacheLayer {
                     Some(flight) if flight.epoch == epoch => Err(flight.answer.clone()),
                     // None, or one that started before an invalidation: its answer may be stale.
                     _ => {
-                        let (sender, answer) = watch::channel(None);
+                        let (sender, answer) = once_channel();
                         in_flight.insert(key, InFlight { epoch, answer });
                         Ok(sender)
                     }
@@ -187,7 +189,7 @@ impl CacheLayer {
                     // Another leader may have stored the answer between our miss and our claim.
                     if let Some(hit) = self.lookup(codec, key).await {
                         *cache_hit = true;
-                        sender.send_replace(Some(Ok(hit.clone())));
+                        sender.publish(Ok(hit.clone()));
                         return Ok(hit);
                     }
                     let Some(compute) = compute.take() else {
@@ -197,22 +199,13 @@ impl CacheLayer {
                     if let Ok(answer) = &result {
                         self.store(codec, key, answer, epoch).await;
                     }
-                    sender.send_replace(Some(result.clone()));
+                    sender.publish(result.clone());
                     return result;
                 }
                 Err(mut flight) => {
                     // Wait for the leader; if it is dropped (cancelled, timed out) without an
                     // answer, take over.
-                    loop {
-                        if let Some(result) = flight.borrow_and_update().clone() {
-                            *cache_hit = result.is_ok();
-                            return result;
-                        }
-                        if flight.changed().await.is_err() {
-                            break;
-                        }
-                    }
-                    if let Some(result) = flight.borrow().clone() {
+                    if let Some(result) = flight.wait().await {
                         *cache_hit = result.is_ok();
                         return result;
                     }

@@ -21,6 +21,8 @@
 //! traits with serialized values.
 
 mod layer;
+#[cfg(all(test, loom))]
+mod loom_model;
 mod memory;
 
 pub(crate) use self::layer::{Answer, AnswerCodec, CacheLayer};
@@ -32,13 +34,14 @@ use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
 use crate::Error;
+use crate::sync::{AtomicU64, Mutex};
 
 /// The configuration of `#[cached_query(..)]`.
 #[derive(Clone, Copy)]
@@ -255,6 +258,12 @@ pub trait CacheRegion: Send + Sync + 'static {
 pub(crate) struct Invalidated {
     region: Arc<dyn CacheRegion>,
     epoch: AtomicU64,
+    /// Held across an epoch check and the insert it allows ([`insert_in`](Self::insert_in)), and
+    /// across an invalidation's bump and clear, so that with a backend that does its work when
+    /// called (the in-process one) an answer from before an invalidation cannot land after the
+    /// clear, not even until the storing leader notices: a caller who asks after an invalidation
+    /// would read it. Never held across an await; not taken on a lookup.
+    stores: Mutex<()>,
 }
 
 impl Invalidated {
@@ -262,11 +271,20 @@ impl Invalidated {
         Arc::new(Invalidated {
             region,
             epoch: AtomicU64::new(0),
+            stores: Mutex::new(()),
         })
     }
 
     fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Starts storing `value` under `key` if no invalidation happened since `epoch`; `None` if
+    /// one did. A backend whose insert completes later (a remote one) may still finish after an
+    /// invalidation: the caller checks the epoch again once the insert is done.
+    fn insert_in(&self, epoch: u64, key: u128, value: CachedValue) -> Option<CacheFuture<'_, ()>> {
+        let _stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        (self.epoch() == epoch).then(|| self.region.insert(key, value))
     }
 }
 
@@ -281,6 +299,7 @@ impl CacheRegion for Invalidated {
         self.region.insert(key, value)
     }
     fn invalidate_all(&self) -> CacheFuture<'_, ()> {
+        let _stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.region.invalidate_all()
     }
