@@ -479,6 +479,19 @@ async fn nats_without_a_database_is_a_build_error() {
     let text = error.to_string();
     assert!(text.contains("needs a database"), "{text}");
     assert!(text.contains(".sqlite(pool)"), "{text}");
+
+    // Whichever comes first: a database after the broker is fine.
+    let client = cqrs_core::async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect("nats://127.0.0.1:1")
+        .await
+        .unwrap();
+    let db = TestDb::sqlite().await;
+    let built = db
+        .attach(Bus::builder().discover(false).nats(client))
+        .build();
+    assert!(built.is_ok(), "{:?}", built.err());
+    db.cleanup().await;
 }
 
 #[tokio::test]

@@ -44,6 +44,9 @@ pub(crate) struct Backends {
     pub(crate) problems: Vec<crate::BuildProblem>,
     settings: HashMap<TypeId, Box<dyn Any + Send>>,
     finishers: Vec<fn(&mut Backends)>,
+    /// Checks that need every backend finished (a broker needs the database, whichever of the
+    /// two builder methods came first).
+    pub(crate) checks: Vec<fn(&Backends) -> Option<crate::BuildProblem>>,
 }
 
 impl Default for Backends {
@@ -61,6 +64,7 @@ impl Default for Backends {
             problems: Vec::new(),
             settings: HashMap::new(),
             finishers: Vec::new(),
+            checks: Vec::new(),
         }
     }
 }
@@ -94,6 +98,11 @@ impl Backends {
     pub(crate) fn finish(&mut self) {
         for finish in std::mem::take(&mut self.finishers) {
             finish(self);
+        }
+        for check in std::mem::take(&mut self.checks) {
+            if let Some(problem) = check(self) {
+                self.problems.push(problem);
+            }
         }
     }
 

@@ -243,12 +243,13 @@ fn finish(backends: &mut Backends) {
     else {
         return;
     };
-    if backends.database.is_none() {
-        backends.problems.push(crate::BuildProblem::Backend {
+    // After every backend finished: `.sqlite(..)` may come after `.nats(..)`.
+    backends.checks.push(|backends| {
+        backends.database.is_none().then(|| crate::BuildProblem::Backend {
             backend: "nats",
             problem: "`.nats(..)` needs a database for the outbox, through which every event reaches the broker: add `.sqlite(pool)` or `.postgres(pool)` to the builder".to_owned(),
-        });
-    }
+        })
+    });
     if backend.config.partitions == 0 {
         backends.problems.push(crate::BuildProblem::Backend {
             backend: "nats",

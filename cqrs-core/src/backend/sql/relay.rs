@@ -25,6 +25,7 @@ pub(crate) fn start(bus: &Bus, store: SqlStore) {
         runtime.spawn(async move {
             let mut ticks: u64 = 0;
             let mut schema_ready = false;
+            let mut waiting_for_start = 0u32;
             loop {
                 let Some(inner) = weak.upgrade() else { return };
                 if !schema_ready {
@@ -36,6 +37,12 @@ pub(crate) fn start(bus: &Bus, store: SqlStore) {
                 }
                 // With a broker, nothing is sent before `bus.start()` set it up.
                 let ready = inner.stores.transport.as_ref().is_none_or(|t| t.is_ready());
+                if !ready {
+                    waiting_for_start += 1;
+                    if waiting_for_start == 10 {
+                        tracing::warn!(target: "cqrs::outbox", "events wait in the outbox for the broker: call `bus.start().await` after `build()`");
+                    }
+                }
                 let mut full = false;
                 if schema_ready && ready {
                     match outbox::relay_once(&inner, &store.db, &store.outbox).await {
