@@ -648,3 +648,70 @@ async fn nats_stopped_mid_run_leaves_events_in_the_outbox_then_they_flow_none_lo
     bus.shutdown(Duration::from_secs(5)).await;
     db.cleanup().await;
 }
+
+/// Never answers: its process stops (here: its bus shuts down at once) while it works.
+#[event_handler(Recorded)]
+struct Hang;
+
+impl EventHandler<Recorded> for Hang {
+    async fn handle(&self, _: &Recorded, _: &mut EventContext) -> Result<(), Error> {
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NATS and PostgreSQL: set CQRS_NATS_URL and CQRS_POSTGRES_URL"]
+async fn an_event_whose_last_delivery_never_came_back_is_parked_from_the_advisory() {
+    let url = nats_url();
+    let names = Names::new();
+    let db = TestDb::postgres().await;
+    let hanging = || async {
+        let bus = db
+            .attach(Bus::builder().discover(false))
+            .register::<RecordHandler>()
+            .register::<Hang>()
+            .nats(
+                nats(&url, &names, "svc")
+                    .await
+                    .handler_max_deliver("Hang", 1),
+            )
+            .build()
+            .unwrap();
+        bus.migrate().await.unwrap();
+        bus.start().await.unwrap();
+        bus
+    };
+    let a = hanging().await;
+    let b = hanging().await;
+    a.send(Record {
+        key: "stuck".into(),
+        n: 1,
+    })
+    .await
+    .unwrap();
+    // Let one of them take it, then stop both at once, the handler still at work; start one
+    // again (it watches the advisories).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    a.shutdown(Duration::ZERO).await;
+    b.shutdown(Duration::ZERO).await;
+    let c = hanging().await;
+
+    let mut parked = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while parked.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "never parked");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        parked = c.dead_letters(Some("Hang")).await.unwrap();
+    }
+    assert_eq!(parked.len(), 1);
+    assert!(
+        parked[0].error.contains("without an answer"),
+        "{}",
+        parked[0].error
+    );
+    assert_eq!(parked[0].data["key"], "stuck");
+    c.shutdown(Duration::from_secs(1)).await;
+    db.cleanup().await;
+    cleanup(&url, &names).await;
+}
