@@ -715,3 +715,86 @@ async fn an_event_whose_last_delivery_never_came_back_is_parked_from_the_advisor
     db.cleanup().await;
     cleanup(&url, &names).await;
 }
+
+#[derive(Command, Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct RecordPlainly {
+    key: String,
+    n: u32,
+}
+
+/// No transaction: its event is written to the outbox in one of its own, after the handler.
+#[command_handler(RecordPlainly)]
+struct RecordPlainlyHandler;
+
+impl CommandHandler<RecordPlainly> for RecordPlainlyHandler {
+    async fn handle(&self, cmd: RecordPlainly, cx: &mut CommandContext) -> Result<(), Error> {
+        cx.emit(Recorded {
+            key: cmd.key,
+            n: cmd.n,
+        });
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NATS and PostgreSQL: set CQRS_NATS_URL and CQRS_POSTGRES_URL"]
+async fn plain_commands_and_bus_publish_go_through_the_outbox_too() {
+    let url = nats_url();
+    let names = Names::new();
+    let db = TestDb::postgres().await;
+    let seen = Arc::new(Seen::default());
+    let bus = db
+        .attach(Bus::builder().discover(false))
+        .register::<RecordPlainlyHandler>()
+        .register::<Audit>()
+        .provide(seen.clone())
+        .outbox_relay(false) // nothing leaves before we looked at the outbox
+        .nats(nats(&url, &names, "svc").await)
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+    bus.start().await.unwrap();
+
+    bus.send(RecordPlainly {
+        key: "p".into(),
+        n: 0,
+    })
+    .await
+    .unwrap();
+    bus.publish(Recorded {
+        key: "p".into(),
+        n: 1,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        seen.count("audit"),
+        0,
+        "not delivered in the emitting process"
+    );
+    assert_eq!(bus.pending_events().await.unwrap(), 2, "both in the outbox");
+
+    // Another instance's relay sends them, in order.
+    let other_db = db.reopen().await;
+    let relay = db_bus_for_relay(&other_db, nats(&url, &names, "svc").await).await;
+    eventually(20, "both events", || seen.count("audit") == 2).await;
+    let order = seen.order.lock().unwrap().clone();
+    assert_eq!(order[&("audit", "p".to_owned())], vec![0, 1]);
+    relay.shutdown(Duration::from_secs(5)).await;
+    bus.shutdown(Duration::from_secs(5)).await;
+    other_db.close().await;
+    db.cleanup().await;
+    cleanup(&url, &names).await;
+}
+
+/// An instance with no handlers of its own: only its outbox relay works.
+async fn db_bus_for_relay(db: &TestDb, nats: Nats) -> Bus {
+    let bus = db
+        .attach(Bus::builder().discover(false))
+        .outbox_relay_interval(Duration::from_millis(200))
+        .nats(nats)
+        .build()
+        .unwrap();
+    bus.start().await.unwrap();
+    bus
+}
