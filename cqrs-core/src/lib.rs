@@ -85,6 +85,8 @@ pub use cqrs_macros::{
     retry, timeout, transactional,
 };
 
+#[cfg(feature = "redis")]
+pub use crate::backend::redis::RedisIdempotencyStore;
 #[cfg(feature = "postgres")]
 pub use crate::backend::sql::setup::migrate_postgres;
 #[cfg(feature = "sqlite")]
@@ -112,7 +114,8 @@ pub use crate::message::{Command, Event, Message, MessageInfo, MessageKind, Quer
 pub use crate::pipeline::Decorator;
 pub use crate::pipeline::authorize::{AuthorizeLayer, ResourcePolicy, ResourceRequest};
 pub use crate::pipeline::cache::{
-    CacheFuture, CacheRegion, CacheSpec, CachedValue, MemoryCache, QueryCache, Representation,
+    CacheFuture, CacheKey, CacheRegion, CacheSpec, CachedValue, Invalidation, InvalidationChannel,
+    InvalidationSink, MemoryCache, QueryCache, Representation,
 };
 pub use crate::pipeline::idempotency::{
     Claim, IdempotencyKey, IdempotencyStore, MemoryIdempotencyStore,
@@ -123,6 +126,10 @@ pub use crate::pipeline::middleware::{
 pub use crate::pipeline::retry::RetryLayer;
 pub use crate::pipeline::transaction::{Isolation, TransactionLayer};
 pub use crate::registry::{Handler, HandlerRegistration};
+/// The `redis` crate this crate is built with (feature `redis`): `redis::Client::open(url)` for
+/// [`BusBuilder::redis`].
+#[cfg(feature = "redis")]
+pub use redis;
 /// The `sqlx` this crate is built with (features `sqlite`, `postgres`): use it for the SQL your
 /// handlers write in `cx.tx()`.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

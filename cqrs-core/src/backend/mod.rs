@@ -4,11 +4,14 @@
 //!
 //! | backend | feature | gives |
 //! |---|---|---|
-//! | [`sql`] | `sqlite`, `postgres` | transactions, the outbox and its relay, idempotency keys, the event store |
+//! | [`sql`] | `sqlite`, `postgres` | transactions, the outbox and its relay, idempotency keys, the event store; on PostgreSQL, cache invalidations between processes (`LISTEN`/`NOTIFY`) |
+//! | [`redis`] | `redis` | cache invalidations between processes (pub/sub), `RedisIdempotencyStore` |
 //!
 //! The in-memory implementations, the defaults, live beside their traits: `MemoryCache` in
 //! `pipeline/cache/memory.rs`, `MemoryIdempotencyStore` in `pipeline/idempotency.rs`,
 //! `MemoryEventStore` in `event_store/memory.rs`.
 
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) mod sql;

@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 use super::Bus;
 use crate::event_store::{DynEventStore, EventStore, MemoryEventStore};
+use crate::pipeline::cache::InvalidationChannel;
+use crate::pipeline::cache::backplane::BackplanePriority;
 use crate::pipeline::idempotency::DynIdempotencyStore;
 use crate::pipeline::transaction::TransactionalStore;
 
@@ -25,6 +27,8 @@ pub(crate) struct Backends {
     pub(crate) database: Option<Arc<dyn TransactionalStore>>,
     /// The database's idempotency store: used unless the application gives its own.
     pub(crate) database_idempotency: Option<Arc<dyn DynIdempotencyStore>>,
+    /// Redis's idempotency store: used when neither the application nor a database gives one.
+    pub(crate) redis_idempotency: Option<Arc<dyn DynIdempotencyStore>>,
     /// The database's event store: used unless the application gives its own.
     pub(crate) database_events: Option<Arc<dyn DynEventStore>>,
     /// Whether outbox events are delivered in the dispatch, right after commit.
@@ -34,6 +38,10 @@ pub(crate) struct Backends {
     /// The same store, when it is a [`MemoryEventStore`].
     pub(crate) memory_events: Option<Arc<MemoryEventStore>>,
     pub(crate) on_build: Vec<OnBuild>,
+    /// The channel cache invalidations reach other processes on: the highest priority offered
+    /// (see `pipeline/cache/backplane.rs`).
+    pub(crate) backplane: Option<Arc<dyn InvalidationChannel>>,
+    backplane_priority: Option<BackplanePriority>,
     settings: HashMap<TypeId, Box<dyn Any + Send>>,
     finishers: Vec<fn(&mut Backends)>,
 }
@@ -43,11 +51,14 @@ impl Default for Backends {
         Backends {
             database: None,
             database_idempotency: None,
+            redis_idempotency: None,
             database_events: None,
             outbox_inline: true,
             event_store: None,
             memory_events: None,
             on_build: Vec::new(),
+            backplane: None,
+            backplane_priority: None,
             settings: HashMap::new(),
             finishers: Vec::new(),
         }
@@ -57,7 +68,10 @@ impl Default for Backends {
 impl Backends {
     /// A backend's settings (created the first time), and the function that turns them into
     /// stores when the bus is built (called once, whatever the number of calls here).
-    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+    #[cfg_attr(
+        not(any(feature = "sqlite", feature = "postgres", feature = "redis")),
+        allow(dead_code)
+    )]
     pub(crate) fn settings<T: Default + Send + 'static>(
         &mut self,
         finish: fn(&mut Backends),
@@ -73,10 +87,28 @@ impl Backends {
     }
 
     /// Takes a backend's settings out (in its `finish` function).
-    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+    #[cfg_attr(
+        not(any(feature = "sqlite", feature = "postgres", feature = "redis")),
+        allow(dead_code)
+    )]
     pub(crate) fn take_settings<T: 'static>(&mut self) -> Option<T> {
         let settings = self.settings.remove(&TypeId::of::<T>())?;
         settings.downcast::<T>().ok().map(|s| *s)
+    }
+
+    /// Offers a channel for cache invalidations between processes (from a backend's `finish`
+    /// function): the bus keeps the one of highest priority, NATS over Redis over PostgreSQL,
+    /// whatever the order of the builder's calls.
+    #[cfg_attr(not(any(feature = "postgres", feature = "redis")), allow(dead_code))]
+    pub(crate) fn offer_backplane(
+        &mut self,
+        priority: BackplanePriority,
+        channel: Arc<dyn InvalidationChannel>,
+    ) {
+        if self.backplane_priority.is_none_or(|p| p < priority) {
+            self.backplane = Some(channel);
+            self.backplane_priority = Some(priority);
+        }
     }
 
     /// Runs every backend's `finish` function.

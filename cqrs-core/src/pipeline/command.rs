@@ -26,6 +26,7 @@ use tracing::Span;
 
 use self::full_path::ErasedCommand;
 use super::authorize::AuthorizeLayer;
+use super::cache::target;
 use super::erased::{self, Erased, HandleFuture};
 use super::trace::InSpan;
 use super::{CatchPanic, DispatchFuture, Layers, idempotency, trace};
@@ -123,6 +124,7 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
                 Err(error) => Err(error),
                 Ok(()) => {
                     stats.attempts = 1;
+                    target::compute(&self.layers.invalidates, &message, &mut cx.invalidations);
                     let fut = pin!(self.handler.handle(message, &mut cx));
                     let handler = self.name;
                     CatchPanic {
@@ -212,6 +214,7 @@ impl<C: Command, H: CommandHandler<C>> ErasedCommand for CommandPipeline<C, H> {
         else {
             return Err(erased::missing(C::NAME));
         };
+        target::compute(&self.layers.invalidates, &message, &mut cx.invalidations);
         // A combinator rather than an `async` block, which would keep the message twice (its
         // own capture and inside the handler's future).
         let handled = self.handler.handle(message, cx);

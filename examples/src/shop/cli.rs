@@ -1,8 +1,8 @@
 //! The `shop` command line.
 //!
 //! ```text
-//! shop [--database <url>] [--port <port>] [--grace <duration>] [--header-timeout <duration>]
-//!                                           serve the API on 127.0.0.1 (default: ./shop.db, port 3000)
+//! shop [--database <url>] [--redis <url>] [--port <port>] [--grace <duration>]
+//!      [--header-timeout <duration>]        serve the API on 127.0.0.1 (default: ./shop.db, port 3000)
 //! shop describe [--mermaid]                 print every message, handler and layer (or the flow as Mermaid)
 //! ```
 
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
-use super::{Db, ServeOptions, build_bus, db, migrate, seed, serve_with};
+use super::{Db, ServeOptions, build_bus, bus_builder, db, migrate, seed, serve_with};
 
 /// The SQLite file the shop uses unless `--database` says otherwise (in the current directory).
 pub const DEFAULT_DATABASE: &str = "shop.db";
@@ -23,11 +23,14 @@ pub const DEFAULT_PORT: u16 = 3000;
 
 const USAGE: &str = "\
 usage:
-  shop [--database <url>] [--port <port>] [--grace <duration>] [--header-timeout <duration>]
+  shop [--database <url>] [--redis <url>] [--port <port>] [--grace <duration>]
+       [--header-timeout <duration>]
       serve the shop's HTTP API on 127.0.0.1; SIGTERM or Ctrl-C (SIGINT) stops it gracefully,
       a second one at once
       --database        a SQLite file or sqlite: URL (default: ./shop.db), or
                         postgres://user:password@host/db
+      --redis           redis://host:port: cache invalidations reach every shop sharing it
+                        (on PostgreSQL alone they go through the database)
       --port            the port to listen on (default: 3000; 0 picks a free one)
       --grace           how long requests in flight get to finish at shutdown (default: 10s)
       --header-timeout  how long a client has to send a request's headers, and an idle
@@ -42,6 +45,7 @@ usage:
 pub enum Command {
     Serve {
         database: String,
+        redis: Option<String>,
         port: u16,
         options: ServeOptions,
     },
@@ -55,6 +59,7 @@ pub enum Command {
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
     let mut args = args.into_iter();
     let mut database = DEFAULT_DATABASE.to_owned();
+    let mut redis = None;
     let mut port = DEFAULT_PORT;
     let mut options = ServeOptions::default();
     let mut describe = false;
@@ -65,6 +70,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             "--mermaid" if describe => mermaid = true,
             "--database" => {
                 database = args.next().ok_or("--database needs a value")?;
+            }
+            "--redis" => {
+                redis = Some(args.next().ok_or("--redis needs a value")?);
             }
             "--port" => {
                 let value = args.next().ok_or("--port needs a value")?;
@@ -90,6 +98,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
     } else {
         Command::Serve {
             database,
+            redis,
             port,
             options,
         }
@@ -133,9 +142,10 @@ pub async fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
         Command::Describe { mermaid } => describe(mermaid).await,
         Command::Serve {
             database,
+            redis,
             port,
             options,
-        } => run(&database, port, options).await,
+        } => run(&database, redis.as_deref(), port, options).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -161,7 +171,12 @@ async fn describe(mermaid: bool) -> Result<(), BoxError> {
     Ok(())
 }
 
-async fn run(database: &str, port: u16, options: ServeOptions) -> Result<(), BoxError> {
+async fn run(
+    database: &str,
+    redis: Option<&str>,
+    port: u16,
+    options: ServeOptions,
+) -> Result<(), BoxError> {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -188,7 +203,13 @@ async fn run(database: &str, port: u16, options: ServeOptions) -> Result<(), Box
     migrate(&db)
         .await
         .map_err(|e| format!("cannot create the tables in {shown}: {}", e.message()))?;
-    let bus = build_bus(&db)?;
+    let mut builder = bus_builder(&db);
+    if let Some(url) = redis {
+        let client = cqrs_core::redis::Client::open(url)
+            .map_err(|e| format!("--redis: `{}` is not a Redis URL: {e}", db::redact(url)))?;
+        builder = builder.redis(client).redis_prefix("shop:");
+    }
+    let bus = builder.build()?;
     seed(&bus, &db)
         .await
         .map_err(|e| format!("cannot seed the catalogue in {shown}: {}", e.message()))?;
@@ -295,6 +316,7 @@ mod tests {
             parse(&[]),
             Ok(Command::Serve {
                 database: DEFAULT_DATABASE.into(),
+                redis: None,
                 port: DEFAULT_PORT,
                 options: ServeOptions::default(),
             })
@@ -309,9 +331,12 @@ mod tests {
                 "1500ms",
                 "--header-timeout",
                 "2m",
+                "--redis",
+                "redis://127.0.0.1:6379",
             ]),
             Ok(Command::Serve {
                 database: "postgres://localhost/shop".into(),
+                redis: Some("redis://127.0.0.1:6379".into()),
                 port: 0,
                 options: ServeOptions {
                     grace: Duration::from_millis(1500),

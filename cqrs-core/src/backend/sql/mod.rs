@@ -6,6 +6,8 @@
 pub(crate) mod classify;
 pub(crate) mod events;
 pub(crate) mod idempotency;
+#[cfg(feature = "postgres")]
+pub(crate) mod notify;
 pub(crate) mod outbox;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;

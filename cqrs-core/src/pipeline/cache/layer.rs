@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use super::{
-    CacheFuture, CacheRegion, CacheSpec, CachedValue, Invalidated, Representation, cache_key,
+    CacheFuture, CacheKey, CacheRegion, CacheSpec, CachedValue, Invalidated, Representation,
+    cache_key,
 };
 use crate::Error;
 
@@ -73,6 +74,21 @@ impl CacheLayer {
         })
     }
 
+    /// Where the answer under `key` (see [`key`](Self::key)) to `query` is stored: the key and
+    /// its target. Computed on a miss only: for a query kept per caller, the target is one more
+    /// hash (of the `vary_by` fields alone).
+    pub(crate) fn stored_under(&self, query: &(dyn Any + Send + Sync), key: u128) -> CacheKey {
+        let target = if self.spec.public {
+            key
+        } else {
+            self.region.target_of(query)
+        };
+        CacheKey {
+            answer: key,
+            target,
+        }
+    }
+
     /// The answer under `key`, if the backend can tell without awaiting (the in-process one
     /// always can): `Some(None)` is a miss, `None` means it would have to be awaited.
     pub(crate) fn peek(&self, codec: &dyn AnswerCodec, key: u128) -> Option<Option<Answer>> {
@@ -115,7 +131,7 @@ impl CacheLayer {
 
     /// Stores an answer computed in invalidation epoch `epoch`, unless the query's answers were
     /// invalidated since (the answer may predate the change that invalidated them).
-    async fn store(&self, codec: &dyn AnswerCodec, key: u128, answer: &Answer, epoch: u64) {
+    async fn store(&self, codec: &dyn AnswerCodec, key: CacheKey, answer: &Answer, epoch: u64) {
         if !self.spec.cache_none && (self.spec.is_none)(&**answer) {
             return;
         }
@@ -137,19 +153,20 @@ impl CacheLayer {
         }
         // Invalidated between the check and the insert: drop what may be a stale answer.
         if self.region.epoch() != epoch
-            && let Err(error) = self.region.invalidate_all().await
+            && let Err(error) = self.region.invalidate(key.target).await
         {
             tracing::warn!(target: "cqrs", query = self.query, %error, "cache invalidation failed");
         }
     }
 
-    /// Answers from the cache under `key` (see [`key`](Self::key)), or runs `compute` once for
-    /// all concurrent callers with this key. `looked`: the caller has just looked `key` up
-    /// (with [`peek`](Self::peek)) and missed, so the first lookup is skipped.
+    /// Answers from the cache under `stored` (see [`stored_under`](Self::stored_under)), or
+    /// runs `compute` once for all concurrent callers with this key. `looked`: the caller has
+    /// just looked the key up (with [`peek`](Self::peek)) and missed, so the first lookup is
+    /// skipped.
     pub(crate) async fn run<F, Fut>(
         &self,
         codec: &dyn AnswerCodec,
-        key: u128,
+        stored: CacheKey,
         looked: bool,
         cache_hit: &mut bool,
         compute: F,
@@ -158,6 +175,7 @@ impl CacheLayer {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Answer, Error>>,
     {
+        let key = stored.answer;
         if !looked && let Some(hit) = self.lookup(codec, key).await {
             *cache_hit = true;
             return Ok(hit);
@@ -195,7 +213,7 @@ impl CacheLayer {
                     };
                     let result = compute().await;
                     if let Ok(answer) = &result {
-                        self.store(codec, key, answer, epoch).await;
+                        self.store(codec, stored, answer, epoch).await;
                     }
                     sender.send_replace(Some(result.clone()));
                     return result;
@@ -219,11 +237,6 @@ impl CacheLayer {
                 }
             }
         }
-    }
-
-    /// Drops every cached answer of this query.
-    pub(crate) async fn invalidate(&self) -> Result<(), Error> {
-        self.region.invalidate_all().await
     }
 }
 
@@ -282,8 +295,12 @@ mod tests {
         Arc::new(CacheLayer::new(
             "Q",
             spec,
-            Invalidated::new(MemoryCache.region("Q", &spec)),
+            Invalidated::new(MemoryCache.region("Q", &spec), spec),
         ))
+    }
+
+    fn stored(l: &CacheLayer, q: u32) -> CacheKey {
+        l.stored_under(&Q(q), l.key(&Q(q), None))
     }
 
     async fn run(
@@ -293,7 +310,7 @@ mod tests {
         answer: Result<Option<u32>, Error>,
     ) -> Result<Option<u32>, Error> {
         let answer = l
-            .run(&Codec, l.key(&Q(q), None), false, hit, || async move {
+            .run(&Codec, stored(l, q), false, hit, || async move {
                 answer.map(|a| Arc::new(a) as Answer)
             })
             .await?;
@@ -318,7 +335,7 @@ mod tests {
             .unwrap_err();
         let v = run(&l, 3, &mut hit, Ok(Some(3))).await.unwrap();
         assert_eq!((v, hit), (Some(3), false), "errors are not cached");
-        l.invalidate().await.unwrap();
+        l.region.invalidate_all().await.unwrap();
         let v = run(&l, 1, &mut hit, Ok(Some(11))).await.unwrap();
         assert_eq!(v, Some(11));
     }
@@ -345,7 +362,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 let mut hit = false;
                 let answer = l
-                    .run(&Codec, l.key(&Q(7), None), false, &mut hit, || async {
+                    .run(&Codec, stored(&l, 7), false, &mut hit, || async {
                         runs.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         Ok(Arc::new(Some(7u32)) as Answer)

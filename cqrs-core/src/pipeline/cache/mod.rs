@@ -19,12 +19,24 @@
 //! finish without awaiting anything, so that a hit is answered before the dispatch builds any
 //! future (see `pipeline/query/full_path.rs`, `precheck`). A shared backend (Redis) implements the same
 //! traits with serialized values.
+//!
+//! A command drops answers with `invalidates = [GetProduct]` (every answer of the query) or
+//! `invalidates = [GetProduct(id = product_id)]` (the answers for that product, see
+//! [`target`]); an application with [`Bus::invalidate`](crate::Bus::invalidate) and
+//! [`Bus::invalidate_answer`](crate::Bus::invalidate_answer). When the bus has an
+//! [`InvalidationChannel`] (PostgreSQL, Redis, NATS: see [`backplane`]), every invalidation
+//! reaches every process that shares it.
 
+pub(crate) mod backplane;
 mod layer;
 mod memory;
+mod regions;
+pub(crate) mod target;
 
+pub use self::backplane::{Invalidation, InvalidationChannel, InvalidationSink};
 pub(crate) use self::layer::{Answer, AnswerCodec, CacheLayer};
 pub use self::memory::MemoryCache;
+pub(crate) use self::regions::CacheRegions;
 
 use std::any::Any;
 use std::fmt;
@@ -124,6 +136,11 @@ impl CacheSpec {
         self
     }
 
+    /// The fields the key is made of (empty: the whole query).
+    pub fn vary_by_fields(&self) -> &'static [&'static str] {
+        self.vary_by
+    }
+
     /// How long an answer is kept.
     pub fn ttl(&self) -> Duration {
         self.ttl
@@ -163,6 +180,17 @@ pub(crate) fn cache_key(hash: impl FnOnce(&mut dyn Hasher)) -> u128 {
     let mut hasher = siphasher::sip128::SipHasher13::new_with_keys(0x6371_7273, 0x0063_6163_6865);
     hash(&mut hasher);
     siphasher::sip128::Hasher128::finish128(&hasher).as_u128()
+}
+
+/// Where an answer is stored: its key, and its target (the hash of the query's `vary_by`
+/// fields alone, what a targeted invalidation names). For a `public` query they are equal; for
+/// one kept per caller, the key adds the caller, and one target covers every caller's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    /// The answer's key: the query's `vary_by` fields and, unless `public`, the caller.
+    pub answer: u128,
+    /// The query's `vary_by` fields alone.
+    pub target: u128,
 }
 
 /// A cached answer, as a backend stores it.
@@ -244,29 +272,51 @@ pub trait CacheRegion: Send + Sync + 'static {
     /// The answer stored under `key`, if any and not expired.
     fn get(&self, key: u128) -> CacheFuture<'_, Option<CachedValue>>;
     /// Stores an answer.
-    fn insert(&self, key: u128, value: CachedValue) -> CacheFuture<'_, ()>;
+    fn insert(&self, key: CacheKey, value: CachedValue) -> CacheFuture<'_, ()>;
+    /// Drops the answers stored with this target (every caller's, see [`CacheKey`]).
+    fn invalidate(&self, target: u128) -> CacheFuture<'_, ()>;
     /// Drops every answer of this query.
     fn invalidate_all(&self) -> CacheFuture<'_, ()>;
+    /// Drops the answers this process keeps in memory, for `target` or all of them (`None`):
+    /// another process invalidated them (and dropped them from any level shared between
+    /// processes), or the invalidation channel reconnected. A backend shared between processes
+    /// and nothing else has nothing to do here.
+    fn drop_local(&self, target: Option<u128>);
 }
 
 /// A query's region that counts its invalidations (`invalidates = [..]`, `bus.invalidate`), so
 /// that an answer computed before one is not stored after it, and a caller who asks after one
 /// does not wait for a computation that started before it.
+///
+/// The epoch is per query, whatever the target: an invalidation of one product also keeps an
+/// answer for another, computed across it, from being stored (a lost store, never a stale one).
 pub(crate) struct Invalidated {
     region: Arc<dyn CacheRegion>,
+    spec: CacheSpec,
     epoch: AtomicU64,
 }
 
 impl Invalidated {
-    pub(crate) fn new(region: Arc<dyn CacheRegion>) -> Arc<Self> {
+    pub(crate) fn new(region: Arc<dyn CacheRegion>, spec: CacheSpec) -> Arc<Self> {
         Arc::new(Invalidated {
             region,
+            spec,
             epoch: AtomicU64::new(0),
         })
     }
 
+    /// The target of `query` (the message, `&Q`): the hash of its `vary_by` fields.
+    pub(crate) fn target_of(&self, query: &(dyn Any + Send + Sync)) -> u128 {
+        cache_key(|h| (self.spec.key)(query, h))
+    }
+
     fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Counts an invalidation.
+    fn bump(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -277,12 +327,20 @@ impl CacheRegion for Invalidated {
     fn get(&self, key: u128) -> CacheFuture<'_, Option<CachedValue>> {
         self.region.get(key)
     }
-    fn insert(&self, key: u128, value: CachedValue) -> CacheFuture<'_, ()> {
+    fn insert(&self, key: CacheKey, value: CachedValue) -> CacheFuture<'_, ()> {
         self.region.insert(key, value)
     }
+    fn invalidate(&self, target: u128) -> CacheFuture<'_, ()> {
+        self.bump();
+        self.region.invalidate(target)
+    }
     fn invalidate_all(&self) -> CacheFuture<'_, ()> {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.bump();
         self.region.invalidate_all()
+    }
+    fn drop_local(&self, target: Option<u128>) {
+        self.bump();
+        self.region.drop_local(target);
     }
 }
 

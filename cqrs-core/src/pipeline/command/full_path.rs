@@ -143,8 +143,9 @@ pub(crate) async fn after(
     // their futures are large (event handlers, the outbox) and most dispatches have none.
     if !layers.invalidates.is_empty() {
         let invalidate = Box::pin(async {
-            for query in &layers.invalidates {
-                bus.invalidate_by_name(query).await;
+            // Computed from the command before its handler took it (see `cache::target`).
+            for invalidation in &cx.invalidations {
+                bus.invalidate(*invalidation).await;
             }
         });
         invalidate.await;
