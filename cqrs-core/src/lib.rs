@@ -86,7 +86,7 @@ pub use cqrs_macros::{
 };
 
 #[cfg(feature = "redis")]
-pub use crate::backend::redis::RedisIdempotencyStore;
+pub use crate::backend::redis::{RedisCache, RedisIdempotencyStore};
 #[cfg(feature = "postgres")]
 pub use crate::backend::sql::setup::migrate_postgres;
 #[cfg(feature = "sqlite")]

@@ -26,6 +26,7 @@
 //! sharing one Redis do not meet.
 
 pub(crate) mod backplane;
+pub(crate) mod cache;
 pub(crate) mod idempotency;
 
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
+pub use self::cache::RedisCache;
 pub use self::idempotency::RedisIdempotencyStore;
 use crate::bus::BusBuilder;
 use crate::bus::backends::Backends;

@@ -99,8 +99,59 @@ impl CacheLayer {
         }
     }
 
-    async fn lookup(&self, codec: &dyn AnswerCodec, key: u128) -> Option<Answer> {
-        self.found(codec, self.region.get(key).await)
+    /// What a lookup found, undecoded (a failed lookup is a miss, logged).
+    async fn lookup_found(&self, key: u128) -> Option<CachedValue> {
+        match self.region.get(key).await {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(target: "cqrs", query = self.query, %error, "cache lookup failed; running the handler");
+                None
+            }
+        }
+    }
+
+    /// Another process's answer, when a shared level waited for one (see
+    /// [`CacheRegion::before_compute`]).
+    async fn elsewhere(&self, key: CacheKey) -> Option<CachedValue> {
+        match self.region.before_compute(key).await {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(target: "cqrs", query = self.query, %error, "cache unavailable; running the handler");
+                None
+            }
+        }
+    }
+
+    /// What was found, decoded; an answer from the shared level is kept in the first level.
+    async fn answer(
+        &self,
+        codec: &dyn AnswerCodec,
+        stored: CacheKey,
+        found: Option<CachedValue>,
+        epoch: u64,
+    ) -> Option<Answer> {
+        let found = found?;
+        let from_shared = matches!(found, CachedValue::Json(_));
+        let hit = self.found(codec, Ok(Some(found)))?;
+        if from_shared {
+            self.promote(stored, &hit, epoch).await;
+        }
+        Some(hit)
+    }
+
+    /// Keeps in the first level an answer the shared level had (decoded once here, not on
+    /// every hit), unless invalidated since the lookup began.
+    async fn promote(&self, key: CacheKey, answer: &Answer, epoch: u64) {
+        if self.region.representation() != Representation::Layered || self.region.epoch() != epoch {
+            return;
+        }
+        if let Err(error) = self
+            .region
+            .insert(key, CachedValue::Shared(answer.clone()))
+            .await
+        {
+            tracing::warn!(target: "cqrs", query = self.query, %error, "cache insert failed");
+        }
     }
 
     /// What a lookup found, as an answer; a failed lookup or an answer that does not decode is
@@ -118,7 +169,7 @@ impl CacheLayer {
             }
         };
         match found {
-            CachedValue::Shared(value) => Some(value),
+            CachedValue::Shared(value) | CachedValue::Layered(value, _) => Some(value),
             CachedValue::Json(bytes) => match codec.decode(&bytes) {
                 Ok(value) => Some(value),
                 Err(error) => {
@@ -145,6 +196,13 @@ impl CacheLayer {
                 Err(error) => {
                     tracing::warn!(target: "cqrs", query = self.query, %error, "answer does not serialize; not cached");
                     return;
+                }
+            },
+            Representation::Layered => match codec.encode(&**answer) {
+                Ok(bytes) => CachedValue::Layered(answer.clone(), bytes),
+                Err(error) => {
+                    tracing::warn!(target: "cqrs", query = self.query, %error, "answer does not serialize; cached in this process only");
+                    CachedValue::Shared(answer.clone())
                 }
             },
         };
@@ -176,9 +234,13 @@ impl CacheLayer {
         Fut: Future<Output = Result<Answer, Error>>,
     {
         let key = stored.answer;
-        if !looked && let Some(hit) = self.lookup(codec, key).await {
-            *cache_hit = true;
-            return Ok(hit);
+        if !looked {
+            let epoch = self.region.epoch();
+            let found = self.lookup_found(key).await;
+            if let Some(hit) = self.answer(codec, stored, found, epoch).await {
+                *cache_hit = true;
+                return Ok(hit);
+            }
         }
         let mut compute = Some(compute);
         loop {
@@ -202,8 +264,13 @@ impl CacheLayer {
                         key,
                         epoch,
                     };
-                    // Another leader may have stored the answer between our miss and our claim.
-                    if let Some(hit) = self.lookup(codec, key).await {
+                    // Another leader may have stored the answer between our miss and our claim;
+                    // another process may be computing it (a shared level waits for it).
+                    let found = match self.lookup_found(key).await {
+                        Some(found) => Some(found),
+                        None => self.elsewhere(stored).await,
+                    };
+                    if let Some(hit) = self.answer(codec, stored, found, epoch).await {
                         *cache_hit = true;
                         sender.send_replace(Some(Ok(hit.clone())));
                         return Ok(hit);

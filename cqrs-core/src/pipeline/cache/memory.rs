@@ -132,9 +132,9 @@ impl CacheRegion for MemoryRegion {
                 self.entries.insert(key.answer, entry);
                 CacheFuture::ready(Ok(()))
             }
-            CachedValue::Json(_) => CacheFuture::ready(Err(Error::internal(
-                "the in-process cache stores values, not JSON",
-            ))),
+            CachedValue::Json(_) | CachedValue::Layered(..) => CacheFuture::ready(Err(
+                Error::internal("the in-process cache stores values, not JSON"),
+            )),
         }
     }
     fn invalidate(&self, target: u128) -> CacheFuture<'_, ()> {

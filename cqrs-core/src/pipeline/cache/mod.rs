@@ -200,6 +200,9 @@ pub enum CachedValue {
     Shared(Arc<dyn Any + Send + Sync>),
     /// The answer as JSON (backends shared between processes).
     Json(Vec<u8>),
+    /// Both: the value for a first level in process, the JSON for a second level shared
+    /// between processes ([`Representation::Layered`]).
+    Layered(Arc<dyn Any + Send + Sync>, Vec<u8>),
 }
 
 impl fmt::Debug for CachedValue {
@@ -207,6 +210,9 @@ impl fmt::Debug for CachedValue {
         match self {
             CachedValue::Shared(_) => f.write_str("CachedValue::Shared(..)"),
             CachedValue::Json(bytes) => write!(f, "CachedValue::Json({} bytes)", bytes.len()),
+            CachedValue::Layered(_, bytes) => {
+                write!(f, "CachedValue::Layered(.., {} bytes)", bytes.len())
+            }
         }
     }
 }
@@ -218,6 +224,11 @@ pub enum Representation {
     Shared,
     /// [`CachedValue::Json`].
     Json,
+    /// Two levels: lookups answer [`CachedValue::Shared`] from the first (in process) or
+    /// [`CachedValue::Json`] from the second (shared); stores are given
+    /// [`CachedValue::Layered`] for both, or [`CachedValue::Shared`] alone to fill the first
+    /// level with an answer the second one had.
+    Layered,
 }
 
 /// A cache operation that may already be finished: in-process backends answer synchronously
@@ -277,6 +288,14 @@ pub trait CacheRegion: Send + Sync + 'static {
     fn invalidate(&self, target: u128) -> CacheFuture<'_, ()>;
     /// Drops every answer of this query.
     fn invalidate_all(&self) -> CacheFuture<'_, ()>;
+    /// Called by the one caller in this process about to run the handler for `key` (after a
+    /// miss): a backend shared between processes may wait, bounded, for another process
+    /// computing the same answer and return it, or note that this process computes it. `None`:
+    /// compute. The default computes at once.
+    fn before_compute(&self, key: CacheKey) -> CacheFuture<'_, Option<CachedValue>> {
+        let _ = key;
+        CacheFuture::ready(Ok(None))
+    }
     /// Drops the answers this process keeps in memory, for `target` or all of them (`None`):
     /// another process invalidated them (and dropped them from any level shared between
     /// processes), or the invalidation channel reconnected. A backend shared between processes
@@ -329,6 +348,9 @@ impl CacheRegion for Invalidated {
     }
     fn insert(&self, key: CacheKey, value: CachedValue) -> CacheFuture<'_, ()> {
         self.region.insert(key, value)
+    }
+    fn before_compute(&self, key: CacheKey) -> CacheFuture<'_, Option<CachedValue>> {
+        self.region.before_compute(key)
     }
     fn invalidate(&self, target: u128) -> CacheFuture<'_, ()> {
         self.bump();
