@@ -839,7 +839,7 @@ impl CacheRegion for JsonRegion {
                     targets.insert((self.query, key.answer), key.target);
                     Ok(())
                 }
-                CachedValue::Shared(_) => Err(Error::internal("a JSON backend was given a value")),
+                _ => Err(Error::internal("a JSON backend was given a value")),
             }
         }))
     }

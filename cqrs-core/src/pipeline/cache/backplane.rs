@@ -91,13 +91,33 @@ pub(crate) enum BackplanePriority {
     Nats = 3,
 }
 
-/// A broadcast channel between the processes of one application: see the [module](self).
+/// A broadcast channel between the processes of one application, carrying cache
+/// invalidations.
+///
+/// Each process keeps its own first level of cached answers. When a command invalidates
+/// answers in one process, the bus sends an [`Invalidation`] on its channel and every other
+/// process sharing the channel drops the same answers. A process that connects, or reconnects
+/// after losing the channel, may have missed invalidations: it drops its whole first level then.
+/// A process that receives an invalidation counts it before dropping the answers, so a
+/// computation it started before is not stored (an answer computed before an invalidation is
+/// never stored after it, in any process).
+///
+/// A bus uses one channel: NATS (`.nats(..)`) over Redis ([`redis`](crate::BusBuilder::redis))
+/// over PostgreSQL (`.postgres(pool)`, `LISTEN`/`NOTIFY`, so that two instances on one
+/// database are coherent with nothing else running). SQLite has none.
+///
+/// An implementation's [`publish`](Self::publish) sends the text it is given to every process
+/// on the channel (its own included or not: a bus ignores its own), and
+/// [`listen`](Self::listen) is the receiving loop: it connects, calls
+/// [`InvalidationSink::connected`] each time it is subscribed, hands each payload to
+/// [`InvalidationSink::received`], reconnects after a loss (with a back-off), and returns once
+/// [`InvalidationSink::closed`] resolves (the bus was dropped).
 pub trait InvalidationChannel: Send + Sync + 'static {
     /// A short name for logs and `describe()` (`"redis"`, `"postgres"`).
     fn name(&self) -> &'static str;
     /// Sends `payload` (an [`Invalidation::encode`]d text) to every process on the channel.
     fn publish<'a>(&'a self, payload: &'a str) -> BoxFuture<'a, Result<(), Error>>;
-    /// The receiving loop: see the [module](self). Spawned once, when the bus is built.
+    /// The receiving loop (see above). Spawned once, when the bus is built.
     fn listen(&self, sink: InvalidationSink) -> BoxFuture<'static, ()>;
 }
 

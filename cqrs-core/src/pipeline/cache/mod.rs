@@ -195,6 +195,7 @@ pub struct CacheKey {
 
 /// A cached answer, as a backend stores it.
 #[derive(Clone)]
+#[non_exhaustive]
 pub enum CachedValue {
     /// The answer itself, shared (in-process backends).
     Shared(Arc<dyn Any + Send + Sync>),
@@ -219,6 +220,7 @@ impl fmt::Debug for CachedValue {
 
 /// Which form a [`CacheRegion`] stores answers in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Representation {
     /// [`CachedValue::Shared`].
     Shared,
