@@ -42,6 +42,7 @@ fn finish(backends: &mut Backends) {
     // Two instances on one PostgreSQL database keep their caches coherent with nothing else:
     // invalidations go over `LISTEN`/`NOTIFY` unless a broker (Redis, NATS) offers a channel.
     #[cfg(feature = "postgres")]
+    #[allow(irrefutable_let_patterns)] // without `sqlite`, every database is PostgreSQL
     if let Database::Postgres(pool) = &db {
         let channel = super::notify::PgInvalidationChannel::new(pool.clone());
         backends.offer_backplane(BackplanePriority::Postgres, Arc::new(channel));
