@@ -84,17 +84,6 @@ pub struct CommandContext {
     pub(crate) handler: &'static str,
     pub(crate) events: Vec<EmittedEvent>,
     pub(crate) tx: TxSlot,
-    /// The cached answers to drop once the command succeeds (`invalidates = [..]`), computed
-    /// from the command before the handler takes it.
-    pub(crate) invalidations: Vec<DropAnswers>,
-}
-
-/// Cached answers a successful command drops: a query's, for one target or all (`None`). The
-/// cache layer computes them (`pipeline/cache/target.rs`); the context only carries them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct DropAnswers {
-    pub(crate) query: &'static str,
-    pub(crate) target: Option<u128>,
 }
 
 impl CommandContext {
@@ -105,7 +94,6 @@ impl CommandContext {
             handler,
             events: Vec::new(),
             tx: TxSlot::default(),
-            invalidations: Vec::new(),
         }
     }
 

@@ -15,9 +15,9 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use crate::Error;
-use crate::context::DropAnswers;
 use crate::envelope::IntoEnvelope;
 use crate::message::{Command, Event, Message, MessageKind, Query};
+use crate::pipeline::cache::target::Invalidation as DropAnswers;
 use crate::pipeline::runtime::Runtime;
 
 pub use self::builder::BusBuilder;

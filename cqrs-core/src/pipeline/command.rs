@@ -95,6 +95,9 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
             && metadata.deadline().is_none()
             && bus.middleware(MessageKind::Command).is_empty()
             && (metadata.idempotency_key().is_none() || bus.idempotency().is_none())
+            // `invalidates = [Query(field = ..)]` reads the command before its handler takes
+            // it: the full path does (see `full_path::guarded`).
+            && !target::by_field(&self.layers.invalidates)
     }
 
     /// The lean path: trace, authorize (by the principal alone), validate, handler, then [`full_path::after`] when there is anything
@@ -124,7 +127,6 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
                 Err(error) => Err(error),
                 Ok(()) => {
                     stats.attempts = 1;
-                    target::compute(&self.layers.invalidates, &message, &mut cx.invalidations);
                     let fut = pin!(self.handler.handle(message, &mut cx));
                     let handler = self.name;
                     CatchPanic {
@@ -143,7 +145,7 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
                 }
                 Ok(output) => {
                     let events = std::mem::take(&mut cx.events);
-                    let fut = pin!(full_path::after(&self.layers, bus, events, &cx, stats));
+                    let fut = pin!(full_path::after(&self.layers, bus, events, &[], &cx, stats));
                     InSpan {
                         span: span.as_ref(),
                         fut,
@@ -214,7 +216,6 @@ impl<C: Command, H: CommandHandler<C>> ErasedCommand for CommandPipeline<C, H> {
         else {
             return Err(erased::missing(C::NAME));
         };
-        target::compute(&self.layers.invalidates, &message, &mut cx.invalidations);
         // A combinator rather than an `async` block, which would keep the message twice (its
         // own capture and inside the handler's future).
         let handled = self.handler.handle(message, cx);

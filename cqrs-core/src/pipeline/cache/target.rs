@@ -122,19 +122,39 @@ impl fmt::Display for Invalidates {
 }
 
 /// One invalidation a successful command asks for: a query, and one target or all answers
-/// (kept in the command's context, below this layer).
-pub(crate) use crate::context::DropAnswers as Invalidation;
+/// (`None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Invalidation {
+    pub(crate) query: &'static str,
+    pub(crate) target: Option<u128>,
+}
+
+impl Invalidation {
+    /// Every answer of `query`.
+    pub(crate) fn all(query: &'static str) -> Self {
+        Invalidation {
+            query,
+            target: None,
+        }
+    }
+}
+
+/// Whether some entry drops answers by field (and so needs the command before its handler).
+#[inline]
+pub(crate) fn by_field(list: &[Invalidates]) -> bool {
+    list.iter().any(|i| i.target.is_some())
+}
 
 /// The invalidations `command` asks for, computed before the handler takes the command (into
-/// the context, for after the handler). Nothing to do, and no allocation, for a command that
-/// invalidates nothing.
+/// the full path, for after the handler). Nothing to do, and no allocation, for a command
+/// whose entries are all whole queries.
 #[inline]
 pub(crate) fn compute(
     list: &[Invalidates],
     command: &(dyn Any + Send + Sync),
     out: &mut Vec<Invalidation>,
 ) {
-    if list.is_empty() {
+    if !by_field(list) {
         return;
     }
     out.clear();
