@@ -123,6 +123,18 @@ pub enum BuildProblem {
         /// What is configured twice.
         what: &'static str,
     },
+    /// `invalidates = [Query(field = command_field)]` names a query whose answers it cannot
+    /// target: the query is not cached, or the fields are not exactly its `vary_by` fields.
+    InvalidationTarget {
+        /// The command handler.
+        handler: &'static str,
+        /// Where it is declared.
+        location: Location,
+        /// The query.
+        query: &'static str,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
     /// Two message types of one kind have the same name (names key logs, caches and stores).
     DuplicateMessageName {
         /// Command, query or event.
@@ -199,6 +211,15 @@ impl fmt::Display for BuildProblem {
             } => write!(
                 f,
                 "`{handler}` ({location}) configures {what} twice; keep one"
+            ),
+            BuildProblem::InvalidationTarget {
+                handler,
+                location,
+                query,
+                problem,
+            } => write!(
+                f,
+                "`{handler}` ({location}) invalidates `{query}` by field, but {problem}"
             ),
             BuildProblem::DuplicateMessageName { kind, name, types } => write!(
                 f,

@@ -207,6 +207,17 @@
 //! see its body. A query whose answer is the same for everyone says so with
 //! `#[cached_query(.., public)]`, and then every caller shares one cached answer.
 //!
+//! `invalidates = [ProductName]` drops every answer of the query. To drop only the answers a
+//! command changed, map the command's fields to the query's `vary_by` fields:
+//! `invalidates = [ProductName(id = id)]` drops the answers for that product, for every caller,
+//! and keeps the others (`bus.invalidate_answer(&query)` does the same by hand). That the query
+//! has the field and the types agree is checked at compile time; that the mapping names exactly
+//! the query's `vary_by` fields, when the bus is built. With several instances of a service,
+//! invalidations reach every process: over PostgreSQL `LISTEN`/`NOTIFY` when the bus has
+//! PostgreSQL, over Redis pub/sub with `.redis(client)` (see
+//! [`InvalidationChannel`](crate::InvalidationChannel)); `RedisCache` adds a second level shared
+//! by the processes under each one's in-process cache.
+//!
 //! Mistakes in these attributes are compile errors on the offending token: an unknown option
 //! (with the list of known ones), `vary_by` naming a field the query lacks, `#[cached_query]` on
 //! a command handler, `max_attempts = 0`, `ttl = "5 minutes"`.
@@ -401,7 +412,8 @@
 //! |---|---|
 //! | `validator` (default) | field rules on messages |
 //! | `sqlite` | transactions, outbox, idempotency keys, event store on SQLite |
-//! | `postgres` | the same on PostgreSQL |
+//! | `postgres` | the same on PostgreSQL; cache invalidations between processes (`LISTEN`/`NOTIFY`) |
+//! | `redis` | cache invalidations between processes (pub/sub), `RedisCache` (a shared second level), `RedisIdempotencyStore` |
 //! | `axum` | problem+json responses, extractors, route helpers |
 //! | `metrics` | dispatch counters and latency histograms through the `metrics` facade |
 //! | `nats` | events across processes on NATS JetStream (needs `sqlite` or `postgres`) |

@@ -88,6 +88,8 @@ pub use cqrs_macros::{
 
 #[cfg(feature = "nats")]
 pub use crate::backend::nats::{DeadLetter, Nats, Redeliver, ReplayFrom};
+#[cfg(feature = "redis")]
+pub use crate::backend::redis::{RedisCache, RedisIdempotencyStore};
 #[cfg(feature = "postgres")]
 pub use crate::backend::sql::setup::migrate_postgres;
 #[cfg(feature = "sqlite")]
@@ -115,7 +117,8 @@ pub use crate::message::{Command, Event, Message, MessageInfo, MessageKind, Quer
 pub use crate::pipeline::Decorator;
 pub use crate::pipeline::authorize::{AuthorizeLayer, ResourcePolicy, ResourceRequest};
 pub use crate::pipeline::cache::{
-    CacheFuture, CacheRegion, CacheSpec, CachedValue, MemoryCache, QueryCache, Representation,
+    CacheFuture, CacheKey, CacheRegion, CacheSpec, CachedValue, Invalidation, InvalidationChannel,
+    InvalidationSink, MemoryCache, QueryCache, Representation,
 };
 pub use crate::pipeline::idempotency::{
     Claim, IdempotencyKey, IdempotencyStore, MemoryIdempotencyStore,
@@ -129,6 +132,10 @@ pub use crate::registry::{Handler, HandlerRegistration};
 /// The NATS client this crate is built with (feature `nats`).
 #[cfg(feature = "nats")]
 pub use async_nats;
+/// The `redis` crate this crate is built with (feature `redis`): `redis::Client::open(url)` for
+/// [`BusBuilder::redis`].
+#[cfg(feature = "redis")]
+pub use redis;
 /// The `sqlx` this crate is built with (features `sqlite`, `postgres`): use it for the SQL your
 /// handlers write in `cx.tx()`.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

@@ -21,6 +21,7 @@ pub use crate::message::{
 };
 pub use crate::pipeline::Decorator;
 pub use crate::pipeline::authorize::{AuthorizeLayer, ResourceField};
+pub use crate::pipeline::cache::target::{AnswerTarget, TargetFieldHash};
 pub use crate::pipeline::cache::{CacheSpec, hash_whole};
 pub use crate::pipeline::retry::RetryLayer;
 pub use crate::pipeline::transaction::{Isolation, TransactionLayer};
@@ -365,6 +366,27 @@ pub fn resource_id<T: ResourceId + ?Sized>(value: &T) -> String {
 )]
 pub trait KeyField: Hash {}
 impl<T: Hash + ?Sized> KeyField for T {}
+
+/// A command field mapped to a query field in `invalidates = [GetProduct(id = product_id)]`:
+/// both must have one type, so that the command's value hashes as the query's does.
+#[diagnostic::on_unimplemented(
+    message = "`invalidates = [..]` maps a command field of type `{Self}` to a query field of type `{Q}`",
+    label = "this field is `{Self}`, the query's is `{Q}`",
+    note = "`invalidates = [GetProduct(id = product_id)]` hashes the command's `product_id` as if it were the query's `id`, so both fields must have the same type"
+)]
+pub trait SameFieldType<Q: ?Sized> {}
+impl<T: ?Sized> SameFieldType<T> for T {}
+/// A second implementation, never used: with the blanket one alone, rustc would infer the
+/// query field's type from the command's and report a bare "mismatched types" rather than the
+/// message above; two candidates keep it from inferring.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct NotAField<T: ?Sized>(core::marker::PhantomData<T>);
+impl<T: ?Sized> SameFieldType<NotAField<T>> for T {}
+
+/// Checks, at compile time, that a command field and the query field it is mapped to have one
+/// type (never called).
+pub fn same_field_type<C: SameFieldType<Q> + ?Sized, Q: ?Sized>(_command: &C, _query: &Q) {}
 
 /// Hashes one `vary_by` field into the cache key.
 pub fn hash_key_field<T: KeyField + ?Sized>(value: &T, mut hasher: &mut dyn Hasher) {

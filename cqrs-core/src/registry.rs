@@ -18,6 +18,7 @@ pub use crate::location::Location;
 use crate::message::{Command, Event, Message, MessageInfo, MessageKind, Query};
 use crate::pipeline::Decorator;
 use crate::pipeline::assemble::{self, Installation, Installed};
+use crate::pipeline::cache::target::AnswerTarget;
 
 /// A message type, as its derive registers it.
 #[derive(Debug)]
@@ -60,6 +61,7 @@ pub struct HandlerOptions {
     pub(crate) reads_queries: Option<&'static str>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) invalidates: &'static [fn() -> MessageInfo],
+    pub(crate) invalidates_answers: &'static [AnswerTarget],
     pub(crate) emits: &'static [fn() -> MessageInfo],
     pub(crate) sends: &'static [fn() -> MessageInfo],
     pub(crate) group: Option<&'static str>,
@@ -72,6 +74,7 @@ impl HandlerOptions {
             reads_queries: None,
             timeout: None,
             invalidates: &[],
+            invalidates_answers: &[],
             emits: &[],
             sends: &[],
             group: None,
@@ -111,6 +114,13 @@ impl HandlerOptions {
     /// Queries whose cached answers the command invalidates when it succeeds.
     pub const fn invalidates(mut self, queries: &'static [fn() -> MessageInfo]) -> Self {
         self.invalidates = queries;
+        self
+    }
+
+    /// Cached answers the command invalidates when it succeeds, by field:
+    /// `invalidates = [GetProduct(id = product_id)]`.
+    pub const fn invalidates_answers(mut self, targets: &'static [AnswerTarget]) -> Self {
+        self.invalidates_answers = targets;
         self
     }
 }

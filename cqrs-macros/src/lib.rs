@@ -80,7 +80,8 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 /// ```
 ///
 /// Options: `timeout = "15s"`, `invalidates = [GetUser, ListUsers]` (cached queries dropped when
-/// the command succeeds), `emits = [UserRegistered]` and `sends = [SendMail]` (for
+/// the command succeeds; `invalidates = [GetUser(id = user_id)]` drops only the answers whose
+/// `vary_by` fields are the command's fields named, for every caller), `emits = [UserRegistered]` and `sends = [SendMail]` (for
 /// `describe()`), `reads_queries = "why"` (the documented exception that allows a `QueryBus`
 /// field). The struct is not generic (register a generic handler by hand with
 /// `Bus::builder().command_handler(..)`); a tuple or unit struct is fine. Decorators

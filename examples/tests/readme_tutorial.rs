@@ -23,7 +23,7 @@ pub struct RestockProduct {
     pub quantity: i64,
 }
 
-#[command_handler(RestockProduct, timeout = "5s", invalidates = [GetProduct])]
+#[command_handler(RestockProduct, timeout = "5s", invalidates = [GetProduct(id = id)])]
 #[authorize(permissions = ["product:write"])]
 #[transactional]
 pub struct RestockProductHandler;

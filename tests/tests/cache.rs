@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use cqrs_core::prelude::*;
 use cqrs_core::{
-    CacheFuture, CacheRegion, CacheSpec, CachedValue, Dispatch, MessageKind, Next, QueryCache,
-    Representation,
+    CacheFuture, CacheKey, CacheRegion, CacheSpec, CachedValue, Dispatch, MessageKind, Next,
+    QueryCache, Representation,
 };
 
 /// The "database" the handlers read, and how often they read it.
@@ -791,6 +791,8 @@ type JsonEntries = Arc<Mutex<std::collections::HashMap<(&'static str, u128), Vec
 struct JsonBackend {
     regions: Regions,
     entries: JsonEntries,
+    /// The target each entry was stored with.
+    targets: Arc<Mutex<std::collections::HashMap<(&'static str, u128), u128>>>,
     invalidations: Arc<Mutex<Vec<&'static str>>>,
 }
 
@@ -826,16 +828,18 @@ impl CacheRegion for JsonRegion {
                 .map(CachedValue::Json))
         }))
     }
-    fn insert(&self, key: u128, value: CachedValue) -> CacheFuture<'_, ()> {
+    fn insert(&self, key: CacheKey, value: CachedValue) -> CacheFuture<'_, ()> {
         CacheFuture::Pending(Box::pin(async move {
             tokio::task::yield_now().await;
             match value {
                 CachedValue::Json(bytes) => {
                     let mut entries = self.backend.entries.lock().unwrap();
-                    entries.insert((self.query, key), bytes);
+                    entries.insert((self.query, key.answer), bytes);
+                    let mut targets = self.backend.targets.lock().unwrap();
+                    targets.insert((self.query, key.answer), key.target);
                     Ok(())
                 }
-                CachedValue::Shared(_) => Err(Error::internal("a JSON backend was given a value")),
+                _ => Err(Error::internal("a JSON backend was given a value")),
             }
         }))
     }
@@ -844,6 +848,16 @@ impl CacheRegion for JsonRegion {
         entries.retain(|(query, _), _| *query != self.query);
         self.backend.invalidations.lock().unwrap().push(self.query);
         CacheFuture::ready(Ok(()))
+    }
+    fn invalidate(&self, target: u128) -> CacheFuture<'_, ()> {
+        let targets = self.backend.targets.lock().unwrap();
+        let mut entries = self.backend.entries.lock().unwrap();
+        entries.retain(|id, _| id.0 != self.query || targets.get(id) != Some(&target));
+        self.backend.invalidations.lock().unwrap().push(self.query);
+        CacheFuture::ready(Ok(()))
+    }
+    fn drop_local(&self, _target: Option<u128>) {
+        // Shared between processes (as Redis would be): nothing kept in this one.
     }
 }
 

@@ -6,6 +6,8 @@
 //! |---|---|---|
 //! | [`sql`] | `sqlite`, `postgres` | transactions, the outbox and its relay, idempotency keys, the event store, the inbox |
 //! | [`nats`] | `nats` | events across processes on NATS JetStream: publishing from the outbox, durable consumers per handler, dead letters, replay |
+//! | [`sql`] | `sqlite`, `postgres` | transactions, the outbox and its relay, idempotency keys, the event store; on PostgreSQL, cache invalidations between processes (`LISTEN`/`NOTIFY`) |
+//! | [`redis`] | `redis` | cache invalidations between processes (pub/sub), `RedisIdempotencyStore` |
 //!
 //! The in-memory implementations, the defaults, live beside their traits: `MemoryCache` in
 //! `pipeline/cache/memory.rs`, `MemoryIdempotencyStore` in `pipeline/idempotency.rs`,
@@ -13,5 +15,7 @@
 
 #[cfg(feature = "nats")]
 pub(crate) mod nats;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) mod sql;

@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 use super::Bus;
 use crate::event_store::{DynEventStore, EventStore, MemoryEventStore};
+use crate::pipeline::cache::InvalidationChannel;
+use crate::pipeline::cache::backplane::BackplanePriority;
 use crate::pipeline::idempotency::DynIdempotencyStore;
 use crate::pipeline::transaction::TransactionalStore;
 use crate::pipeline::transport::EventTransport;
@@ -26,6 +28,8 @@ pub(crate) struct Backends {
     pub(crate) database: Option<Arc<dyn TransactionalStore>>,
     /// The database's idempotency store: used unless the application gives its own.
     pub(crate) database_idempotency: Option<Arc<dyn DynIdempotencyStore>>,
+    /// Redis's idempotency store: used when neither the application nor a database gives one.
+    pub(crate) redis_idempotency: Option<Arc<dyn DynIdempotencyStore>>,
     /// The database's event store: used unless the application gives its own.
     pub(crate) database_events: Option<Arc<dyn DynEventStore>>,
     /// Whether outbox events are delivered in the dispatch, right after commit.
@@ -42,6 +46,10 @@ pub(crate) struct Backends {
     pub(crate) on_build: Vec<OnBuild>,
     /// What the backends' `finish` functions found wrong.
     pub(crate) problems: Vec<crate::BuildProblem>,
+    /// The channel cache invalidations reach other processes on: the highest priority offered
+    /// (see `pipeline/cache/backplane.rs`).
+    pub(crate) backplane: Option<Arc<dyn InvalidationChannel>>,
+    backplane_priority: Option<BackplanePriority>,
     settings: HashMap<TypeId, Box<dyn Any + Send>>,
     finishers: Vec<fn(&mut Backends)>,
     /// Checks that need every backend finished (a broker needs the database, whichever of the
@@ -54,6 +62,7 @@ impl Default for Backends {
         Backends {
             database: None,
             database_idempotency: None,
+            redis_idempotency: None,
             database_events: None,
             outbox_inline: true,
             transport: None,
@@ -62,6 +71,8 @@ impl Default for Backends {
             memory_events: None,
             on_build: Vec::new(),
             problems: Vec::new(),
+            backplane: None,
+            backplane_priority: None,
             settings: HashMap::new(),
             finishers: Vec::new(),
             checks: Vec::new(),
@@ -72,7 +83,10 @@ impl Default for Backends {
 impl Backends {
     /// A backend's settings (created the first time), and the function that turns them into
     /// stores when the bus is built (called once, whatever the number of calls here).
-    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+    #[cfg_attr(
+        not(any(feature = "sqlite", feature = "postgres", feature = "redis")),
+        allow(dead_code)
+    )]
     pub(crate) fn settings<T: Default + Send + 'static>(
         &mut self,
         finish: fn(&mut Backends),
@@ -88,10 +102,28 @@ impl Backends {
     }
 
     /// Takes a backend's settings out (in its `finish` function).
-    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+    #[cfg_attr(
+        not(any(feature = "sqlite", feature = "postgres", feature = "redis")),
+        allow(dead_code)
+    )]
     pub(crate) fn take_settings<T: 'static>(&mut self) -> Option<T> {
         let settings = self.settings.remove(&TypeId::of::<T>())?;
         settings.downcast::<T>().ok().map(|s| *s)
+    }
+
+    /// Offers a channel for cache invalidations between processes (from a backend's `finish`
+    /// function): the bus keeps the one of highest priority, NATS over Redis over PostgreSQL,
+    /// whatever the order of the builder's calls.
+    #[cfg_attr(not(any(feature = "postgres", feature = "redis")), allow(dead_code))]
+    pub(crate) fn offer_backplane(
+        &mut self,
+        priority: BackplanePriority,
+        channel: Arc<dyn InvalidationChannel>,
+    ) {
+        if self.backplane_priority.is_none_or(|p| p < priority) {
+            self.backplane = Some(channel);
+            self.backplane_priority = Some(priority);
+        }
     }
 
     /// Runs every backend's `finish` function.

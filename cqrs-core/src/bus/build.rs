@@ -12,6 +12,7 @@ use crate::di::Resolver;
 use crate::event_store::MemoryEventStore;
 use crate::message::MessageKind;
 use crate::pipeline::assemble::{Installation, Installed};
+use crate::pipeline::cache::CacheRegions;
 use crate::pipeline::idempotency::{self, IdempotencyLayer, MemoryIdempotencyStore};
 use crate::pipeline::runtime::Runtime;
 use crate::pipeline::stores::Stores;
@@ -43,13 +44,14 @@ impl BusBuilder {
         let candidates = checks::collect_candidates(manual, discover);
         let messages = checks::collect_messages(&candidates, discover, &mut problems);
         let candidates = checks::one_handler_per_message(candidates, &mut problems);
-        let layered: Vec<(Candidate, Layers)> = candidates
+        let mut layered: Vec<(Candidate, Layers)> = candidates
             .into_iter()
             .map(|c| {
                 let layers = checks::assemble_layers(&c, &decorators, &mut problems);
                 (c, layers)
             })
             .collect();
+        checks::resolve_answer_targets(&mut layered, &mut problems);
         checks::check_backends(
             &layered,
             resource_policy.is_some(),
@@ -61,6 +63,7 @@ impl BusBuilder {
         let custom_idempotency = idempotency_store.is_some();
         let idempotency_store = idempotency_store
             .or_else(|| backends.database_idempotency.clone())
+            .or_else(|| backends.redis_idempotency.clone())
             .unwrap_or_else(|| Arc::new(MemoryIdempotencyStore::new()));
         let command_middleware: Box<[_]> = middleware
             .iter()
@@ -115,6 +118,7 @@ impl BusBuilder {
             let mut events: Vec<Vec<(&'static str, Box<dyn EventPipe>)>> = Vec::new();
             let mut event_decoders = HashMap::new();
             let mut cache_regions = HashMap::new();
+            let backplane = backends.backplane.take();
             for (candidate, layers) in layered {
                 let slot = (candidate.message.slot)();
                 let mut inst = Installation {
@@ -165,7 +169,7 @@ impl BusBuilder {
                     ttl: idempotency_ttl,
                     lease: idempotency::DEFAULT_LEASE,
                 }),
-                cache_regions,
+                cache_regions: CacheRegions::new(cache_regions, backplane),
                 event_decoders,
                 stores,
             };

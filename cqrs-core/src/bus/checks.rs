@@ -10,6 +10,8 @@ use crate::build_error::BuildProblem;
 use crate::location::Location;
 use crate::message::{MessageInfo, MessageKind};
 use crate::pipeline::assemble::{Installation, Installed};
+use crate::pipeline::cache::CacheSpec;
+use crate::pipeline::cache::target::{Invalidates, Targeted};
 use crate::pipeline::{Decorator, Layers};
 use crate::registry::{self, HandlerOptions, HandlerRegistration, MessageRegistration};
 
@@ -170,7 +172,12 @@ pub(crate) fn assemble_layers(
 ) -> Layers {
     let mut layers = Layers {
         timeout: c.options.timeout,
-        invalidates: c.options.invalidates.iter().map(|q| q().name).collect(),
+        invalidates: c
+            .options
+            .invalidates
+            .iter()
+            .map(|q| Invalidates::all(q().name))
+            .collect(),
         ..Layers::default()
     };
     let conflict = |what, problems: &mut Vec<BuildProblem>| {
@@ -282,6 +289,66 @@ pub(crate) fn unhandled_messages(
                 location = %known.location.map(|l| l.to_string()).unwrap_or_default(),
                 "{kind} `{name}` has no handler; sending it will fail with NoHandler"
             );
+        }
+    }
+}
+
+/// Resolves `invalidates = [Query(field = command_field)]` against each query's cache: the
+/// fields must be exactly its `vary_by` fields (the key hashes all of them), in its order.
+pub(crate) fn resolve_answer_targets(
+    layered: &mut [(Candidate, Layers)],
+    problems: &mut Vec<BuildProblem>,
+) {
+    let caches: HashMap<&'static str, CacheSpec> = layered
+        .iter()
+        .filter(|(c, _)| c.kind == MessageKind::Query)
+        .filter_map(|(c, layers)| Some((c.message.name, layers.cache?)))
+        .collect();
+    for (c, layers) in layered.iter_mut() {
+        for target in c.options.invalidates_answers {
+            let query = target.query().name;
+            let mut problem = |problem: String| {
+                problems.push(BuildProblem::InvalidationTarget {
+                    handler: c.handler_name,
+                    location: c.location,
+                    query,
+                    problem,
+                })
+            };
+            let Some(spec) = caches.get(query) else {
+                problem(format!(
+                    "`{query}` has no `#[cached_query]` handler on this bus: cache it, or drop `{query}` from `invalidates`"
+                ));
+                continue;
+            };
+            let vary_by = spec.vary_by_fields();
+            let mut named: Vec<&str> = target.fields().to_vec();
+            let mut expected: Vec<&str> = vary_by.to_vec();
+            named.sort_unstable();
+            expected.sort_unstable();
+            if vary_by.is_empty() {
+                problem(format!(
+                    "`{query}` is cached without `vary_by` (its key hashes the whole query): give it `#[cached_query(vary_by = [..])]`, or write `invalidates = [{query}]` to drop all its answers"
+                ));
+                continue;
+            }
+            if named != expected {
+                let written = target.fields().join(", ");
+                let wanted: Vec<String> = vary_by.iter().map(|f| format!("{f} = ..")).collect();
+                problem(format!(
+                    "the fields named ({written}) are not its `vary_by` fields ({}), all of which its key hashes: write `{query}({})`",
+                    vary_by.join(", "),
+                    wanted.join(", ")
+                ));
+                continue;
+            }
+            layers.invalidates.push(Invalidates {
+                query,
+                target: Some(Targeted {
+                    vary_by,
+                    hash: target.hash,
+                }),
+            });
         }
     }
 }

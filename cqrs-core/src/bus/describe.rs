@@ -219,7 +219,7 @@ pub(crate) fn describe(
                 reads_queries: c.options.reads_queries,
                 emits: c.options.emits.iter().map(|e| e().name).collect(),
                 sends: c.options.sends.iter().map(|c| c().name).collect(),
-                invalidates: layers.invalidates.clone(),
+                invalidates: layers.invalidates.iter().map(|i| i.query).collect(),
             })
             .collect();
         handlers.sort_by_key(|h| h.name);

@@ -18,6 +18,7 @@ use std::time::Instant;
 use crate::Error;
 use crate::envelope::IntoEnvelope;
 use crate::message::{Command, Event, Message, MessageKind, Query};
+use crate::pipeline::cache::target::Invalidation as DropAnswers;
 use crate::pipeline::runtime::Runtime;
 
 pub use self::builder::BusBuilder;
@@ -193,13 +194,58 @@ impl Bus {
         pin!(inner.publish_envelope(event.into_envelope())).await
     }
 
-    /// Drops every cached answer of query `Q`.
+    /// Drops every cached answer of query `Q`, for every caller, in this process and in
+    /// every process on the bus's invalidation channel (see
+    /// [`InvalidationChannel`](crate::InvalidationChannel)). To drop only the answers for one
+    /// set of `vary_by` values, use [`invalidate_answer`](Self::invalidate_answer).
     pub async fn invalidate<Q: Query>(&self) -> Result<(), Error> {
         let inner = self.inner.get()?;
-        match inner.query_pipe::<Q>() {
-            Some(pipe) => pipe.invalidate().await,
-            None => Ok(()),
-        }
+        inner
+            .invalidate(DropAnswers {
+                query: Q::NAME,
+                target: None,
+            })
+            .await;
+        Ok(())
+    }
+
+    /// Drops the cached answers to `query` (those with its `vary_by` values), for every caller,
+    /// here and in every process on the bus's invalidation channel; the query's other answers
+    /// stay. What `invalidates = [GetProduct(id = product_id)]` does for a command, for code
+    /// that changed the data some other way (an import, an admin tool).
+    ///
+    /// ```
+    /// # use cqrs_core::prelude::*;
+    /// #[derive(Query, Clone, Debug)]
+    /// #[query(output = u64)]
+    /// struct GetPrice { id: u64 }
+    ///
+    /// #[query_handler(GetPrice)]
+    /// #[cached_query(ttl = "5m", vary_by = [id], public)]
+    /// struct GetPriceHandler;
+    /// impl QueryHandler<GetPrice> for GetPriceHandler {
+    ///     async fn handle(&self, q: GetPrice, _: &QueryContext) -> Result<u64, Error> { Ok(q.id * 100) }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Error> {
+    /// let bus = Bus::builder().discover(false).register::<GetPriceHandler>().build()?;
+    /// bus.query(GetPrice { id: 7 }).await?;
+    /// bus.invalidate_answer(&GetPrice { id: 7 }).await?; // the price of 7 only
+    /// # Ok(()) }
+    /// ```
+    pub async fn invalidate_answer<Q: Query>(&self, query: &Q) -> Result<(), Error> {
+        let inner = self.inner.get()?;
+        let Some(region) = inner.cache_regions.get(Q::NAME) else {
+            return Ok(());
+        };
+        let target = region.target_of(query);
+        inner
+            .invalidate(DropAnswers {
+                query: Q::NAME,
+                target: Some(target),
+            })
+            .await;
+        Ok(())
     }
 
     /// Every message, its handlers, their pipelines and where they are declared.

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use super::cache::{CacheLayer, CacheRegion, Invalidated, QueryCache};
+use super::cache::{CacheLayer, Invalidated, QueryCache};
 use super::{
     CommandPipe, CommandPipeline, EventPipe, EventPipeline, Layers, QueryPipe, QueryPipeline,
 };
@@ -22,7 +22,7 @@ pub(crate) struct Installation<'a> {
     pub(crate) group: Option<&'static str>,
     pub(crate) layers: Layers,
     pub(crate) query_cache: &'a dyn QueryCache,
-    pub(crate) cache_regions: &'a mut HashMap<&'static str, Arc<dyn CacheRegion>>,
+    pub(crate) cache_regions: &'a mut HashMap<&'static str, Arc<Invalidated>>,
 }
 
 /// An installed pipeline, erased.
@@ -55,7 +55,8 @@ where
     H: QueryHandler<Q>,
 {
     let cache = inst.layers.cache.map(|spec| {
-        let region = Invalidated::new(QueryCache::region(inst.query_cache, Q::NAME, &spec));
+        let region = QueryCache::region(inst.query_cache, Q::NAME, &spec);
+        let region = Invalidated::new(region, spec);
         inst.cache_regions.insert(Q::NAME, region.clone());
         CacheLayer::new(Q::NAME, spec, region)
     });

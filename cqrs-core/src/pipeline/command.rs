@@ -26,6 +26,7 @@ use tracing::Span;
 
 use self::full_path::ErasedCommand;
 use super::authorize::AuthorizeLayer;
+use super::cache::target;
 use super::erased::{self, Erased, HandleFuture};
 use super::trace::InSpan;
 use super::{CatchPanic, DispatchFuture, Layers, idempotency, trace};
@@ -94,6 +95,9 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
             && metadata.deadline().is_none()
             && bus.middleware(MessageKind::Command).is_empty()
             && (metadata.idempotency_key().is_none() || bus.idempotency().is_none())
+            // `invalidates = [Query(field = ..)]` reads the command before its handler takes
+            // it: the full path does (see `full_path::guarded`).
+            && !target::by_field(&self.layers.invalidates)
     }
 
     /// The lean path: trace, authorize (by the principal alone), validate, handler, then [`full_path::after`] when there is anything
@@ -141,7 +145,7 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
                 }
                 Ok(output) => {
                     let events = std::mem::take(&mut cx.events);
-                    let fut = pin!(full_path::after(&self.layers, bus, events, &cx, stats));
+                    let fut = pin!(full_path::after(&self.layers, bus, events, &[], &cx, stats));
                     InSpan {
                         span: span.as_ref(),
                         fut,

@@ -127,7 +127,7 @@ pub(crate) struct Layers {
     pub(crate) retry: Option<RetryLayer>,
     pub(crate) cache: Option<CacheSpec>,
     pub(crate) transaction: Option<TransactionLayer>,
-    pub(crate) invalidates: Vec<&'static str>,
+    pub(crate) invalidates: Vec<cache::target::Invalidates>,
 }
 
 impl Layers {
@@ -165,7 +165,8 @@ impl Layers {
         }
         out.push("handler".to_owned());
         if !self.invalidates.is_empty() {
-            out.push(format!("invalidates{}", describe::list(&self.invalidates)));
+            let named: Vec<String> = self.invalidates.iter().map(|i| i.to_string()).collect();
+            out.push(format!("invalidates{}", describe::list(&named)));
         }
         out
     }

@@ -16,7 +16,6 @@ use std::pin::pin;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
 use tracing::Span;
 
 use self::full_path::{Checked, ErasedQuery, Precheck};
@@ -41,8 +40,6 @@ pub(crate) trait QueryPipe<Q: Query>: Send + Sync {
         env: Envelope<Q>,
         stats: Option<&'a mut DispatchStats>,
     ) -> DispatchFuture<'a, Result<Q::Output, Error>>;
-
-    fn invalidate(&self) -> BoxFuture<'_, Result<(), Error>>;
 }
 
 /// The pipeline of one query handler.
@@ -89,15 +86,6 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipe<Q> for QueryPipeline<Q, H> {
         let span = trace::lean_span(MessageKind::Query, Q::NAME, self.name, &metadata);
         let cx = QueryContext::new(bus.ptr(), metadata, self.name);
         DispatchFuture::from_or_box(self.lean(message, cx, span, stats))
-    }
-
-    fn invalidate(&self) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async move {
-            match &self.cache {
-                Some(cache) => cache.invalidate().await,
-                None => Ok(()),
-            }
-        })
     }
 }
 

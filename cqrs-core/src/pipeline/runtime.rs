@@ -11,7 +11,8 @@ use std::pin::pin;
 use std::sync::Arc;
 
 use super::authorize::DynResourcePolicy;
-use super::cache::CacheRegion;
+use super::cache::CacheRegions;
+use super::cache::target::Invalidation;
 use super::idempotency::IdempotencyLayer;
 use super::middleware::MiddlewareChain;
 use super::report::DispatchStats;
@@ -42,7 +43,9 @@ pub(crate) struct Runtime {
     pub(crate) observers: Box<[Arc<dyn EventObserver>]>,
     pub(crate) resource_policy: Option<Arc<dyn DynResourcePolicy>>,
     pub(crate) idempotency: Option<IdempotencyLayer>,
-    pub(crate) cache_regions: HashMap<&'static str, Arc<dyn CacheRegion>>,
+    /// The cached queries' regions, and the channel their invalidations go to other
+    /// processes on.
+    pub(crate) cache_regions: Arc<CacheRegions>,
     /// How to decode a stored event, by name (events with a handler here).
     #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     pub(crate) event_decoders: HashMap<&'static str, EventDecoder>,
@@ -163,13 +166,9 @@ impl Runtime {
         .with_source(crate::StdErrorAdapter(first.clone())))
     }
 
-    pub(crate) async fn invalidate_by_name(&self, query: &str) {
-        let Some(region) = self.cache_regions.get(query) else {
-            return;
-        };
-        if let Err(error) = region.invalidate_all().await {
-            tracing::warn!(target: "cqrs", query, %error, "cache invalidation failed");
-        }
+    /// Drops cached answers here and in every process on the bus's invalidation channel.
+    pub(crate) async fn invalidate(&self, invalidation: Invalidation) {
+        self.cache_regions.invalidate(invalidation).await;
     }
 
     pub(crate) fn report_failure(&self, failure: &HandlerFailure<'_>) {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use proc_macro2::{Span, TokenStream};
 use syn::{ItemStruct, LitStr, Member, Type};
 
-use crate::attr::{self, Kind, Leading, Positional, Spec, opt};
+use crate::attr::{self, Kind, Leading, Positional, QueryTarget, Spec, opt};
 use crate::errors::Errors;
 
 /// Which handler attribute.
@@ -47,7 +47,7 @@ impl HandlerKind {
     fn specs(self) -> &'static [Spec] {
         const COMMAND: &[Spec] = &[
             opt("timeout", Kind::Duration),
-            opt("invalidates", Kind::Types),
+            opt("invalidates", Kind::Targets),
             opt("reads_queries", Kind::Str),
             opt("emits", Kind::Types),
             opt("sends", Kind::Types),
@@ -79,8 +79,9 @@ pub(crate) struct HandlerAttr {
     pub(crate) kind: HandlerKind,
     pub(crate) message: Message,
     pub(crate) timeout: Option<(Duration, Span)>,
-    /// The cached queries dropped when the command succeeds.
-    pub(crate) invalidates: Vec<Type>,
+    /// The cached queries dropped when the command succeeds (all their answers, or those the
+    /// field mapping names).
+    pub(crate) invalidates: Vec<QueryTarget>,
     /// The events the handler says it emits (for `describe()`).
     pub(crate) emits: Vec<Type>,
     /// The commands the handler says it sends (for `describe()`).
@@ -105,7 +106,7 @@ impl HandlerAttr {
             kind,
             message,
             timeout: args.duration("timeout"),
-            invalidates: args.types("invalidates").unwrap_or_default(),
+            invalidates: args.targets("invalidates").unwrap_or_default(),
             reads_queries: args.str("reads_queries"),
             emits: args.types("emits").unwrap_or_default(),
             sends: args.types("sends").unwrap_or_default(),

@@ -42,8 +42,11 @@ pub(crate) enum Kind {
     Ident,
     /// `vary_by = [user_id, page]`, `on = [Conflict]`.
     Idents,
-    /// `invalidates = [GetUser, ListUsers]`.
+    /// `emits = [UserRegistered]`.
     Types,
+    /// `invalidates = [ListUsers, GetUser(id = user_id)]`: queries, each with an optional
+    /// mapping of its fields to the command's.
+    Targets,
     /// `permissions = ["user:create"]`.
     Strs,
 }
@@ -62,6 +65,9 @@ impl Kind {
             Kind::Ident => "a field name",
             Kind::Idents => "a list of names in brackets, e.g. `[a, b]`",
             Kind::Types => "a list of types in brackets, e.g. `[GetUser, ListUsers]`",
+            Kind::Targets => {
+                "a list of queries in brackets, each with an optional field mapping, e.g. `[ListUsers, GetUser(id = user_id)]`"
+            }
             Kind::Strs => "a list of strings in brackets, e.g. `[\"user:create\"]`",
         }
     }
@@ -88,7 +94,16 @@ pub(crate) enum Value {
     Ident(Ident),
     Idents(Vec<Ident>, Span),
     Types(Vec<Type>),
+    Targets(Vec<QueryTarget>),
     Strs(Vec<LitStr>),
+}
+
+/// One query in `invalidates = [..]`: `GetUser`, or `GetUser(id = user_id, ..)` to drop only
+/// the answers whose `id` is the command's `user_id`.
+pub(crate) struct QueryTarget {
+    pub(crate) query: Type,
+    /// (the query's field, the command's field), as written.
+    pub(crate) fields: Vec<(Ident, Ident)>,
 }
 
 /// Everything an attribute's arguments held.
@@ -158,6 +173,12 @@ impl Args {
     pub(crate) fn types(&mut self, name: &str) -> Option<Vec<Type>> {
         match self.take(name)? {
             (_, Value::Types(t)) => Some(t),
+            _ => None,
+        }
+    }
+    pub(crate) fn targets(&mut self, name: &str) -> Option<Vec<QueryTarget>> {
+        match self.take(name)? {
+            (_, Value::Targets(t)) => Some(t),
             _ => None,
         }
     }

@@ -6,7 +6,7 @@ use syn::punctuated::Punctuated;
 use syn::{Ident, LitBool, LitFloat, LitInt, LitStr, Token, Type};
 
 use super::suggest::{closest, known_list, unknown};
-use super::{Args, Kind, Leading, Positional, Spec, Value};
+use super::{Args, Kind, Leading, Positional, QueryTarget, Spec, Value};
 use crate::duration;
 use crate::errors::Errors;
 
@@ -235,6 +235,7 @@ fn parse_value(input: ParseStream<'_>, spec: &Spec, errors: &mut Errors) -> Opti
                 Value::Idents(bracketed(input, |i| i.parse::<Ident>())?, span)
             }
             Kind::Types => Value::Types(bracketed(input, |i| i.parse::<Type>())?),
+            Kind::Targets => Value::Targets(bracketed(input, target)?),
             Kind::Strs => Value::Strs(bracketed(input, |i| i.parse::<LitStr>())?),
         })
     })();
@@ -249,7 +250,11 @@ fn parse_value(input: ParseStream<'_>, spec: &Spec, errors: &mut Errors) -> Opti
             None
         }
         Err(e) => {
-            if spec.kind == Kind::Duration && fork.peek(LitStr) {
+            // A bad duration string, or a bad field mapping inside `invalidates = [..]`: the
+            // precise error, on the precise token, says more than "takes a list of ..".
+            if (spec.kind == Kind::Duration && fork.peek(LitStr))
+                || (spec.kind == Kind::Targets && fork.peek(syn::token::Bracket))
+            {
                 errors.push(e);
             } else {
                 let message = format!("`{}` takes {}", spec.name, spec.kind.expected());
@@ -343,7 +348,9 @@ fn near_miss(input: ParseStream<'_>, spec: &Spec, errors: &mut Errors) -> Option
             errors.spanned(&group, message);
             Some(names.map(|n| Value::Idents(n, span)))
         }
-        Kind::Idents | Kind::Types | Kind::Strs if !input.peek(syn::token::Bracket) => {
+        Kind::Idents | Kind::Types | Kind::Targets | Kind::Strs
+            if !input.peek(syn::token::Bracket) =>
+        {
             let fork = input.fork();
             let value = match spec.kind {
                 Kind::Idents => fork
@@ -351,6 +358,7 @@ fn near_miss(input: ParseStream<'_>, spec: &Spec, errors: &mut Errors) -> Option
                     .ok()
                     .map(|i| Value::Idents(vec![i], fork.span())),
                 Kind::Types => fork.parse::<Type>().ok().map(|t| Value::Types(vec![t])),
+                Kind::Targets => target(&fork).ok().map(|t| Value::Targets(vec![t])),
                 _ => fork.parse::<LitStr>().ok().map(|s| Value::Strs(vec![s])),
             }?;
             if !ends(&fork) {
@@ -365,6 +373,68 @@ fn near_miss(input: ParseStream<'_>, spec: &Spec, errors: &mut Errors) -> Option
         }
         _ => None,
     }
+}
+
+/// `GetUser` or `GetUser(id = user_id, ..)`: the type is read up to the parentheses (as a
+/// type, `GetUser(..)` would be a function-like path).
+fn target(input: ParseStream<'_>) -> syn::Result<QueryTarget> {
+    let mut written = TokenStream::new();
+    while !input.is_empty() && !input.peek(Token![,]) && !input.peek(syn::token::Paren) {
+        written.extend([input.parse::<TokenTree>()?]);
+    }
+    let query: Type = syn::parse2(written.clone()).map_err(|_| {
+        let message = "expected a query, such as `GetUser` or `GetUser(id = user_id)`";
+        if written.is_empty() {
+            syn::Error::new(input.span(), message)
+        } else {
+            syn::Error::new_spanned(&written, message)
+        }
+    })?;
+    if !input.peek(syn::token::Paren) {
+        return Ok(QueryTarget {
+            query,
+            fields: Vec::new(),
+        });
+    }
+    let TokenTree::Group(group) = input.parse::<TokenTree>()? else {
+        return Err(input.error("expected `(`"));
+    };
+    let pair = |content: ParseStream<'_>| -> syn::Result<(Ident, Ident)> {
+        let field: Ident = content.parse()?;
+        if !content.peek(Token![=]) {
+            return Err(syn::Error::new(
+                field.span(),
+                format!("map the query's field to the command's: `{field} = command_field`"),
+            ));
+        }
+        content.parse::<Token![=]>()?;
+        let command_field: Ident = content.parse().map_err(|e| {
+            syn::Error::new(
+                e.span(),
+                format!("expected the command's field that holds the query's `{field}`"),
+            )
+        })?;
+        Ok((field, command_field))
+    };
+    let list = |content: ParseStream<'_>| {
+        Punctuated::<(Ident, Ident), Token![,]>::parse_terminated_with(content, pair)
+    };
+    let fields: Vec<(Ident, Ident)> = list.parse2(group.stream())?.into_iter().collect();
+    if fields.is_empty() {
+        return Err(syn::Error::new(
+            group.span(),
+            "name the query's fields and the command's fields that hold them, `(id = user_id)`, or drop the parentheses to invalidate every answer",
+        ));
+    }
+    for (i, (field, _)) in fields.iter().enumerate() {
+        if fields[..i].iter().any(|(f, _)| f == field) {
+            return Err(syn::Error::new(
+                field.span(),
+                format!("`{field}` is mapped twice; keep one"),
+            ));
+        }
+    }
+    Ok(QueryTarget { query, fields })
 }
 
 fn number(input: ParseStream<'_>) -> syn::Result<Value> {

@@ -6,6 +6,7 @@ use syn::spanned::Spanned;
 use syn::{LitStr, Type};
 
 use crate::ast::{HandlerAttr, HandlerKind, HandlerStruct, Message};
+use crate::attr::QueryTarget;
 use crate::check;
 use crate::errors::Errors;
 use crate::expand::tokens::{self, call_site, respan};
@@ -85,8 +86,8 @@ fn build_fields(handler: &mut HandlerStruct) -> TokenStream {
     }
 }
 
-/// `HandlerOptions::new()` and the options written.
-fn handler_options(attr: &HandlerAttr) -> TokenStream {
+/// `HandlerOptions::new()` and the options written. `message`: the handled message's type.
+fn handler_options(attr: &HandlerAttr, message: &TokenStream) -> TokenStream {
     let p = quote!(::cqrs_core::__private);
     let mut options = quote!(#p::HandlerOptions::new());
     if let Some((t, _)) = attr.timeout {
@@ -99,9 +100,16 @@ fn handler_options(attr: &HandlerAttr) -> TokenStream {
             .map(|t| quote_spanned!(t.span()=> #p::#info::<#t> as fn() -> #p::MessageInfo));
         quote!(&[#(#infos),*])
     };
-    if !attr.invalidates.is_empty() {
-        let list = infos(&attr.invalidates, quote!(query_info));
+    let (whole, by_field): (Vec<&QueryTarget>, Vec<&QueryTarget>) =
+        attr.invalidates.iter().partition(|t| t.fields.is_empty());
+    if !whole.is_empty() {
+        let queries: Vec<Type> = whole.iter().map(|t| t.query.clone()).collect();
+        let list = infos(&queries, quote!(query_info));
         options = quote!(#options.invalidates(#list));
+    }
+    if !by_field.is_empty() {
+        let targets = by_field.iter().map(|t| answer_target(t, message));
+        options = quote!(#options.invalidates_answers(&[#(#targets),*]));
     }
     if let Some(reason) = &attr.reads_queries {
         options = quote!(#options.reads_queries(#reason));
@@ -120,6 +128,49 @@ fn handler_options(attr: &HandlerAttr) -> TokenStream {
     options
 }
 
+/// `AnswerTarget::new(query, fields, hash)` for `invalidates = [Query(field = command_field)]`:
+/// `hash` hashes the command's field mapped to a query field, as the query's key hashes it.
+/// Each field access is spanned on the user's field name, so that a field the command or the
+/// query lacks is reported there, and a closure never called checks that the mapped fields
+/// have one type (`SameFieldType`, spanned on the command's field).
+fn answer_target(target: &QueryTarget, message: &TokenStream) -> TokenStream {
+    let p = quote!(::cqrs_core::__private);
+    let query = &target.query;
+    let (command_var, query_var, hasher, field) = (
+        call_site("command"),
+        call_site("query"),
+        call_site("hasher"),
+        call_site("field"),
+    );
+    let names: Vec<String> = target.fields.iter().map(|(q, _)| q.to_string()).collect();
+    let arms = target.fields.iter().zip(&names).map(|((_, c), name)| {
+        let hash = quote_spanned!(c.span()=> #p::hash_key_field(&(*#command_var).#c, #hasher));
+        quote!(#name => { #hash; true })
+    });
+    let checks = target.fields.iter().map(|(q, c)| {
+        let query_field = quote_spanned!(q.span()=> &(*#query_var).#q);
+        quote_spanned!(c.span()=> #p::same_field_type(&(*#command_var).#c, #query_field);)
+    });
+    let info = quote_spanned!(query.span()=> #p::query_info::<#query> as fn() -> #p::MessageInfo);
+    quote!(#p::AnswerTarget::new(#info, &[#(#names),*], {
+        fn __cqrs_answer_target(
+            #command_var: &(dyn #p::Any + #p::Send + #p::Sync),
+            #field: &::core::primitive::str,
+            #hasher: &mut dyn #p::Hasher,
+        ) -> ::core::primitive::bool {
+            let #p::Some(#command_var) = #command_var.downcast_ref::<#message>() else {
+                return false;
+            };
+            let _check = |#query_var: &#query| { #(#checks)* };
+            match #field {
+                #(#arms)*
+                _ => false,
+            }
+        }
+        __cqrs_answer_target
+    }))
+}
+
 /// The struct and the impls that declare and register it.
 fn generate(attr: &HandlerAttr, mut handler: HandlerStruct) -> TokenStream {
     let p = quote!(::cqrs_core::__private);
@@ -129,8 +180,6 @@ fn generate(attr: &HandlerAttr, mut handler: HandlerStruct) -> TokenStream {
     let ident = &item.ident;
     let handler_name = ident.to_string();
     let location = quote_spanned!(ident.span()=> #p::Location::new(::core::file!(), ::core::line!(), ::core::column!()));
-    let options = handler_options(attr);
-
     let (is_kind, assoc, handles) = match kind {
         HandlerKind::Command => (quote!(IsCommand), quote!(Command), quote!(HandlesCommand)),
         HandlerKind::Query => (quote!(IsQuery), quote!(Query), quote!(HandlesQuery)),
@@ -151,6 +200,7 @@ fn generate(attr: &HandlerAttr, mut handler: HandlerStruct) -> TokenStream {
             )
         }
     };
+    let options = handler_options(attr, &message);
     let accepts: &[&str] = match kind {
         HandlerKind::Command => &[
             "AcceptsTransactional",

@@ -1,8 +1,8 @@
 //! The `shop` command line.
 //!
 //! ```text
-//! shop [--database <url>] [--port <port>] [--grace <duration>] [--header-timeout <duration>]
-//!                                           serve the API on 127.0.0.1 (default: ./shop.db, port 3000)
+//! shop [--database <url>] [--redis <url>] [--port <port>] [--grace <duration>]
+//!      [--header-timeout <duration>]        serve the API on 127.0.0.1 (default: ./shop.db, port 3000)
 //! shop describe [--mermaid]                 print every message, handler and layer (or the flow as Mermaid)
 //! shop dead-letters | redeliver | replay ..  the broker's dead letters and replays (see `broker`)
 //! ```
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
-use super::{Db, ServeOptions, build_bus, db, migrate, seed, serve_with};
+use super::{Db, ServeOptions, build_bus, bus_builder, db, migrate, seed, serve_with};
 
 /// The SQLite file the shop uses unless `--database` says otherwise (in the current directory).
 pub const DEFAULT_DATABASE: &str = "shop.db";
@@ -24,11 +24,14 @@ pub const DEFAULT_PORT: u16 = 3000;
 
 const USAGE: &str = "\
 usage:
-  shop [--database <url>] [--port <port>] [--grace <duration>] [--header-timeout <duration>]
+  shop [--database <url>] [--redis <url>] [--port <port>] [--grace <duration>]
+       [--header-timeout <duration>]
       serve the shop's HTTP API on 127.0.0.1; SIGTERM or Ctrl-C (SIGINT) stops it gracefully,
       a second one at once
       --database        a SQLite file or sqlite: URL (default: ./shop.db), or
                         postgres://user:password@host/db
+      --redis           redis://host:port: cache invalidations reach every shop sharing it
+                        (on PostgreSQL alone they go through the database)
       --port            the port to listen on (default: 3000; 0 picks a free one)
       --grace           how long requests in flight get to finish at shutdown (default: 10s)
       --header-timeout  how long a client has to send a request's headers, and an idle
@@ -54,6 +57,7 @@ usage:
 pub enum Command {
     Serve {
         database: String,
+        redis: Option<String>,
         port: u16,
         options: ServeOptions,
         nats: Option<String>,
@@ -75,6 +79,7 @@ pub enum Command {
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
     let mut args = args.into_iter();
     let mut database = DEFAULT_DATABASE.to_owned();
+    let mut redis = None;
     let mut port = DEFAULT_PORT;
     let mut options = ServeOptions::default();
     let mut describe = false;
@@ -109,6 +114,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             "--database" => {
                 database = args.next().ok_or("--database needs a value")?;
             }
+            "--redis" => {
+                redis = Some(args.next().ok_or("--redis needs a value")?);
+            }
             "--port" => {
                 let value = args.next().ok_or("--port needs a value")?;
                 port = value
@@ -140,6 +148,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
     } else {
         Command::Serve {
             database,
+            redis,
             port,
             options,
             nats,
@@ -185,13 +194,14 @@ pub async fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
         Command::Describe { mermaid } => describe(mermaid).await,
         Command::Serve {
             database,
+            redis,
             port,
             options,
             nats,
             nats_stream,
         } => {
             let nats = nats.as_deref().map(|url| (url, nats_stream.as_deref()));
-            run(&database, port, options, nats).await
+            run(&database, redis.as_deref(), port, options, nats).await
         }
         Command::Broker {
             database,
@@ -240,6 +250,7 @@ async fn broker(
 
 async fn run(
     database: &str,
+    redis: Option<&str>,
     port: u16,
     options: ServeOptions,
     nats: Option<(&str, Option<&str>)>,
@@ -270,15 +281,19 @@ async fn run(
     migrate(&db)
         .await
         .map_err(|e| format!("cannot create the tables in {shown}: {}", e.message()))?;
-    let bus = match nats {
-        None => build_bus(&db)?,
-        Some((url, stream)) => {
-            let nats = super::broker::connect(url, stream)
-                .await
-                .map_err(|e| e.message().into_owned())?;
-            super::bus_builder(&db).nats(nats).build()?
-        }
-    };
+    let mut builder = bus_builder(&db);
+    if let Some(url) = redis {
+        let client = cqrs_core::redis::Client::open(url)
+            .map_err(|e| format!("--redis: `{}` is not a Redis URL: {e}", db::redact(url)))?;
+        builder = builder.redis(client).redis_prefix("shop:");
+    }
+    if let Some((url, stream)) = nats {
+        let nats = super::broker::connect(url, stream)
+            .await
+            .map_err(|e| e.message().into_owned())?;
+        builder = builder.nats(nats);
+    }
+    let bus = builder.build()?;
     seed(&bus, &db)
         .await
         .map_err(|e| format!("cannot seed the catalogue in {shown}: {}", e.message()))?;
@@ -387,6 +402,7 @@ mod tests {
             parse(&[]),
             Ok(Command::Serve {
                 database: DEFAULT_DATABASE.into(),
+                redis: None,
                 port: DEFAULT_PORT,
                 options: ServeOptions::default(),
                 nats: None,
@@ -403,9 +419,12 @@ mod tests {
                 "1500ms",
                 "--header-timeout",
                 "2m",
+                "--redis",
+                "redis://127.0.0.1:6379",
             ]),
             Ok(Command::Serve {
                 database: "postgres://localhost/shop".into(),
+                redis: Some("redis://127.0.0.1:6379".into()),
                 port: 0,
                 options: ServeOptions {
                     grace: Duration::from_millis(1500),

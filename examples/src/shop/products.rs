@@ -96,9 +96,10 @@ impl CommandHandler<CreateProduct> for CreateProductHandler {
     }
 }
 
-/// `invalidates = [GetProduct]`: once the change is committed, cached `GetProduct` answers are
-/// dropped, so the next read sees the new values.
-#[command_handler(UpdateProduct, timeout = "5s", invalidates = [GetProduct])]
+/// `invalidates = [GetProduct(id = id)]`: once the change is committed, the cached answer for
+/// this product is dropped (the others stay), in this shop and in every shop sharing its
+/// database or its Redis, so the next read sees the new values.
+#[command_handler(UpdateProduct, timeout = "5s", invalidates = [GetProduct(id = id)])]
 #[authorize(permissions = ["product:write"], admin_override)]
 #[transactional]
 pub struct UpdateProductHandler;
@@ -125,7 +126,7 @@ impl CommandHandler<UpdateProduct> for UpdateProductHandler {
     }
 }
 
-#[command_handler(ReleaseStock, timeout = "5s", invalidates = [GetProduct])]
+#[command_handler(ReleaseStock, timeout = "5s", invalidates = [GetProduct(id = product_id)])]
 #[transactional]
 #[retry(max_attempts = 5, delay = "20ms", backoff = 2.0, on = [Unavailable])]
 pub struct ReleaseStockHandler;

@@ -216,3 +216,130 @@ macro_rules! on_both {
         }
     };
 }
+
+/// A key prefix of its own on the Redis `CQRS_REDIS_URL` names; fails loudly when it is unset
+/// or the server does not answer. `cleanup` removes every key under the prefix.
+pub struct TestRedis {
+    pub url: String,
+    pub prefix: String,
+    pub client: cqrs_core::redis::Client,
+}
+
+impl TestRedis {
+    pub async fn new() -> TestRedis {
+        let url = std::env::var("CQRS_REDIS_URL")
+            .expect("this test needs Redis: set CQRS_REDIS_URL (e.g. redis://127.0.0.1:6379)");
+        TestRedis::at(&url).await
+    }
+
+    /// The Redis at `url` (a server the test started itself).
+    pub async fn at(url: &str) -> TestRedis {
+        let client = cqrs_core::redis::Client::open(url).expect("not a valid Redis URL");
+        let mut connection = client
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|e| panic!("Redis at {url} does not answer: {e}"));
+        let _: String = cqrs_core::redis::cmd("PING")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        TestRedis {
+            url: url.to_owned(),
+            prefix: format!("cqrs-test-{}:", uuid::Uuid::now_v7().simple()),
+            client,
+        }
+    }
+
+    /// Every key under the prefix.
+    pub async fn keys(&self) -> Vec<String> {
+        let mut connection = self
+            .client
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        cqrs_core::redis::cmd("KEYS")
+            .arg(format!("{}*", self.prefix))
+            .query_async(&mut connection)
+            .await
+            .unwrap()
+    }
+
+    pub async fn cleanup(self) {
+        let keys = self.keys().await;
+        if keys.is_empty() {
+            return;
+        }
+        let mut connection = self
+            .client
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let _: i64 = cqrs_core::redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+    }
+}
+
+/// A `redis-server` of the test's own on a free port (for tests that stop it), without
+/// persistence; killed when dropped.
+pub struct OwnRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    pub fn start() -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut own = OwnRedis { port, child: None };
+        own.restart();
+        own
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again) on its port, and waits until it answers.
+    pub fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is not installed");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    /// Kills it (as a crash would).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -7,6 +7,8 @@ pub(crate) mod classify;
 pub(crate) mod events;
 pub(crate) mod idempotency;
 pub(crate) mod inbox;
+#[cfg(feature = "postgres")]
+pub(crate) mod notify;
 pub(crate) mod outbox;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;

@@ -12,6 +12,8 @@ use super::{Database, db_error, relay, schema};
 use crate::Error;
 use crate::bus::backends::Backends;
 use crate::bus::{Bus, BusBuilder, Shared};
+#[cfg(feature = "postgres")]
+use crate::pipeline::cache::backplane::BackplanePriority;
 
 /// What the builder was told about the database, in any order.
 #[derive(Default)]
@@ -42,6 +44,14 @@ fn finish(backends: &mut Backends) {
     backends.database_idempotency = Some(Arc::new(SqlIdempotencyStore::new(db.clone())));
     backends.database_events = Some(Arc::new(SqlEventStore::new(db.clone())));
     backends.outbox_inline = outbox.inline;
+    // Two instances on one PostgreSQL database keep their caches coherent with nothing else:
+    // invalidations go over `LISTEN`/`NOTIFY` unless a broker (Redis, NATS) offers a channel.
+    #[cfg(feature = "postgres")]
+    #[allow(irrefutable_let_patterns)] // without `sqlite`, every database is PostgreSQL
+    if let Database::Postgres(pool) = &db {
+        let channel = super::notify::PgInvalidationChannel::new(pool.clone());
+        backends.offer_backplane(BackplanePriority::Postgres, Arc::new(channel));
+    }
     let store = SqlStore {
         db,
         outbox,

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{
-    CacheFuture, CacheRegion, CacheSpec, CachedValue, Invalidated, Representation, cache_key,
+    CacheFuture, CacheKey, CacheRegion, CacheSpec, CachedValue, Invalidated, Representation,
+    cache_key,
 };
 use crate::Error;
 use crate::sync::{Mutex, Subscriber, once_channel};
@@ -72,6 +73,21 @@ impl CacheLayer {
         })
     }
 
+    /// Where the answer under `key` (see [`key`](Self::key)) to `query` is stored: the key and
+    /// its target. Computed on a miss only: for a query kept per caller, the target is one more
+    /// hash (of the `vary_by` fields alone).
+    pub(crate) fn stored_under(&self, query: &(dyn Any + Send + Sync), key: u128) -> CacheKey {
+        let target = if self.spec.public {
+            key
+        } else {
+            self.region.target_of(query)
+        };
+        CacheKey {
+            answer: key,
+            target,
+        }
+    }
+
     /// The answer under `key`, if the backend can tell without awaiting (the in-process one
     /// always can): `Some(None)` is a miss, `None` means it would have to be awaited.
     pub(crate) fn peek(&self, codec: &dyn AnswerCodec, key: u128) -> Option<Option<Answer>> {
@@ -82,8 +98,59 @@ impl CacheLayer {
         }
     }
 
-    async fn lookup(&self, codec: &dyn AnswerCodec, key: u128) -> Option<Answer> {
-        self.found(codec, self.region.get(key).await)
+    /// What a lookup found, undecoded (a failed lookup is a miss, logged).
+    async fn lookup_found(&self, key: u128) -> Option<CachedValue> {
+        match self.region.get(key).await {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(target: "cqrs", query = self.query, %error, "cache lookup failed; running the handler");
+                None
+            }
+        }
+    }
+
+    /// Another process's answer, when a shared level waited for one (see
+    /// [`CacheRegion::before_compute`]).
+    async fn elsewhere(&self, key: CacheKey) -> Option<CachedValue> {
+        match self.region.before_compute(key).await {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(target: "cqrs", query = self.query, %error, "cache unavailable; running the handler");
+                None
+            }
+        }
+    }
+
+    /// What was found, decoded; an answer from the shared level is kept in the first level.
+    async fn answer(
+        &self,
+        codec: &dyn AnswerCodec,
+        stored: CacheKey,
+        found: Option<CachedValue>,
+        epoch: u64,
+    ) -> Option<Answer> {
+        let found = found?;
+        let from_shared = matches!(found, CachedValue::Json(_));
+        let hit = self.found(codec, Ok(Some(found)))?;
+        if from_shared {
+            self.promote(stored, &hit, epoch).await;
+        }
+        Some(hit)
+    }
+
+    /// Keeps in the first level an answer the shared level had (decoded once here, not on
+    /// every hit), unless invalidated since the lookup began.
+    async fn promote(&self, key: CacheKey, answer: &Answer, epoch: u64) {
+        if self.region.representation() != Representation::Layered || self.region.epoch() != epoch {
+            return;
+        }
+        if let Err(error) = self
+            .region
+            .insert(key, CachedValue::Shared(answer.clone()))
+            .await
+        {
+            tracing::warn!(target: "cqrs", query = self.query, %error, "cache insert failed");
+        }
     }
 
     /// What a lookup found, as an answer; a failed lookup or an answer that does not decode is
@@ -101,7 +168,7 @@ impl CacheLayer {
             }
         };
         match found {
-            CachedValue::Shared(value) => Some(value),
+            CachedValue::Shared(value) | CachedValue::Layered(value, _) => Some(value),
             CachedValue::Json(bytes) => match codec.decode(&bytes) {
                 Ok(value) => Some(value),
                 Err(error) => {
@@ -114,7 +181,7 @@ impl CacheLayer {
 
     /// Stores an answer computed in invalidation epoch `epoch`, unless the query's answers were
     /// invalidated since (the answer may predate the change that invalidated them).
-    async fn store(&self, codec: &dyn AnswerCodec, key: u128, answer: &Answer, epoch: u64) {
+    async fn store(&self, codec: &dyn AnswerCodec, key: CacheKey, answer: &Answer, epoch: u64) {
         if !self.spec.cache_none && (self.spec.is_none)(&**answer) {
             return;
         }
@@ -130,6 +197,13 @@ impl CacheLayer {
                     return;
                 }
             },
+            Representation::Layered => match codec.encode(&**answer) {
+                Ok(bytes) => CachedValue::Layered(answer.clone(), bytes),
+                Err(error) => {
+                    tracing::warn!(target: "cqrs", query = self.query, %error, "answer does not serialize; cached in this process only");
+                    CachedValue::Shared(answer.clone())
+                }
+            },
         };
         let Some(insert) = self.region.insert_in(epoch, key, value) else {
             return;
@@ -139,19 +213,20 @@ impl CacheLayer {
         }
         // A remote insert that finished after an invalidation: drop what may be a stale answer.
         if self.region.epoch() != epoch
-            && let Err(error) = self.region.invalidate_all().await
+            && let Err(error) = self.region.invalidate(key.target).await
         {
             tracing::warn!(target: "cqrs", query = self.query, %error, "cache invalidation failed");
         }
     }
 
-    /// Answers from the cache under `key` (see [`key`](Self::key)), or runs `compute` once for
-    /// all concurrent callers with this key. `looked`: the caller has just looked `key` up
-    /// (with [`peek`](Self::peek)) and missed, so the first lookup is skipped.
+    /// Answers from the cache under `stored` (see [`stored_under`](Self::stored_under)), or
+    /// runs `compute` once for all concurrent callers with this key. `looked`: the caller has
+    /// just looked the key up (with [`peek`](Self::peek)) and missed, so the first lookup is
+    /// skipped.
     pub(crate) async fn run<F, Fut>(
         &self,
         codec: &dyn AnswerCodec,
-        key: u128,
+        stored: CacheKey,
         looked: bool,
         cache_hit: &mut bool,
         compute: F,
@@ -160,9 +235,14 @@ impl CacheLayer {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Answer, Error>>,
     {
-        if !looked && let Some(hit) = self.lookup(codec, key).await {
-            *cache_hit = true;
-            return Ok(hit);
+        let key = stored.answer;
+        if !looked {
+            let epoch = self.region.epoch();
+            let found = self.lookup_found(key).await;
+            if let Some(hit) = self.answer(codec, stored, found, epoch).await {
+                *cache_hit = true;
+                return Ok(hit);
+            }
         }
         let mut compute = Some(compute);
         loop {
@@ -186,8 +266,13 @@ impl CacheLayer {
                         key,
                         epoch,
                     };
-                    // Another leader may have stored the answer between our miss and our claim.
-                    if let Some(hit) = self.lookup(codec, key).await {
+                    // Another leader may have stored the answer between our miss and our claim;
+                    // another process may be computing it (a shared level waits for it).
+                    let found = match self.lookup_found(key).await {
+                        Some(found) => Some(found),
+                        None => self.elsewhere(stored).await,
+                    };
+                    if let Some(hit) = self.answer(codec, stored, found, epoch).await {
                         *cache_hit = true;
                         sender.publish(Ok(hit.clone()));
                         return Ok(hit);
@@ -197,7 +282,7 @@ impl CacheLayer {
                     };
                     let result = compute().await;
                     if let Ok(answer) = &result {
-                        self.store(codec, key, answer, epoch).await;
+                        self.store(codec, stored, answer, epoch).await;
                     }
                     sender.publish(result.clone());
                     return result;
@@ -212,11 +297,6 @@ impl CacheLayer {
                 }
             }
         }
-    }
-
-    /// Drops every cached answer of this query.
-    pub(crate) async fn invalidate(&self) -> Result<(), Error> {
-        self.region.invalidate_all().await
     }
 }
 
@@ -275,8 +355,12 @@ mod tests {
         Arc::new(CacheLayer::new(
             "Q",
             spec,
-            Invalidated::new(MemoryCache.region("Q", &spec)),
+            Invalidated::new(MemoryCache.region("Q", &spec), spec),
         ))
+    }
+
+    fn stored(l: &CacheLayer, q: u32) -> CacheKey {
+        l.stored_under(&Q(q), l.key(&Q(q), None))
     }
 
     async fn run(
@@ -286,7 +370,7 @@ mod tests {
         answer: Result<Option<u32>, Error>,
     ) -> Result<Option<u32>, Error> {
         let answer = l
-            .run(&Codec, l.key(&Q(q), None), false, hit, || async move {
+            .run(&Codec, stored(l, q), false, hit, || async move {
                 answer.map(|a| Arc::new(a) as Answer)
             })
             .await?;
@@ -311,7 +395,7 @@ mod tests {
             .unwrap_err();
         let v = run(&l, 3, &mut hit, Ok(Some(3))).await.unwrap();
         assert_eq!((v, hit), (Some(3), false), "errors are not cached");
-        l.invalidate().await.unwrap();
+        l.region.invalidate_all().await.unwrap();
         let v = run(&l, 1, &mut hit, Ok(Some(11))).await.unwrap();
         assert_eq!(v, Some(11));
     }
@@ -338,7 +422,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 let mut hit = false;
                 let answer = l
-                    .run(&Codec, l.key(&Q(7), None), false, &mut hit, || async {
+                    .run(&Codec, stored(&l, 7), false, &mut hit, || async {
                         runs.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         Ok(Arc::new(Some(7u32)) as Answer)

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use coarsetime::Instant;
 
-use super::{CacheFuture, CacheRegion, CacheSpec, CachedValue, QueryCache, Representation};
+use super::{
+    CacheFuture, CacheKey, CacheRegion, CacheSpec, CachedValue, QueryCache, Representation,
+};
 use crate::Error;
 
 /// The in-process [`QueryCache`], on `quick_cache` (S3-FIFO: scan resistant, frequently read
@@ -37,11 +39,16 @@ impl MemoryCache {
 #[derive(Clone)]
 struct Entry {
     expires: Instant,
+    /// See [`CacheKey::target`].
+    target: u128,
     value: Arc<dyn Any + Send + Sync>,
 }
 
 struct MemoryRegion {
     ttl: coarsetime::Duration,
+    /// Whether keys are targets (a `public` query): a targeted invalidation is then one removal
+    /// rather than a pass over the region.
+    public: bool,
     entries: quick_cache::sync::Cache<
         u128,
         Entry,
@@ -85,6 +92,7 @@ impl QueryCache for MemoryCache {
         let capacity = spec.max_entries.max(1);
         Arc::new(MemoryRegion {
             ttl: coarsetime::Duration::from(spec.ttl),
+            public: spec.public,
             entries: quick_cache::sync::Cache::with(
                 usize::try_from(capacity).unwrap_or(usize::MAX),
                 capacity,
@@ -111,21 +119,43 @@ impl CacheRegion for MemoryRegion {
         };
         CacheFuture::ready(Ok(found))
     }
-    fn insert(&self, key: u128, value: CachedValue) -> CacheFuture<'_, ()> {
+    fn insert(&self, key: CacheKey, value: CachedValue) -> CacheFuture<'_, ()> {
         match value {
             CachedValue::Shared(value) => {
                 let expires = Instant::now() + self.ttl;
-                self.entries.insert(key, Entry { expires, value });
+                let target = key.target;
+                let entry = Entry {
+                    expires,
+                    target,
+                    value,
+                };
+                self.entries.insert(key.answer, entry);
                 CacheFuture::ready(Ok(()))
             }
-            CachedValue::Json(_) => CacheFuture::ready(Err(Error::internal(
-                "the in-process cache stores values, not JSON",
-            ))),
+            CachedValue::Json(_) | CachedValue::Layered(..) => CacheFuture::ready(Err(
+                Error::internal("the in-process cache stores values, not JSON"),
+            )),
         }
+    }
+    fn invalidate(&self, target: u128) -> CacheFuture<'_, ()> {
+        if self.public {
+            self.entries.remove(&target);
+        } else {
+            // Every caller's answer for this target: a pass over at most `max_entries`, on an
+            // invalidation (rare next to hits, which stay one lookup).
+            self.entries.retain(|_, entry| entry.target != target);
+        }
+        CacheFuture::ready(Ok(()))
     }
     fn invalidate_all(&self) -> CacheFuture<'_, ()> {
         self.entries.clear();
         CacheFuture::ready(Ok(()))
+    }
+    fn drop_local(&self, target: Option<u128>) {
+        match target {
+            Some(target) => drop(self.invalidate(target)),
+            None => self.entries.clear(),
+        }
     }
 }
 
@@ -145,8 +175,12 @@ mod tests {
             CacheSpec::new(Duration::from_secs(60), hash_whole::<Q>, |_| false).max_entries(50);
         let region = MemoryCache.region("Q", &spec);
         for key in 0..1_000u128 {
+            let key_of = CacheKey {
+                answer: key,
+                target: key,
+            };
             region
-                .insert(key, CachedValue::Shared(Arc::new(key)))
+                .insert(key_of, CachedValue::Shared(Arc::new(key)))
                 .await
                 .unwrap();
         }

@@ -19,14 +19,26 @@
 //! finish without awaiting anything, so that a hit is answered before the dispatch builds any
 //! future (see `pipeline/query/full_path.rs`, `precheck`). A shared backend (Redis) implements the same
 //! traits with serialized values.
+//!
+//! A command drops answers with `invalidates = [GetProduct]` (every answer of the query) or
+//! `invalidates = [GetProduct(id = product_id)]` (the answers for that product, see
+//! [`target`]); an application with [`Bus::invalidate`](crate::Bus::invalidate) and
+//! [`Bus::invalidate_answer`](crate::Bus::invalidate_answer). When the bus has an
+//! [`InvalidationChannel`] (PostgreSQL, Redis, NATS: see [`backplane`]), every invalidation
+//! reaches every process that shares it.
 
+pub(crate) mod backplane;
 mod layer;
 #[cfg(all(test, loom))]
 mod loom_model;
 mod memory;
+mod regions;
+pub(crate) mod target;
 
+pub use self::backplane::{Invalidation, InvalidationChannel, InvalidationSink};
 pub(crate) use self::layer::{Answer, AnswerCodec, CacheLayer};
 pub use self::memory::MemoryCache;
+pub(crate) use self::regions::CacheRegions;
 
 use std::any::Any;
 use std::fmt;
@@ -127,6 +139,11 @@ impl CacheSpec {
         self
     }
 
+    /// The fields the key is made of (empty: the whole query).
+    pub fn vary_by_fields(&self) -> &'static [&'static str] {
+        self.vary_by
+    }
+
     /// How long an answer is kept.
     pub fn ttl(&self) -> Duration {
         self.ttl
@@ -168,13 +185,28 @@ pub(crate) fn cache_key(hash: impl FnOnce(&mut dyn Hasher)) -> u128 {
     siphasher::sip128::Hasher128::finish128(&hasher).as_u128()
 }
 
+/// Where an answer is stored: its key, and its target (the hash of the query's `vary_by`
+/// fields alone, what a targeted invalidation names). For a `public` query they are equal; for
+/// one kept per caller, the key adds the caller, and one target covers every caller's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    /// The answer's key: the query's `vary_by` fields and, unless `public`, the caller.
+    pub answer: u128,
+    /// The query's `vary_by` fields alone.
+    pub target: u128,
+}
+
 /// A cached answer, as a backend stores it.
 #[derive(Clone)]
+#[non_exhaustive]
 pub enum CachedValue {
     /// The answer itself, shared (in-process backends).
     Shared(Arc<dyn Any + Send + Sync>),
     /// The answer as JSON (backends shared between processes).
     Json(Vec<u8>),
+    /// Both: the value for a first level in process, the JSON for a second level shared
+    /// between processes ([`Representation::Layered`]).
+    Layered(Arc<dyn Any + Send + Sync>, Vec<u8>),
 }
 
 impl fmt::Debug for CachedValue {
@@ -182,17 +214,26 @@ impl fmt::Debug for CachedValue {
         match self {
             CachedValue::Shared(_) => f.write_str("CachedValue::Shared(..)"),
             CachedValue::Json(bytes) => write!(f, "CachedValue::Json({} bytes)", bytes.len()),
+            CachedValue::Layered(_, bytes) => {
+                write!(f, "CachedValue::Layered(.., {} bytes)", bytes.len())
+            }
         }
     }
 }
 
 /// Which form a [`CacheRegion`] stores answers in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Representation {
     /// [`CachedValue::Shared`].
     Shared,
     /// [`CachedValue::Json`].
     Json,
+    /// Two levels: lookups answer [`CachedValue::Shared`] from the first (in process) or
+    /// [`CachedValue::Json`] from the second (shared); stores are given
+    /// [`CachedValue::Layered`] for both, or [`CachedValue::Shared`] alone to fill the first
+    /// level with an answer the second one had.
+    Layered,
 }
 
 /// A cache operation that may already be finished: in-process backends answer synchronously
@@ -247,16 +288,35 @@ pub trait CacheRegion: Send + Sync + 'static {
     /// The answer stored under `key`, if any and not expired.
     fn get(&self, key: u128) -> CacheFuture<'_, Option<CachedValue>>;
     /// Stores an answer.
-    fn insert(&self, key: u128, value: CachedValue) -> CacheFuture<'_, ()>;
+    fn insert(&self, key: CacheKey, value: CachedValue) -> CacheFuture<'_, ()>;
+    /// Drops the answers stored with this target (every caller's, see [`CacheKey`]).
+    fn invalidate(&self, target: u128) -> CacheFuture<'_, ()>;
     /// Drops every answer of this query.
     fn invalidate_all(&self) -> CacheFuture<'_, ()>;
+    /// Called by the one caller in this process about to run the handler for `key` (after a
+    /// miss): a backend shared between processes may wait, bounded, for another process
+    /// computing the same answer and return it, or note that this process computes it. `None`:
+    /// compute. The default computes at once.
+    fn before_compute(&self, key: CacheKey) -> CacheFuture<'_, Option<CachedValue>> {
+        let _ = key;
+        CacheFuture::ready(Ok(None))
+    }
+    /// Drops the answers this process keeps in memory, for `target` or all of them (`None`):
+    /// another process invalidated them (and dropped them from any level shared between
+    /// processes), or the invalidation channel reconnected. A backend shared between processes
+    /// and nothing else has nothing to do here.
+    fn drop_local(&self, target: Option<u128>);
 }
 
 /// A query's region that counts its invalidations (`invalidates = [..]`, `bus.invalidate`), so
 /// that an answer computed before one is not stored after it, and a caller who asks after one
 /// does not wait for a computation that started before it.
+///
+/// The epoch is per query, whatever the target: an invalidation of one product also keeps an
+/// answer for another, computed across it, from being stored (a lost store, never a stale one).
 pub(crate) struct Invalidated {
     region: Arc<dyn CacheRegion>,
+    spec: CacheSpec,
     epoch: AtomicU64,
     /// Held across an epoch check and the insert it allows ([`insert_in`](Self::insert_in)), and
     /// across an invalidation's bump and clear, so that with a backend that does its work when
@@ -267,12 +327,18 @@ pub(crate) struct Invalidated {
 }
 
 impl Invalidated {
-    pub(crate) fn new(region: Arc<dyn CacheRegion>) -> Arc<Self> {
+    pub(crate) fn new(region: Arc<dyn CacheRegion>, spec: CacheSpec) -> Arc<Self> {
         Arc::new(Invalidated {
             region,
+            spec,
             epoch: AtomicU64::new(0),
             stores: Mutex::new(()),
         })
+    }
+
+    /// The target of `query` (the message, `&Q`): the hash of its `vary_by` fields.
+    pub(crate) fn target_of(&self, query: &(dyn Any + Send + Sync)) -> u128 {
+        cache_key(|h| (self.spec.key)(query, h))
     }
 
     fn epoch(&self) -> u64 {
@@ -282,9 +348,22 @@ impl Invalidated {
     /// Starts storing `value` under `key` if no invalidation happened since `epoch`; `None` if
     /// one did. A backend whose insert completes later (a remote one) may still finish after an
     /// invalidation: the caller checks the epoch again once the insert is done.
-    fn insert_in(&self, epoch: u64, key: u128, value: CachedValue) -> Option<CacheFuture<'_, ()>> {
+    fn insert_in(
+        &self,
+        epoch: u64,
+        key: CacheKey,
+        value: CachedValue,
+    ) -> Option<CacheFuture<'_, ()>> {
         let _stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
         (self.epoch() == epoch).then(|| self.region.insert(key, value))
+    }
+
+    /// Counts an invalidation and starts it, under the lock `insert_in` takes: no answer from
+    /// before the invalidation is inserted once it has started.
+    fn bump_then<'a>(&'a self, clear: impl FnOnce() -> CacheFuture<'a, ()>) -> CacheFuture<'a, ()> {
+        let _stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        clear()
     }
 }
 
@@ -295,13 +374,22 @@ impl CacheRegion for Invalidated {
     fn get(&self, key: u128) -> CacheFuture<'_, Option<CachedValue>> {
         self.region.get(key)
     }
-    fn insert(&self, key: u128, value: CachedValue) -> CacheFuture<'_, ()> {
+    fn insert(&self, key: CacheKey, value: CachedValue) -> CacheFuture<'_, ()> {
         self.region.insert(key, value)
     }
+    fn before_compute(&self, key: CacheKey) -> CacheFuture<'_, Option<CachedValue>> {
+        self.region.before_compute(key)
+    }
+    fn invalidate(&self, target: u128) -> CacheFuture<'_, ()> {
+        self.bump_then(|| self.region.invalidate(target))
+    }
     fn invalidate_all(&self) -> CacheFuture<'_, ()> {
+        self.bump_then(|| self.region.invalidate_all())
+    }
+    fn drop_local(&self, target: Option<u128>) {
         let _stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.region.invalidate_all()
+        self.region.drop_local(target);
     }
 }
 

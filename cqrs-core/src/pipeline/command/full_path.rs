@@ -6,6 +6,7 @@
 
 use std::pin::pin;
 
+use super::super::cache::target::{self, Invalidation};
 use super::super::erased::{Erased, HandleFuture, missing};
 use super::super::idempotency::{IdempotencyKey, Outcome};
 use super::super::trace::InSpan;
@@ -118,11 +119,17 @@ async fn guarded(
     stats: &mut DispatchStats,
 ) -> Result<(), Error> {
     let deadline = timeout::deadline(pipe.layers().timeout, &cx.metadata);
+    // `invalidates = [Query(field = ..)]`: the answers to drop are read from the command now,
+    // before its handler takes it (nothing to do, and no allocation, for the others).
+    let mut targets = Vec::new();
+    if let Some(command) = pipe.peek(message) {
+        target::compute(&pipe.layers().invalidates, command, &mut targets);
+    }
     let events = {
         let checked = pin!(checked(pipe, bus, message, output, cx, stats));
         timeout::run(deadline, pipe.message_name(), checked).await?
     };
-    after(pipe.layers(), bus, events, cx, stats).await;
+    after(pipe.layers(), bus, events, &targets, cx, stats).await;
     Ok(())
 }
 
@@ -132,6 +139,7 @@ pub(crate) async fn after(
     layers: &Layers,
     bus: &Runtime,
     events: Vec<EmittedEvent>,
+    targets: &[Invalidation],
     cx: &CommandContext,
     stats: &mut DispatchStats,
 ) {
@@ -143,8 +151,16 @@ pub(crate) async fn after(
     // their futures are large (event handlers, the outbox) and most dispatches have none.
     if !layers.invalidates.is_empty() {
         let invalidate = Box::pin(async {
-            for query in &layers.invalidates {
-                bus.invalidate_by_name(query).await;
+            // `targets`: computed from the command before its handler took it, when some
+            // entry is by field; otherwise every entry drops its whole query.
+            if targets.is_empty() {
+                for entry in &layers.invalidates {
+                    bus.invalidate(Invalidation::all(entry.query)).await;
+                }
+            } else {
+                for invalidation in targets {
+                    bus.invalidate(*invalidation).await;
+                }
             }
         });
         invalidate.await;

@@ -208,8 +208,12 @@ async fn guarded(
             cache_hit,
             ..
         } = stats;
+        // Where a computed answer is stored: on a miss only (a hit returned above).
+        let Some(stored) = pipe.peek(message).map(|q| cache.stored_under(q, key)) else {
+            return Err(missing(name));
+        };
         let answer = cache
-            .run(pipe.codec(), key, looked, cache_hit, || async {
+            .run(pipe.codec(), stored, looked, cache_hit, || async {
                 attempts(pipe, message, &mut *output, cx, tries).await?;
                 pipe.share_output(output)
             })
