@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::LazyLock;
 
 use redis::{Script, Value};
 
@@ -64,7 +65,9 @@ impl fmt::Debug for RedisIdempotencyStore {
     }
 }
 
-const CLAIM: &str = r"
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 local found = redis.call('HMGET', KEYS[1], 'fp', 'reply')
 if found[1] then
   if found[2] then return {'completed', found[1], found[2]} end
@@ -73,18 +76,28 @@ end
 redis.call('HSET', KEYS[1], 'fp', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {'acquired'}
-";
+",
+    )
+});
 
-const COMPLETE: &str = r"
+static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'reply', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
-";
+",
+    )
+});
 
-const RELEASE: &str = r"
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 if redis.call('HEXISTS', KEYS[1], 'reply') == 0 then redis.call('DEL', KEYS[1]) end
 return 1
-";
+",
+    )
+});
 
 fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
@@ -103,7 +116,7 @@ impl IdempotencyStore for RedisIdempotencyStore {
         let redis_key = self.redis_key(key);
         async move {
             let mut connection = self.redis.connection().await?;
-            let found: Vec<Value> = Script::new(CLAIM)
+            let found: Vec<Value> = CLAIM
                 .key(&redis_key)
                 .arg(&key.fingerprint)
                 .arg(millis(key.lease))
@@ -141,7 +154,7 @@ impl IdempotencyStore for RedisIdempotencyStore {
         let redis_key = self.redis_key(key);
         async move {
             let mut connection = self.redis.connection().await?;
-            Script::new(COMPLETE)
+            COMPLETE
                 .key(&redis_key)
                 .arg(&key.fingerprint)
                 .arg(reply)
@@ -156,7 +169,7 @@ impl IdempotencyStore for RedisIdempotencyStore {
         let redis_key = self.redis_key(key);
         async move {
             let mut connection = self.redis.connection().await?;
-            Script::new(RELEASE)
+            RELEASE
                 .key(&redis_key)
                 .invoke_async::<()>(&mut connection)
                 .await
