@@ -412,3 +412,33 @@ async fn when_redis_goes_down_each_process_keeps_its_cache_and_drops_it_on_recon
     two_processes_stay_coherent(&a, &b, &prices).await;
     drop((a, b));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NATS and PostgreSQL: set CQRS_NATS_URL and CQRS_POSTGRES_URL"]
+async fn nats_carries_invalidations_over_redis_and_postgres_when_configured() {
+    let url = std::env::var("CQRS_NATS_URL").expect("this test needs NATS: set CQRS_NATS_URL");
+    let prefix = format!("t{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    let nats = || async {
+        cqrs_core::Nats::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("CQRS_NATS_URL is set but NATS does not answer: {e}"))
+            .subject_prefix(prefix.clone())
+    };
+    // Two databases: only NATS joins the two buses.
+    let (db_a, db_b) = (TestDb::postgres().await, TestDb::postgres().await);
+    let prices = Arc::new(Prices::default());
+    let a = db_a
+        .attach(builder(&prices))
+        .nats(nats().await)
+        .build()
+        .unwrap();
+    let b = db_b
+        .attach(builder(&prices))
+        .nats(nats().await)
+        .build()
+        .unwrap();
+    two_processes_stay_coherent(&a, &b, &prices).await;
+    drop((a, b));
+    db_a.cleanup().await;
+    db_b.cleanup().await;
+}

@@ -17,11 +17,13 @@
 //! | `consumer.rs` | the pull loops: an event to its handlers, ack, retry, park |
 //! | `dead_letters.rs` | the dead-letter stream: park, list, redeliver |
 //! | `replay.rs` | a handler's consumers recreated from a point in the past |
+//! | `backplane.rs` | cache invalidations between processes (core NATS; wins over Redis, PostgreSQL) |
 //!
 //! Tested against nats-server 2.9.10, and written for what 2.9 offers (one filter subject per
 //! consumer, negative acknowledgement with a delay, the max-deliveries advisory).
 
 mod backend;
+mod backplane;
 mod cloudevent;
 mod consumer;
 mod dead_letters;
@@ -256,6 +258,14 @@ fn finish(backends: &mut Backends) {
             problem: "`Nats::partitions(0)`: events need at least one partition".to_owned(),
         });
     }
+    // Cache invalidations between processes go over NATS too (over Redis and PostgreSQL).
+    backends.offer_backplane(
+        crate::pipeline::cache::backplane::BackplanePriority::Nats,
+        Arc::new(backplane::NatsInvalidationChannel::new(
+            backend.config.client.clone(),
+            &backend.config.prefix,
+        )),
+    );
     backends.lifecycle.push(backend);
 }
 
