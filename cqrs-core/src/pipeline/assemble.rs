@@ -7,18 +7,36 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use super::cache::{CacheLayer, CacheRegion, Invalidated, QueryCache};
+use super::plan::{Inputs, Plan};
 use super::{
     CommandPipe, CommandPipeline, EventPipe, EventPipeline, Layers, QueryPipe, QueryPipeline,
 };
 use crate::di::Resolver;
 use crate::handler::{CommandHandler, EventHandler, QueryHandler};
-use crate::message::{Command, Event, Query};
+use crate::message::{Command, Event, Message, MessageKind, Query};
+
+impl Installation<'_> {
+    /// The handler's plan (see [`Plan`]).
+    fn plan<M: Message>(&self) -> Plan {
+        Plan::new(&Inputs {
+            kind: M::KIND,
+            validated: M::VALIDATED,
+            layers: &self.layers,
+            middleware: match M::KIND {
+                MessageKind::Event => 0,
+                _ => self.middleware,
+            },
+        })
+    }
+}
 
 /// What installing one handler needs.
 pub(crate) struct Installation<'a> {
     pub(crate) resolver: Resolver<'a>,
     pub(crate) handler_name: &'static str,
     pub(crate) layers: Layers,
+    /// How many middleware the bus runs around this handler's kind of message.
+    pub(crate) middleware: usize,
     pub(crate) query_cache: &'a dyn QueryCache,
     pub(crate) cache_regions: &'a mut HashMap<&'static str, Arc<dyn CacheRegion>>,
 }
@@ -41,6 +59,7 @@ where
     let pipe: Box<dyn CommandPipe<C>> = Box::new(CommandPipeline {
         handler,
         name: inst.handler_name,
+        plan: inst.plan::<C>(),
         layers: inst.layers.clone(),
         _message: PhantomData,
     });
@@ -61,6 +80,7 @@ where
         _message: PhantomData,
         handler,
         name: inst.handler_name,
+        plan: inst.plan::<Q>(),
         layers: inst.layers.clone(),
         cache,
     });
@@ -75,6 +95,7 @@ where
     Installed::Event(Box::new(EventPipeline::<E, H> {
         handler,
         name: inst.handler_name,
+        plan: inst.plan::<E>(),
         layers: inst.layers.clone(),
         _event: PhantomData,
     }))

@@ -7,7 +7,9 @@ use std::any::Any;
 use std::marker::PhantomData;
 use std::pin::pin;
 
-use super::{CatchPanic, DispatchFuture, Layers, guard_panic, retry, timeout, trace};
+use super::lean::Lean;
+use super::plan::Plan;
+use super::{DispatchFuture, Layers, guard_panic, retry, timeout, trace};
 use crate::Error;
 use crate::context::EventContext;
 use crate::envelope::Metadata;
@@ -35,6 +37,8 @@ pub(crate) trait EventPipe: Send + Sync {
 pub(crate) struct EventPipeline<E, H> {
     pub(crate) handler: H,
     pub(crate) name: &'static str,
+    /// Which layers are on, and whether they all run inline: decided at `build()`.
+    pub(crate) plan: Plan,
     pub(crate) layers: Layers,
     pub(crate) _event: PhantomData<fn(E)>,
 }
@@ -63,24 +67,16 @@ impl<E: Event, H: EventHandler<E>> EventPipe for EventPipeline<E, H> {
                 )));
             };
             let mut cx = EventContext::new(bus.ptr(), metadata, self.name);
-            let deadline = timeout::deadline(self.layers.timeout, metadata);
-            if deadline.is_none() && self.layers.retry.is_none() {
+            if self.plan.lean_for(metadata) {
                 // The lean path: the handler, its panics caught, in its span if traced.
-                let span = trace::lean_span(MessageKind::Event, E::NAME, self.name, metadata);
-                let stats = DispatchStats {
-                    attempts: 1,
-                    ..DispatchStats::default()
-                };
+                let mut stats = DispatchStats::default();
+                let lean = Lean::start(MessageKind::Event, E::NAME, self.name, metadata);
                 let fut = pin!(self.handler.handle(event, &mut cx));
-                let result = CatchPanic {
-                    handler: self.name,
-                    span: span.as_ref(),
-                    fut,
-                }
-                .await;
-                trace::finish_in(span.as_ref(), MessageKind::Event, E::NAME, &result, &stats);
+                let result = lean.handler(fut, &mut stats).await;
+                lean.finish(&result, &stats);
                 return result;
             }
+            let deadline = timeout::deadline(self.layers.timeout, metadata);
             let span = trace::span(MessageKind::Event, E::NAME, self.name, metadata);
             let mut stats = DispatchStats::default();
             let body = trace::within(

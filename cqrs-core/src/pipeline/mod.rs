@@ -40,8 +40,10 @@ pub(crate) mod describe;
 pub(crate) mod erased;
 pub(crate) mod event;
 pub(crate) mod idempotency;
+pub(crate) mod lean;
 pub(crate) mod metrics;
 pub(crate) mod middleware;
+pub(crate) mod plan;
 pub(crate) mod publish;
 pub(crate) mod query;
 pub(crate) mod report;
@@ -130,43 +132,19 @@ pub(crate) struct Layers {
 }
 
 impl Layers {
-    /// The layers as `describe()` prints them, in pipeline order.
+    /// The layers as `describe()` prints them, in pipeline order (from [`plan::PIPELINE`]).
     pub(crate) fn describe(
         &self,
         kind: MessageKind,
         validated: bool,
         middleware: usize,
     ) -> Vec<String> {
-        let mut out = vec!["trace".to_owned()];
-        if middleware > 0 {
-            out.push(format!("middleware({middleware})"));
-        }
-        if let Some(t) = self.timeout {
-            out.push(format!("timeout({})", describe::duration(t)));
-        }
-        if let Some(a) = &self.authorize {
-            out.push(a.to_string());
-        }
-        if validated {
-            out.push("validate".to_owned());
-        }
-        if kind == MessageKind::Command {
-            out.push("idempotency".to_owned());
-        }
-        if let Some(c) = &self.cache {
-            out.push(c.to_string());
-        }
-        if let Some(r) = &self.retry {
-            out.push(r.to_string());
-        }
-        if let Some(t) = &self.transaction {
-            out.push(t.to_string());
-        }
-        out.push("handler".to_owned());
-        if !self.invalidates.is_empty() {
-            out.push(format!("invalidates{}", describe::list(&self.invalidates)));
-        }
-        out
+        plan::Plan::describe(&plan::Inputs {
+            kind,
+            validated,
+            layers: self,
+            middleware,
+        })
     }
 }
 
