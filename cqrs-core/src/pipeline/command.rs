@@ -103,7 +103,7 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
                 Err(error) => Err(error),
                 Ok(()) => {
                     let fut = pin!(self.handler.handle(message, &mut cx));
-                    lean.handler(fut, stats).await
+                    lean.handler(self.name, fut, stats).await
                 }
             };
             let result = match handled {
@@ -119,7 +119,7 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
                     Ok(output)
                 }
             };
-            lean.finish(&result, stats);
+            lean.finish::<C, _>(&result, stats);
             result
         }
     }

@@ -72,8 +72,8 @@ impl<E: Event, H: EventHandler<E>> EventPipe for EventPipeline<E, H> {
                 let mut stats = DispatchStats::default();
                 let lean = Lean::start(MessageKind::Event, E::NAME, self.name, metadata);
                 let fut = pin!(self.handler.handle(event, &mut cx));
-                let result = lean.handler(fut, &mut stats).await;
-                lean.finish(&result, &stats);
+                let result = lean.handler(self.name, fut, &mut stats).await;
+                lean.finish::<E, _>(&result, &stats);
                 return result;
             }
             let deadline = timeout::deadline(self.layers.timeout, metadata);

@@ -25,11 +25,12 @@ use crate::Error;
 use crate::envelope::Metadata;
 use crate::message::{Message, MessageKind};
 
-/// One lean dispatch: its names, and its span when something is interested in it.
+/// One lean dispatch: its span when something is interested in it.
+///
+/// Nothing else: this is part of every lean dispatch's future, which must fit inline in
+/// [`INLINE_FUTURE`](super::INLINE_FUTURE) bytes, so names are passed where they are used
+/// (they are constants at every call site) rather than kept.
 pub(crate) struct Lean {
-    kind: MessageKind,
-    message: &'static str,
-    handler: &'static str,
     span: Option<Span>,
 }
 
@@ -43,9 +44,6 @@ impl Lean {
         metadata: &Metadata,
     ) -> Lean {
         Lean {
-            kind,
-            message,
-            handler,
             span: trace::lean_span(kind, message, handler, metadata),
         }
     }
@@ -58,7 +56,7 @@ impl Lean {
         message: &M,
         metadata: &Metadata,
     ) -> Result<(), Error> {
-        AuthorizeLayer::check_lean(authorize, self.message, metadata)?;
+        AuthorizeLayer::check_lean(authorize, M::NAME, metadata)?;
         message.validate_message()
     }
 
@@ -67,12 +65,13 @@ impl Lean {
     #[inline]
     pub(crate) fn handler<'a, F>(
         &'a self,
+        handler: &'static str,
         fut: Pin<&'a mut F>,
         stats: &mut DispatchStats,
     ) -> CatchPanic<'a, F> {
         stats.attempts = 1;
         CatchPanic {
-            handler: self.handler,
+            handler,
             span: self.span.as_ref(),
             fut,
         }
@@ -89,7 +88,7 @@ impl Lean {
 
     /// Layer 1, at the end: the outcome on the span, and in the metrics.
     #[inline]
-    pub(crate) fn finish<T>(&self, result: &Result<T, Error>, stats: &DispatchStats) {
-        trace::finish_in(self.span.as_ref(), self.kind, self.message, result, stats);
+    pub(crate) fn finish<M: Message, T>(&self, result: &Result<T, Error>, stats: &DispatchStats) {
+        trace::finish_in(self.span.as_ref(), M::KIND, M::NAME, result, stats);
     }
 }

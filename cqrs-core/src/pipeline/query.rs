@@ -123,10 +123,10 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipeline<Q, H> {
                 Err(error) => Err(error),
                 Ok(()) => {
                     let fut = pin!(self.handler.handle(message, &cx));
-                    lean.handler(fut, stats).await
+                    lean.handler(self.name, fut, stats).await
                 }
             };
-            lean.finish(&result, stats);
+            lean.finish::<Q, _>(&result, stats);
             result
         }
     }
