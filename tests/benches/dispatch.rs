@@ -150,12 +150,18 @@ fn commands(suite: &Suite, c: &mut Criterion) {
     let mut typed_floor = TypedFloor::default();
     typed_floor.register(add_handler);
     // The peer: `mediator`'s async mediator, the same handler body behind `add_handler_fn`.
-    // Its `send` takes `&mut self`: one mediator, borrowed by each operation in turn.
-    let peer = std::cell::RefCell::new(
-        mediator::DefaultAsyncMediator::builder()
-            .add_handler_fn(|cmd: Add| add_handler(cmd))
-            .build(),
-    );
+    // Its builder blocks in place, which only a multi-threaded runtime allows; its `send` takes
+    // `&mut self`: one mediator, borrowed by each operation in turn.
+    let peer = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .expect("runtime for the peer's builder")
+        .block_on(async {
+            mediator::DefaultAsyncMediator::builder()
+                .add_handler_fn(|cmd: Add| add_handler(cmd))
+                .build()
+        });
+    let peer = std::cell::RefCell::new(peer);
 
     let expected = 3u64.wrapping_mul(31) + 7;
     suite.runtime().block_on(async {

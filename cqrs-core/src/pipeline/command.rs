@@ -1,10 +1,11 @@
 //! A command's pipeline: layers 1 to 10 around one command handler, then publishing.
 //!
-//! Two paths, chosen per dispatch in [`CommandPipe::call`]:
+//! Two paths, chosen per dispatch in [`CommandPipe::call`] from the handler's
+//! [`Plan`](super::plan::Plan):
 //!
 //! - **lean**: nothing but trace, authorization by the principal alone, validation and the
 //!   handler (no middleware, no timeout or deadline, no resource policy, no idempotency key,
-//!   no retry, no transaction). Generic over
+//!   no retry, no transaction), through [`Lean`](super::lean::Lean). Generic over
 //!   the command and the handler, and small: its future lives inline in the
 //!   [`DispatchFuture`], so the dispatch allocates nothing.
 //! - **full**: every layer the handler and the envelope ask for, in [`full`]. Written once for

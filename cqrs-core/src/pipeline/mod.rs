@@ -15,13 +15,15 @@
 //! | 10 | handler | the handler, with panics caught | |
 //! | after | publish | emitted events to event handlers (through the outbox when transactional), caches named by `invalidates = [..]` dropped | [`publish`] |
 //!
-//! Each layer is a small type that knows nothing of the others; the pipelines in [`command`],
-//! [`query`] and [`event`] are the only places that compose them. An event handler's pipeline
-//! is short (trace, timeout, retry) and generic. Commands and queries have two paths:
+//! Each layer is a small type that knows nothing of the others. [`plan`] declares their order
+//! and which of them await, once; `build()` turns it into each handler's [`plan::Plan`], which
+//! decides per dispatch between two paths. An event handler's pipeline is short (trace,
+//! timeout, retry) and generic. Commands and queries have two paths:
 //!
-//! - the **lean** path (trace, authorization by the principal alone, validation, handler) is
-//!   generic over the message and handler types, and its future is stored inline in a
-//!   [`DispatchFuture`]: a dispatch with no other layer allocates nothing;
+//! - the **lean** path (the layers that run inline: trace, authorization by the principal
+//!   alone, validation, handler; see [`lean`]) is generic over the message and handler types,
+//!   and its future is stored inline in a [`DispatchFuture`]: a dispatch with no other layer
+//!   allocates nothing;
 //! - the **full** path (every layer) is written once for all handlers, over `dyn` and slots
 //!   (see [`erased`]), so that a crate with many handlers does not compile it once per handler.
 //!   Its future is boxed: one allocation, whatever the number of layers. A cached query is
