@@ -116,7 +116,7 @@ async fn guarded(
     cx: &mut CommandContext,
     stats: &mut DispatchStats,
 ) -> Result<(), Error> {
-    let deadline = timeout::deadline(pipe.layers().timeout, &cx.metadata());
+    let deadline = timeout::deadline(pipe.layers().timeout, cx.metadata());
     let events = {
         let checked = pin!(checked(pipe, bus, message, output, cx, stats));
         timeout::run(deadline, pipe.message_name(), checked).await?
@@ -151,7 +151,7 @@ pub(crate) async fn after(
     if !events.is_empty() {
         // Not boxed here: `after_success` boxes its delivery itself, and only when some event
         // has a handler, an observer or an outbox row to mark.
-        publish::after_success(bus, events, &cx.metadata()).await;
+        publish::after_success(bus, events, cx.metadata()).await;
     }
 }
 
@@ -170,7 +170,7 @@ async fn checked(
     };
     if let Some(authorize) = &pipe.layers().authorize {
         authorize
-            .check(bus.resource_policy(), name, command, &cx.metadata())
+            .check(bus.resource_policy(), name, command, cx.metadata())
             .await?;
     }
     pipe.validate(command)?;

@@ -181,7 +181,7 @@ async fn guarded(
     stats: &mut DispatchStats,
 ) -> Result<(), Error> {
     let name = pipe.message_name();
-    let deadline = timeout::deadline(pipe.layers().timeout, &cx.metadata());
+    let deadline = timeout::deadline(pipe.layers().timeout, cx.metadata());
     let guarded = pin!(async {
         let (cache, Checked { key, looked }) = match (pipe.cache(), checked) {
             (Some(cache), Some(checked)) => (cache, checked),
@@ -191,7 +191,7 @@ async fn guarded(
                 };
                 if let Some(authorize) = &pipe.layers().authorize {
                     authorize
-                        .check(bus.resource_policy(), name, query, &cx.metadata())
+                        .check(bus.resource_policy(), name, query, cx.metadata())
                         .await?;
                 }
                 pipe.validate(query)?;
