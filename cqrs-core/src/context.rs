@@ -2,6 +2,8 @@
 
 use std::any::Any;
 use std::fmt;
+use std::mem::ManuallyDrop;
+use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 
 use sync_wrapper::SyncWrapper;
@@ -80,19 +82,62 @@ impl TxSlot {
 /// `#[transactional]` handlers) the running transaction.
 pub struct CommandContext {
     pub(crate) runtime: RuntimePtr,
-    pub(crate) metadata: Metadata,
+    pub(crate) metadata: MetadataPtr,
     pub(crate) handler: &'static str,
-    pub(crate) events: Vec<EmittedEvent>,
+    pub(crate) events: Emitted,
     pub(crate) tx: TxSlot,
 }
 
+/// The events a command's handler emitted.
+///
+/// A `Vec` that is dropped only if it ever allocated: most commands emit nothing, and dropping
+/// an empty `Vec<EmittedEvent>` still calls its elements' out-of-line drop loop, on every
+/// dispatch.
+#[derive(Default)]
+pub(crate) struct Emitted(ManuallyDrop<Vec<EmittedEvent>>);
+
+impl Emitted {
+    /// The events, leaving none.
+    pub(crate) fn take(&mut self) -> Vec<EmittedEvent> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl Deref for Emitted {
+    type Target = Vec<EmittedEvent>;
+    #[inline]
+    fn deref(&self) -> &Vec<EmittedEvent> {
+        &self.0
+    }
+}
+
+impl DerefMut for Emitted {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut Vec<EmittedEvent> {
+        &mut self.0
+    }
+}
+
+impl Drop for Emitted {
+    #[inline]
+    fn drop(&mut self) {
+        // With no capacity there is nothing to drop or free; what `take` leaves behind (an
+        // empty `Vec`) owns nothing either.
+        if self.0.capacity() != 0 {
+            drop(self.take());
+        }
+    }
+}
+
 impl CommandContext {
-    pub(crate) fn new(runtime: RuntimePtr, metadata: Metadata, handler: &'static str) -> Self {
+    /// See [`MetadataPtr`] for what the caller guarantees: the context must not outlive
+    /// `metadata`.
+    pub(crate) fn new(runtime: RuntimePtr, metadata: &Metadata, handler: &'static str) -> Self {
         CommandContext {
             runtime,
-            metadata,
+            metadata: MetadataPtr::new(metadata),
             handler,
-            events: Vec::new(),
+            events: Emitted::default(),
             tx: TxSlot::default(),
         }
     }
@@ -104,13 +149,14 @@ impl CommandContext {
     }
 
     /// The command's metadata: ids, principal, idempotency key, saga, deadline.
+    #[inline]
     pub fn metadata(&self) -> &Metadata {
-        &self.metadata
+        self.metadata.get()
     }
 
     /// Who sent the command.
     pub fn principal(&self) -> Option<&Principal> {
-        self.metadata.principal()
+        self.metadata().principal()
     }
 
     /// Records an event. It reaches every `#[event_handler]` of its type once the handler has
@@ -130,7 +176,7 @@ impl fmt::Debug for CommandContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CommandContext")
             .field("handler", &self.handler)
-            .field("metadata", &self.metadata)
+            .field("metadata", self.metadata())
             .field("emitted", &self.emitted().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
@@ -140,27 +186,30 @@ impl fmt::Debug for CommandContext {
 /// or emit events: a query does not change state.
 pub struct QueryContext {
     pub(crate) runtime: RuntimePtr,
-    pub(crate) metadata: Metadata,
+    pub(crate) metadata: MetadataPtr,
     pub(crate) handler: &'static str,
 }
 
 impl QueryContext {
-    pub(crate) fn new(runtime: RuntimePtr, metadata: Metadata, handler: &'static str) -> Self {
+    /// See [`MetadataPtr`] for what the caller guarantees: the context must not outlive
+    /// `metadata`.
+    pub(crate) fn new(runtime: RuntimePtr, metadata: &Metadata, handler: &'static str) -> Self {
         QueryContext {
             runtime,
-            metadata,
+            metadata: MetadataPtr::new(metadata),
             handler,
         }
     }
 
     /// The query's metadata.
+    #[inline]
     pub fn metadata(&self) -> &Metadata {
-        &self.metadata
+        self.metadata.get()
     }
 
     /// Who asked.
     pub fn principal(&self) -> Option<&Principal> {
-        self.metadata.principal()
+        self.metadata().principal()
     }
 }
 
@@ -168,7 +217,7 @@ impl fmt::Debug for QueryContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("QueryContext")
             .field("handler", &self.handler)
-            .field("metadata", &self.metadata)
+            .field("metadata", self.metadata())
             .finish_non_exhaustive()
     }
 }
@@ -177,22 +226,26 @@ impl fmt::Debug for QueryContext {
 /// saga or process manager reacts to events).
 pub struct EventContext {
     pub(crate) runtime: RuntimePtr,
-    metadata: MetadataPtr,
+    pub(crate) metadata: MetadataPtr,
     pub(crate) handler: &'static str,
     /// The transaction of a `#[transactional]` event handler (see `backend/sql/inbox.rs`).
     pub(crate) tx: TxSlot,
 }
 
-/// The metadata of the event being delivered, shared by every handler of that event rather than
-/// cloned for each: a clone would have to fix the event's id first (so that both copies agree
-/// on it), which generates a UUID for every delivery whether or not a handler reads it.
+/// The metadata of the message being handled, where the dispatch keeps it, rather than a copy
+/// in the context: a command's or query's context then costs no copy of the envelope's
+/// metadata (about 120 bytes, twice: into the context and the context into the dispatch's
+/// future), and an event's metadata is shared by every handler of that event rather than
+/// cloned for each (a clone would have to fix the event's id first, so that both copies agree
+/// on it, which generates a UUID for every delivery whether or not a handler reads it).
 ///
-/// The same invariant as [`RuntimePtr`]: **an event context never outlives the `&Metadata` it was
-/// created from.** The one caller, the event pipeline, creates the context inside a future
-/// that borrows that metadata for its whole life, and users only ever get `&`/`&mut` access to
-/// the context.
+/// The same invariant as [`RuntimePtr`]: **a context never outlives the `&Metadata` it was
+/// created from.** The pipeline creates each context inside a future that owns or borrows that
+/// metadata for longer than the context lives (declared after it, so dropped before it), and
+/// users only ever get `&`/`&mut` access to the context (no constructor, no `Clone`, no
+/// `Default`: a context cannot be moved out of its place or swapped with a made-up one).
 #[derive(Clone, Copy)]
-struct MetadataPtr(NonNull<Metadata>);
+pub(crate) struct MetadataPtr(NonNull<Metadata>);
 
 // SAFETY: `Metadata` is `Sync`, and `MetadataPtr` only ever gives out `&Metadata`.
 #[allow(unsafe_code)]
@@ -207,8 +260,16 @@ const _: () = {
 };
 
 impl MetadataPtr {
+    #[inline]
+    fn new(metadata: &Metadata) -> Self {
+        MetadataPtr(NonNull::from(metadata))
+    }
+
+    /// The metadata, borrowed for as long as the context holding this pointer is (through the
+    /// field rather than `metadata()`, a caller can borrow the context's other fields mutably).
     #[allow(unsafe_code)]
-    fn get(&self) -> &Metadata {
+    #[inline]
+    pub(crate) fn get(&self) -> &Metadata {
         // SAFETY: see the invariant on `MetadataPtr`: the metadata outlives every context made
         // from it, and the returned reference is bounded by the borrow of the context.
         unsafe { self.0.as_ref() }
@@ -221,7 +282,7 @@ impl EventContext {
     pub(crate) fn new(runtime: RuntimePtr, metadata: &Metadata, handler: &'static str) -> Self {
         EventContext {
             runtime,
-            metadata: MetadataPtr(NonNull::from(metadata)),
+            metadata: MetadataPtr::new(metadata),
             handler,
             tx: TxSlot::default(),
         }

@@ -115,7 +115,22 @@ impl TypedFloor {
     }
 }
 
-/// The handler's body as the floors call it.
+impl mediator::Request<Result<u64, Error>> for Add {}
+
+/// One command through the `mediator` crate's async mediator.
+#[allow(clippy::await_holding_refcell_ref)] // one operation at a time, on one thread
+async fn peer_send(
+    peer: &std::cell::RefCell<mediator::DefaultAsyncMediator>,
+    cmd: Add,
+) -> Result<u64, Error> {
+    use mediator::AsyncMediator;
+    let mut peer = peer.borrow_mut();
+    peer.send::<Add, Result<u64, Error>>(cmd)
+        .await
+        .map_err(|e| Error::internal(e.to_string()))?
+}
+
+/// The handler's body as the floors and the peer call it.
 fn add_handler(cmd: Add) -> impl Future<Output = Result<u64, Error>> + Send + 'static {
     AddHandler.apply(cmd)
 }
@@ -134,6 +149,19 @@ fn commands(suite: &Suite, c: &mut Criterion) {
     any_floor.register(add_handler);
     let mut typed_floor = TypedFloor::default();
     typed_floor.register(add_handler);
+    // The peer: `mediator`'s async mediator, the same handler body behind `add_handler_fn`.
+    // Its builder blocks in place, which only a multi-threaded runtime allows; its `send` takes
+    // `&mut self`: one mediator, borrowed by each operation in turn.
+    let peer = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .expect("runtime for the peer's builder")
+        .block_on(async {
+            mediator::DefaultAsyncMediator::builder()
+                .add_handler_fn(|cmd: Add| add_handler(cmd))
+                .build()
+        });
+    let peer = std::cell::RefCell::new(peer);
 
     let expected = 3u64.wrapping_mul(31) + 7;
     suite.runtime().block_on(async {
@@ -141,6 +169,7 @@ fn commands(suite: &Suite, c: &mut Criterion) {
         assert_eq!(any_floor.send(add(3)).await.unwrap(), expected);
         assert_eq!(typed_floor.send(add(3)).await.unwrap(), expected);
         assert_eq!(bus.send(add(3)).await.unwrap(), expected);
+        assert_eq!(peer_send(&peer, add(3)).await.unwrap(), expected);
     });
 
     const DIRECT: &str = "direct call";
@@ -158,6 +187,14 @@ fn commands(suite: &Suite, c: &mut Criterion) {
         &[DIRECT, FLOOR],
         |i| async move {
             let _ = black_box(any_floor.send(add(i)).await);
+        },
+    );
+    let peer = &peer;
+    g.row(
+        "peer: mediator 0.2 (DefaultAsyncMediator::send)",
+        &[DIRECT, FLOOR],
+        |i| async move {
+            let _ = black_box(peer_send(peer, add(i)).await);
         },
     );
     g.row("bus.send(cmd)", &[DIRECT, FLOOR], |i| async move {

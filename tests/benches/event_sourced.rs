@@ -1,6 +1,12 @@
-//! An event-sourced command: load the aggregate, decide, save its new event, on the in-memory
-//! store, next to the same domain on `cqrs-es` (`CqrsFramework::execute` over its `MemStore`),
-//! the Rust framework users would otherwise pick.
+//! An event-sourced command: load the aggregate, decide, save its new event, next to the same
+//! domain on `cqrs-es`, the Rust framework users would otherwise pick, on two stores each:
+//!
+//! - **in memory**: ours (`MemoryEventStore`) against cqrs-es over [`es_peer::QuietStore`], an
+//!   in-memory store written for the bench (cqrs-es's own `MemStore` prints two lines per
+//!   command and is not meant for production: see `es_peer`);
+//! - **PostgreSQL** (when `CQRS_POSTGRES_URL` is set): ours (`.postgres(pool)`, its `cqrs_events`
+//!   table) against cqrs-es over `postgres-es`, its production store (its `events` table), each
+//!   in a schema of its own on the same server, each with a pool of [`POOL`] connections.
 //!
 //! Run with `cargo bench -p cqrs-tests --bench event_sourced`. Each operation deposits into a
 //! new account (`acct-{i}`), in both frameworks: the load finds no history, so the row measures
@@ -9,14 +15,13 @@
 
 mod support;
 
-use std::fmt;
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cqrs_core::MemoryEventStore;
 use cqrs_core::prelude::*;
 use criterion::Criterion;
-use serde::{Deserialize, Serialize};
 
 use support::Suite;
 use support::alloc::Counting;
@@ -31,83 +36,20 @@ use account::{Deposit, DepositHandler};
 
 // ---- the same domain on cqrs-es ---------------------------------------------------------------
 
-mod es {
-    use super::*;
-    use cqrs_es::event_sink::EventSink;
-    use cqrs_es::{Aggregate, DomainEvent};
+mod es_peer;
+use es_peer as es;
+mod es_postgres;
 
-    #[derive(Debug, Default, Serialize, Deserialize)]
-    pub struct Account {
-        pub balance: u64,
-    }
+/// Connections in each framework's pool on PostgreSQL.
+const POOL: u32 = 4;
 
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-    pub enum AccountEvent {
-        Deposited { amount: u64 },
-    }
-
-    impl DomainEvent for AccountEvent {
-        fn event_type(&self) -> String {
-            "bench.deposited".to_owned()
-        }
-        fn event_version(&self) -> String {
-            "1".to_owned()
-        }
-    }
-
-    #[derive(Debug)]
-    pub struct AccountError(&'static str);
-
-    impl fmt::Display for AccountError {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str(self.0)
-        }
-    }
-
-    impl std::error::Error for AccountError {}
-
-    pub struct Deposit {
-        pub amount: u64,
-    }
-
-    impl Aggregate for Account {
-        const TYPE: &'static str = "account";
-        type Command = Deposit;
-        type Event = AccountEvent;
-        type Error = AccountError;
-        type Services = ();
-
-        async fn handle(
-            &mut self,
-            command: Deposit,
-            _services: &(),
-            sink: &EventSink<Self>,
-        ) -> Result<(), AccountError> {
-            if command.amount == 0 {
-                return Err(AccountError("a deposit is more than zero"));
-            }
-            sink.write(
-                AccountEvent::Deposited {
-                    amount: command.amount,
-                },
-                self,
-            )
-            .await;
-            Ok(())
-        }
-
-        fn apply(&mut self, event: AccountEvent) {
-            match event {
-                AccountEvent::Deposited { amount } => self.balance += amount,
-            }
-        }
-    }
-}
+/// cqrs-es over store `S`, shared by the rounds of [`paired`].
+type Peer<S> = Arc<cqrs_es::CqrsFramework<es::Account, S>>;
 
 /// Each framework with an empty in-memory store.
 fn frameworks() -> (
     Bus,
-    cqrs_es::CqrsFramework<es::Account, cqrs_es::mem_store::MemStore<es::Account>>,
+    cqrs_es::CqrsFramework<es::Account, es::QuietStore<es::Account>>,
 ) {
     let bus = Bus::builder()
         .discover(false)
@@ -115,11 +57,7 @@ fn frameworks() -> (
         .event_store(MemoryEventStore::new())
         .build()
         .expect("bus");
-    let peer = cqrs_es::CqrsFramework::new(
-        cqrs_es::mem_store::MemStore::<es::Account>::default(),
-        vec![],
-        (),
-    );
+    let peer = cqrs_es::CqrsFramework::new(es::QuietStore::<es::Account>::default(), vec![], ());
     (bus, peer)
 }
 
@@ -143,7 +81,7 @@ fn main() {
             .unwrap();
     });
 
-    const PEER: &str = "cqrs-es: CqrsFramework::execute, MemStore";
+    const PEER: &str = "cqrs-es: CqrsFramework::execute, QuietStore (in memory)";
     let mut g = suite.group(&mut c, "event-sourced command", &["vs cqrs-es"]);
     let (bus, peer) = (&bus, &peer);
     g.row(PEER, &[PEER], |i| async move {
@@ -162,7 +100,16 @@ fn main() {
         },
     );
     g.finish();
-    suite.runtime().block_on(paired());
+    suite
+        .runtime()
+        .block_on(paired("in memory (QuietStore)", 101, 2_000, || {
+            let (bus, peer) = frameworks();
+            (bus, Arc::new(peer))
+        }));
+    match std::env::var("CQRS_POSTGRES_URL") {
+        Ok(url) => es_postgres::compare(&suite, &mut c, &url),
+        Err(_) => eprintln!("PostgreSQL rows skipped: set CQRS_POSTGRES_URL to run them"),
+    }
     c.final_summary();
     println!(
         "\n## Results (time: criterion slope; allocations: counted over 20 000 operations)\n{}",
@@ -170,38 +117,40 @@ fn main() {
     );
 }
 
-/// Both frameworks in rounds on fresh stores: each round builds a new bus and a new cqrs-es,
-/// runs a batch of commands on each (which goes first alternates) and takes the ratio of their
-/// times. The criterion rows above run millions of commands into stores that keep every
-/// account, so their time per command follows the stores' growth (hash-map resizes, first
-/// touches of fresh memory) as much as the frameworks, and moved from 0.28× to 1.23× between
-/// runs; here every round starts from empty stores, and the median ratio is reported.
-async fn paired() {
-    const ROUNDS: usize = 101;
-    const BATCH: u64 = 2_000;
-    let mut ours_ns = Vec::with_capacity(ROUNDS);
-    let mut peer_ns = Vec::with_capacity(ROUNDS);
-    let mut ratios = Vec::with_capacity(ROUNDS);
-    for round in 0..ROUNDS {
+/// Both frameworks in rounds: each round takes the frameworks `frameworks` gives (fresh in-memory
+/// stores, or the same PostgreSQL pools), runs a batch of commands on each (which goes first
+/// alternates) on accounts no earlier round used, and takes the ratio of their times. The
+/// in-memory criterion rows above run millions of commands into stores that keep every account,
+/// so their time per command follows the stores' growth (hash-map resizes, first touches of
+/// fresh memory) as much as the frameworks, and moved from 0.28× to 1.23× between runs; the
+/// median of the per-round ratio does not.
+async fn paired<S>(title: &str, rounds: usize, batch: u64, frameworks: impl Fn() -> (Bus, Peer<S>))
+where
+    S: cqrs_es::EventStore<es::Account>,
+{
+    let mut ours_ns = Vec::with_capacity(rounds);
+    let mut peer_ns = Vec::with_capacity(rounds);
+    let mut ratios = Vec::with_capacity(rounds);
+    for round in 0..rounds {
         let (bus, peer) = frameworks();
         let run_ours = async || {
             let started = std::time::Instant::now();
-            for i in 0..BATCH {
+            for i in 0..batch {
                 let cmd = Deposit {
-                    id: format!("acct-{i}"),
+                    id: format!("acct-{round}-{i}"),
                     amount: 5,
                 };
                 black_box(bus.send(cmd).await).expect("deposit");
             }
-            started.elapsed().as_nanos() as f64 / BATCH as f64
+            started.elapsed().as_nanos() as f64 / batch as f64
         };
         let run_peer = async || {
             let started = std::time::Instant::now();
-            for i in 0..BATCH {
-                let id = format!("acct-{i}");
+            for i in 0..batch {
+                let id = format!("acct-{round}-{i}");
                 black_box(peer.execute(&id, es::Deposit { amount: 5 }).await).expect("deposit");
             }
-            started.elapsed().as_nanos() as f64 / BATCH as f64
+            started.elapsed().as_nanos() as f64 / batch as f64
         };
         let (ours, theirs) = if round % 2 == 0 {
             let ours = run_ours().await;
@@ -218,7 +167,7 @@ async fn paired() {
     let (_, ours_median, _) = support::quartiles(&mut ours_ns);
     let (q1, ratio, q3) = support::quartiles(&mut ratios);
     println!(
-        "\n### event-sourced command, paired on fresh stores ({ROUNDS} rounds of {BATCH} commands each)\n\
+        "\n### event-sourced command, {title}, paired ({rounds} rounds of {batch} commands each)\n\
          | cqrs-es (median) | cqrs (median) | cqrs / cqrs-es (median) | quartiles |\n|---:|---:|---:|---:|\n\
          | {peer_median:.1} ns | {ours_median:.1} ns | **{ratio:.2}×** | {q1:.2}× to {q3:.2}× |"
     );

@@ -131,6 +131,11 @@ impl BusBuilder {
                     handler_name: candidate.handler_name,
                     group: candidate.options.group,
                     layers,
+                    middleware: match candidate.kind {
+                        MessageKind::Command => command_middleware.len(),
+                        MessageKind::Query => query_middleware.len(),
+                        MessageKind::Event => 0,
+                    },
                     query_cache: &*query_cache,
                     cache_regions: &mut cache_regions,
                 };

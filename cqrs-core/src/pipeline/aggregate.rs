@@ -93,7 +93,7 @@ impl CommandContext {
         let persistence = &Runtime::of(&runtime)?.stores;
         match &persistence.memory_events {
             Some(memory) => {
-                memory.save_aggregate(root, &self.metadata, snapshot, &mut self.events)?
+                memory.save_aggregate(root, self.metadata.get(), snapshot, &mut self.events)?
             }
             // Boxed: the database's futures are large, and inline they would make every
             // handler that saves an aggregate too large for the dispatch's inline storage.
@@ -115,7 +115,7 @@ impl CommandContext {
             aggregate: A::NAME,
             id: &root.id,
         };
-        let parent = StoredMetadata::of_child(&self.metadata);
+        let parent = StoredMetadata::of_child(self.metadata());
         let now = now_ms();
         let origin_id: Arc<str> = Arc::from(root.id.as_str());
         let pending = root.pending.as_slice();
@@ -147,7 +147,7 @@ impl CommandContext {
         append(
             persistence,
             &mut self.tx,
-            &self.metadata,
+            self.metadata.get(),
             stream,
             root.version,
             &recorded,

@@ -7,12 +7,28 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use super::cache::{CacheLayer, Invalidated, QueryCache};
+use super::plan::{Inputs, Plan};
 use super::{
     CommandPipe, CommandPipeline, EventPipe, EventPipeline, Layers, QueryPipe, QueryPipeline,
 };
 use crate::di::Resolver;
 use crate::handler::{CommandHandler, EventHandler, QueryHandler};
-use crate::message::{Command, Event, Query};
+use crate::message::{Command, Event, Message, MessageKind, Query};
+
+impl Installation<'_> {
+    /// The handler's plan (see [`Plan`]).
+    fn plan<M: Message>(&self) -> Plan {
+        Plan::new(&Inputs {
+            kind: M::KIND,
+            validated: M::VALIDATED,
+            layers: &self.layers,
+            middleware: match M::KIND {
+                MessageKind::Event => 0,
+                _ => self.middleware,
+            },
+        })
+    }
+}
 
 /// What installing one handler needs.
 pub(crate) struct Installation<'a> {
@@ -21,6 +37,8 @@ pub(crate) struct Installation<'a> {
     /// The consumer group of an event handler (`group = ".."`), if not its name.
     pub(crate) group: Option<&'static str>,
     pub(crate) layers: Layers,
+    /// How many middleware the bus runs around this handler's kind of message.
+    pub(crate) middleware: usize,
     pub(crate) query_cache: &'a dyn QueryCache,
     pub(crate) cache_regions: &'a mut HashMap<&'static str, Arc<Invalidated>>,
 }
@@ -43,6 +61,7 @@ where
     let pipe: Box<dyn CommandPipe<C>> = Box::new(CommandPipeline {
         handler,
         name: inst.handler_name,
+        plan: inst.plan::<C>(),
         layers: inst.layers.clone(),
         _message: PhantomData,
     });
@@ -64,6 +83,7 @@ where
         _message: PhantomData,
         handler,
         name: inst.handler_name,
+        plan: inst.plan::<Q>(),
         layers: inst.layers.clone(),
         cache,
     });
@@ -79,6 +99,7 @@ where
         handler,
         name: inst.handler_name,
         group: inst.group,
+        plan: inst.plan::<E>(),
         layers: inst.layers.clone(),
         _event: PhantomData,
     }))

@@ -1,10 +1,11 @@
 //! A command's pipeline: layers 1 to 10 around one command handler, then publishing.
 //!
-//! Two paths, chosen per dispatch in [`CommandPipe::call`]:
+//! Two paths, chosen per dispatch in [`CommandPipe::call`] from the handler's
+//! [`Plan`](super::plan::Plan):
 //!
 //! - **lean**: nothing but trace, authorization by the principal alone, validation and the
 //!   handler (no middleware, no timeout or deadline, no resource policy, no idempotency key,
-//!   no retry, no transaction). Generic over
+//!   no retry, no transaction), through [`Lean`](super::lean::Lean). Generic over
 //!   the command and the handler, and small: its future lives inline in the
 //!   [`DispatchFuture`], so the dispatch allocates nothing.
 //! - **full**: every layer the handler and the envelope ask for, in [`full`]. Written once for
@@ -22,14 +23,12 @@ use std::marker::PhantomData;
 use std::pin::pin;
 
 use futures_util::FutureExt;
-use tracing::Span;
 
 use self::full_path::ErasedCommand;
-use super::authorize::AuthorizeLayer;
-use super::cache::target;
 use super::erased::{self, Erased, HandleFuture};
-use super::trace::InSpan;
-use super::{CatchPanic, DispatchFuture, Layers, idempotency, trace};
+use super::lean::Lean;
+use super::plan::Plan;
+use super::{DispatchFuture, Layers, idempotency};
 use crate::context::CommandContext;
 use crate::envelope::{Envelope, Metadata};
 use crate::handler::CommandHandler;
@@ -53,88 +52,59 @@ pub(crate) trait CommandPipe<C: Command>: Send + Sync {
 pub(crate) struct CommandPipeline<C, H> {
     pub(crate) handler: H,
     pub(crate) name: &'static str,
+    /// Which layers are on, and whether they all run inline: decided at `build()`.
+    pub(crate) plan: Plan,
     pub(crate) layers: Layers,
     pub(crate) _message: PhantomData<fn(C)>,
 }
 
 impl<C: Command, H: CommandHandler<C>> CommandPipe<C> for CommandPipeline<C, H> {
+    #[inline]
     fn call<'a>(
         &'a self,
         bus: &'a Runtime,
         env: Envelope<C>,
         stats: Option<&'a mut DispatchStats>,
     ) -> DispatchFuture<'a, Result<C::Output, Error>> {
-        let Envelope { message, metadata } = env;
-        if !self.is_lean(bus, &metadata) {
+        if !self.plan.lean_for(&env.metadata) {
+            let Envelope { message, metadata } = env;
             return DispatchFuture::from_or_box(self.full(bus, message, metadata, stats));
         }
-        // The context is made here, outside the future: inside, the envelope it comes from and
-        // the context would both take space in the future's state.
-        let span = trace::lean_span(MessageKind::Command, C::NAME, self.name, &metadata);
-        let cx = CommandContext::new(bus.ptr(), metadata, self.name);
-        DispatchFuture::from_or_box(self.lean(bus, message, cx, span, stats))
+        DispatchFuture::from_or_box(self.lean(bus, env, stats))
     }
 }
 
 impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
-    /// Whether this dispatch needs no layer beyond trace and validation.
-    #[inline]
-    fn is_lean(&self, bus: &Runtime, metadata: &Metadata) -> bool {
-        let Layers {
-            timeout,
-            authorize,
-            retry,
-            cache: _,
-            transaction,
-            invalidates: _,
-        } = &self.layers;
-        timeout.is_none()
-            && AuthorizeLayer::is_lean(authorize.as_ref())
-            && retry.is_none()
-            && transaction.is_none()
-            && metadata.deadline().is_none()
-            && bus.middleware(MessageKind::Command).is_empty()
-            && (metadata.idempotency_key().is_none() || bus.idempotency().is_none())
-            // `invalidates = [Query(field = ..)]` reads the command before its handler takes
-            // it: the full path does (see `full_path::guarded`).
-            && !target::by_field(&self.layers.invalidates)
-    }
-
-    /// The lean path: trace, authorize (by the principal alone), validate, handler, then [`full_path::after`] when there is anything
-    /// to do after.
+    /// The lean path: the inline layers of the plan (trace, authorize by the principal alone,
+    /// validate, handler), then [`full_path::after`] when there is anything to do after.
     ///
-    /// Every future is pinned where it is built (`pin!`) and awaited through a wrapper that
-    /// borrows it: `fut.await` would move it into a second place in this future's state (a
-    /// `memcpy` of its size, and its size again in the state).
+    /// The envelope is moved once, into this future; the context points at its metadata
+    /// there rather than holding a copy. Every future is pinned where it is built (`pin!`)
+    /// and awaited through a wrapper that borrows it: `fut.await` would move it into a second
+    /// place in this future's state (a `memcpy` of its size, and its size again in the state).
     #[allow(clippy::manual_async_fn)] // deliberate: see the comment in the body
+    #[inline]
     fn lean<'a>(
         &'a self,
         bus: &'a Runtime,
-        message: C,
-        mut cx: CommandContext,
-        span: Option<Span>,
+        env: Envelope<C>,
         stats: Option<&'a mut DispatchStats>,
     ) -> impl Future<Output = Result<C::Output, Error>> + Send + 'a {
         // An `async move` block rather than an `async fn`: an `async fn` moves each argument
         // into a local of its body, and both copies take space in its future.
+        // Taken apart here: inside, `metadata` would be moved out of the envelope into a local
+        // of its own (a copy); as a capture of its own it stays where the envelope put it.
+        let Envelope { message, metadata } = env;
         async move {
             let mut own = DispatchStats::default();
             let stats = stats.unwrap_or(&mut own);
-            let authorize = self.layers.authorize.as_ref();
-            let checked = AuthorizeLayer::check_lean(authorize, C::NAME, &cx.metadata)
-                .and_then(|()| message.validate_message());
-            let handled = match checked {
+            let mut cx = CommandContext::new(bus.ptr(), &metadata, self.name);
+            let lean = Lean::start(MessageKind::Command, C::NAME, self.name, &metadata);
+            let handled = match lean.check(self.layers.authorize.as_ref(), &message, &metadata) {
                 Err(error) => Err(error),
                 Ok(()) => {
-                    stats.attempts = 1;
                     let fut = pin!(self.handler.handle(message, &mut cx));
-                    let handler = self.name;
-                    CatchPanic {
-                        handler,
-                        span: span.as_ref(),
-                        fut,
-                    }
-                    .await
+                    lean.handler(self.name, fut, stats).await
                 }
             };
             let result = match handled {
@@ -144,17 +114,13 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
                     Ok(output)
                 }
                 Ok(output) => {
-                    let events = std::mem::take(&mut cx.events);
-                    let fut = pin!(full_path::after(&self.layers, bus, events, &[], &cx, stats));
-                    InSpan {
-                        span: span.as_ref(),
-                        fut,
-                    }
-                    .await;
+                    let events = cx.events.take();
+                    let after = pin!(full_path::after(&self.layers, bus, events, &[], &cx, stats));
+                    lean.within(after).await;
                     Ok(output)
                 }
             };
-            trace::finish_in(span.as_ref(), MessageKind::Command, C::NAME, &result, stats);
+            lean.finish::<C, _>(&result, stats);
             result
         }
     }

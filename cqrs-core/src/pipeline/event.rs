@@ -1,13 +1,16 @@
-//! An event handler's pipeline: trace, timeout, retry, handler. Its future lives inline in
-//! the [`DispatchFuture`] when it fits, so publishing to N handlers allocates nothing for them.
-//! A handler with no timeout (and an event with no deadline) and no retry takes a lean path:
-//! the handler's future, polled in place with its panics caught, and nothing around it.
+//! An event handler's pipeline: trace, timeout, retry, transaction (with the inbox), handler.
+//! Its future lives inline in the [`DispatchFuture`] when it fits, so publishing to N handlers
+//! allocates nothing for them. A handler whose plan is lean (no timeout, retry or transaction)
+//! and an event with no deadline take the lean path: the handler's future, polled in place
+//! with its panics caught, and nothing around it.
 
 use std::any::Any;
 use std::marker::PhantomData;
 use std::pin::pin;
 
-use super::{CatchPanic, DispatchFuture, Layers, guard_panic, retry, timeout, trace, transaction};
+use super::lean::Lean;
+use super::plan::Plan;
+use super::{DispatchFuture, Layers, guard_panic, retry, timeout, trace, transaction};
 use crate::Error;
 use crate::context::EventContext;
 use crate::envelope::Metadata;
@@ -41,6 +44,8 @@ pub(crate) struct EventPipeline<E, H> {
     pub(crate) handler: H,
     pub(crate) name: &'static str,
     pub(crate) group: Option<&'static str>,
+    /// Which layers are on, and whether they all run inline: decided at `build()`.
+    pub(crate) plan: Plan,
     pub(crate) layers: Layers,
     pub(crate) _event: PhantomData<fn(E)>,
 }
@@ -73,27 +78,16 @@ impl<E: Event, H: EventHandler<E>> EventPipe for EventPipeline<E, H> {
                 )));
             };
             let mut cx = EventContext::new(bus.ptr(), metadata, self.name);
-            let deadline = timeout::deadline(self.layers.timeout, metadata);
-            if deadline.is_none()
-                && self.layers.retry.is_none()
-                && self.layers.transaction.is_none()
-            {
+            if self.plan.lean_for(metadata) {
                 // The lean path: the handler, its panics caught, in its span if traced.
-                let span = trace::lean_span(MessageKind::Event, E::NAME, self.name, metadata);
-                let stats = DispatchStats {
-                    attempts: 1,
-                    ..DispatchStats::default()
-                };
+                let mut stats = DispatchStats::default();
+                let lean = Lean::start(MessageKind::Event, E::NAME, self.name, metadata);
                 let fut = pin!(self.handler.handle(event, &mut cx));
-                let result = CatchPanic {
-                    handler: self.name,
-                    span: span.as_ref(),
-                    fut,
-                }
-                .await;
-                trace::finish_in(span.as_ref(), MessageKind::Event, E::NAME, &result, &stats);
+                let result = lean.handler(self.name, fut, &mut stats).await;
+                lean.finish::<E, _>(&result, &stats);
                 return result;
             }
+            let deadline = timeout::deadline(self.layers.timeout, metadata);
             let span = trace::span(MessageKind::Event, E::NAME, self.name, metadata);
             let mut stats = DispatchStats::default();
             let body = trace::within(

@@ -15,13 +15,15 @@
 //! | 10 | handler | the handler, with panics caught | |
 //! | after | publish | emitted events to event handlers (through the outbox when transactional), caches named by `invalidates = [..]` dropped | [`publish`] |
 //!
-//! Each layer is a small type that knows nothing of the others; the pipelines in [`command`],
-//! [`query`] and [`event`] are the only places that compose them. An event handler's pipeline
-//! is short (trace, timeout, retry) and generic. Commands and queries have two paths:
+//! Each layer is a small type that knows nothing of the others. [`plan`] declares their order
+//! and which of them await, once; `build()` turns it into each handler's [`plan::Plan`], which
+//! decides per dispatch between two paths. An event handler's pipeline is short (trace,
+//! timeout, retry) and generic. Commands and queries have two paths:
 //!
-//! - the **lean** path (trace, authorization by the principal alone, validation, handler) is
-//!   generic over the message and handler types, and its future is stored inline in a
-//!   [`DispatchFuture`]: a dispatch with no other layer allocates nothing;
+//! - the **lean** path (the layers that run inline: trace, authorization by the principal
+//!   alone, validation, handler; see [`lean`]) is generic over the message and handler types,
+//!   and its future is stored inline in a [`DispatchFuture`]: a dispatch with no other layer
+//!   allocates nothing;
 //! - the **full** path (every layer) is written once for all handlers, over `dyn` and slots
 //!   (see [`erased`]), so that a crate with many handlers does not compile it once per handler.
 //!   Its future is boxed: one allocation, whatever the number of layers. A cached query is
@@ -40,8 +42,10 @@ pub(crate) mod describe;
 pub(crate) mod erased;
 pub(crate) mod event;
 pub(crate) mod idempotency;
+pub(crate) mod lean;
 pub(crate) mod metrics;
 pub(crate) mod middleware;
+pub(crate) mod plan;
 pub(crate) mod publish;
 pub(crate) mod query;
 pub(crate) mod report;
@@ -131,44 +135,19 @@ pub(crate) struct Layers {
 }
 
 impl Layers {
-    /// The layers as `describe()` prints them, in pipeline order.
+    /// The layers as `describe()` prints them, in pipeline order (from [`plan::PIPELINE`]).
     pub(crate) fn describe(
         &self,
         kind: MessageKind,
         validated: bool,
         middleware: usize,
     ) -> Vec<String> {
-        let mut out = vec!["trace".to_owned()];
-        if middleware > 0 {
-            out.push(format!("middleware({middleware})"));
-        }
-        if let Some(t) = self.timeout {
-            out.push(format!("timeout({})", describe::duration(t)));
-        }
-        if let Some(a) = &self.authorize {
-            out.push(a.to_string());
-        }
-        if validated {
-            out.push("validate".to_owned());
-        }
-        if kind == MessageKind::Command {
-            out.push("idempotency".to_owned());
-        }
-        if let Some(c) = &self.cache {
-            out.push(c.to_string());
-        }
-        if let Some(r) = &self.retry {
-            out.push(r.to_string());
-        }
-        if let Some(t) = &self.transaction {
-            out.push(t.to_string());
-        }
-        out.push("handler".to_owned());
-        if !self.invalidates.is_empty() {
-            let named: Vec<String> = self.invalidates.iter().map(|i| i.to_string()).collect();
-            out.push(format!("invalidates{}", describe::list(&named)));
-        }
-        out
+        plan::Plan::describe(&plan::Inputs {
+            kind,
+            validated,
+            layers: self,
+            middleware,
+        })
     }
 }
 

@@ -19,10 +19,11 @@ use futures_util::FutureExt;
 use tracing::Span;
 
 use self::full_path::{Checked, ErasedQuery, Precheck};
-use super::authorize::AuthorizeLayer;
 use super::cache::{Answer, AnswerCodec, CacheLayer};
 use super::erased::{self, Erased, HandleFuture};
-use super::{CatchPanic, DispatchFuture, Layers, trace};
+use super::lean::Lean;
+use super::plan::Plan;
+use super::{DispatchFuture, Layers, trace};
 use crate::context::QueryContext;
 use crate::envelope::{Envelope, Metadata};
 use crate::handler::QueryHandler;
@@ -47,6 +48,8 @@ pub(crate) struct QueryPipeline<Q: Query, H> {
     pub(crate) _message: PhantomData<fn(Q)>,
     pub(crate) handler: H,
     pub(crate) name: &'static str,
+    /// Which layers are on, and whether they all run inline: decided at `build()`.
+    pub(crate) plan: Plan,
     pub(crate) layers: Layers,
     pub(crate) cache: Option<CacheLayer>,
 }
@@ -58,7 +61,7 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipe<Q> for QueryPipeline<Q, H> {
         env: Envelope<Q>,
         mut stats: Option<&'a mut DispatchStats>,
     ) -> DispatchFuture<'a, Result<Q::Output, Error>> {
-        if !self.is_lean(bus, &env.metadata) {
+        if !self.plan.lean_for(&env.metadata) {
             let Envelope { message, metadata } = env;
             let span = trace::lean_span(MessageKind::Query, Q::NAME, self.name, &metadata);
             let mut own = DispatchStats::default();
@@ -81,59 +84,37 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipe<Q> for QueryPipeline<Q, H> {
             let full = self.full(bus, message, metadata, span, checked, stats);
             return DispatchFuture::from_or_box(full);
         }
-        // Built outside the future, as for commands (see `CommandPipe::call`).
-        let Envelope { message, metadata } = env;
-        let span = trace::lean_span(MessageKind::Query, Q::NAME, self.name, &metadata);
-        let cx = QueryContext::new(bus.ptr(), metadata, self.name);
-        DispatchFuture::from_or_box(self.lean(message, cx, span, stats))
+        DispatchFuture::from_or_box(self.lean(bus, env, stats))
     }
 }
 
 impl<Q: Query, H: QueryHandler<Q>> QueryPipeline<Q, H> {
-    /// Whether this dispatch needs no layer beyond trace, authorization by the principal alone
-    /// and validation.
+    /// The lean path: the inline layers of the plan (trace, authorize by the principal alone,
+    /// validate, handler). As for commands (see `CommandPipeline::lean`), the envelope is moved
+    /// once, into this future, and the context points at its metadata there.
+    #[allow(clippy::manual_async_fn)] // deliberate: see `CommandPipeline::lean`
     #[inline]
-    fn is_lean(&self, bus: &Runtime, metadata: &Metadata) -> bool {
-        self.cache.is_none()
-            && self.layers.timeout.is_none()
-            && AuthorizeLayer::is_lean(self.layers.authorize.as_ref())
-            && self.layers.retry.is_none()
-            && metadata.deadline().is_none()
-            && bus.middleware(MessageKind::Query).is_empty()
-    }
-
-    /// The lean path: trace, authorize (by the principal alone), validate, handler.
-    #[allow(clippy::manual_async_fn)] // deliberate: see the comment in the body
     fn lean<'a>(
         &'a self,
-        message: Q,
-        cx: QueryContext,
-        span: Option<Span>,
+        bus: &'a Runtime,
+        env: Envelope<Q>,
         stats: Option<&'a mut DispatchStats>,
     ) -> impl Future<Output = Result<Q::Output, Error>> + Send + 'a {
-        // `async move`, not `async fn`, and the handler's future pinned where it is built:
-        // see `CommandPipeline::lean`.
+        // Taken apart outside the future: see `CommandPipeline::lean`.
+        let Envelope { message, metadata } = env;
         async move {
             let mut own = DispatchStats::default();
             let stats = stats.unwrap_or(&mut own);
-            let authorize = self.layers.authorize.as_ref();
-            let checked = AuthorizeLayer::check_lean(authorize, Q::NAME, &cx.metadata)
-                .and_then(|()| message.validate_message());
-            let result = match checked {
+            let cx = QueryContext::new(bus.ptr(), &metadata, self.name);
+            let lean = Lean::start(MessageKind::Query, Q::NAME, self.name, &metadata);
+            let result = match lean.check(self.layers.authorize.as_ref(), &message, &metadata) {
                 Err(error) => Err(error),
                 Ok(()) => {
-                    stats.attempts = 1;
                     let fut = pin!(self.handler.handle(message, &cx));
-                    let handler = self.name;
-                    CatchPanic {
-                        handler,
-                        span: span.as_ref(),
-                        fut,
-                    }
-                    .await
+                    lean.handler(self.name, fut, stats).await
                 }
             };
-            trace::finish_in(span.as_ref(), MessageKind::Query, Q::NAME, &result, stats);
+            lean.finish::<Q, _>(&result, stats);
             result
         }
     }

@@ -234,7 +234,7 @@ impl CommandContext {
         M::Message: Command,
     {
         let mut env = message.into_envelope();
-        env.metadata.inherit(&self.metadata);
+        env.metadata.inherit(self.metadata());
         let runtime = Runtime::of(&self.runtime)?;
         // Pinned in place: see `Runtime::send_envelope`.
         let dispatch = pin!(runtime.send_envelope(env, None));
@@ -250,7 +250,7 @@ impl QueryContext {
         M::Message: Query,
     {
         let mut env = message.into_envelope();
-        env.metadata.inherit(&self.metadata);
+        env.metadata.inherit(self.metadata());
         let runtime = Runtime::of(&self.runtime)?;
         let dispatch = pin!(runtime.query_envelope(env, None));
         dispatch.await

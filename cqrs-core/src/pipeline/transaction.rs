@@ -180,12 +180,12 @@ pub(crate) async fn finish(
     };
     match result {
         Ok(()) => {
-            tx.write_outbox(&mut cx.events, &cx.metadata).await?;
+            tx.write_outbox(&mut cx.events, cx.metadata.get()).await?;
             if let (Some(key), true) = (idempotency, runtime.stores.idempotency_in_tx) {
                 tx.complete_idempotency(key, &reply()?).await?;
             }
             tx.commit().await?;
-            Ok(std::mem::take(&mut cx.events))
+            Ok(cx.events.take())
         }
         Err(error) if layer.rolls_back(error.status()) => {
             if let Err(rollback) = tx.rollback().await {

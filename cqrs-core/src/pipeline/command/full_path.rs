@@ -71,7 +71,7 @@ pub(crate) async fn run(
     let result = {
         let body = pin!(async {
             if bus.middleware(MessageKind::Command).is_empty() {
-                let mut cx = CommandContext::new(bus.ptr(), metadata, pipe.handler_name());
+                let mut cx = CommandContext::new(bus.ptr(), &metadata, pipe.handler_name());
                 guarded(pipe, bus, message, output, &mut cx, stats).await
             } else {
                 // Boxed: middleware is opt-in, and its (larger) future must not grow the future
@@ -82,8 +82,7 @@ pub(crate) async fn run(
                     let Some(seen) = pipe.peek(&*copy) else {
                         return Err(missing(name));
                     };
-                    let mut cx =
-                        CommandContext::new(bus.ptr(), metadata.clone(), pipe.handler_name());
+                    let mut cx = CommandContext::new(bus.ptr(), &metadata, pipe.handler_name());
                     let inner = guarded(pipe, bus, message, output, &mut cx, stats);
                     with_middleware(
                         bus,
@@ -118,7 +117,7 @@ async fn guarded(
     cx: &mut CommandContext,
     stats: &mut DispatchStats,
 ) -> Result<(), Error> {
-    let deadline = timeout::deadline(pipe.layers().timeout, &cx.metadata);
+    let deadline = timeout::deadline(pipe.layers().timeout, cx.metadata());
     // `invalidates = [Query(field = ..)]`: the answers to drop are read from the command now,
     // before its handler takes it (nothing to do, and no allocation, for the others).
     let mut targets = Vec::new();
@@ -168,7 +167,7 @@ pub(crate) async fn after(
     if !events.is_empty() {
         // Not boxed here: `after_success` boxes its delivery itself, and only when some event
         // has a handler, an observer or an outbox row to mark.
-        publish::after_success(bus, events, &cx.metadata).await;
+        publish::after_success(bus, events, cx.metadata()).await;
     }
 }
 
@@ -187,14 +186,15 @@ async fn checked(
     };
     if let Some(authorize) = &pipe.layers().authorize {
         authorize
-            .check(bus.resource_policy(), name, command, &cx.metadata)
+            .check(bus.resource_policy(), name, command, cx.metadata())
             .await?;
     }
     pipe.validate(command)?;
-    let (Some(key), Some(idempotency)) = (cx.metadata.idempotency_key(), bus.idempotency()) else {
+    let (Some(key), Some(idempotency)) = (cx.metadata().idempotency_key(), bus.idempotency())
+    else {
         return attempts(pipe, bus, None, message, output, cx, stats).await;
     };
-    let principal = cx.metadata.principal().map(Principal::id);
+    let principal = cx.metadata().principal().map(Principal::id);
     let key = idempotency.key(
         name,
         principal,
@@ -292,7 +292,7 @@ async fn attempt(
                 let span = None;
                 CatchPanic { handler, span, fut }.await?;
             }
-            Ok(std::mem::take(&mut cx.events))
+            Ok(cx.events.take())
         }
         // Boxed: a transaction does I/O, and the database driver's futures are large.
         Some(layer) => {

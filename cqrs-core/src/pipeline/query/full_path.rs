@@ -134,7 +134,7 @@ pub(crate) async fn run(
     let result = {
         let body = pin!(async {
             if bus.middleware(MessageKind::Query).is_empty() {
-                let cx = QueryContext::new(bus.ptr(), metadata, pipe.handler_name());
+                let cx = QueryContext::new(bus.ptr(), &metadata, pipe.handler_name());
                 guarded(pipe, bus, message, output, &cx, checked, stats).await
             } else {
                 // Boxed, as for commands: opt-in, and larger. The middleware sees a copy of the
@@ -144,7 +144,7 @@ pub(crate) async fn run(
                     let Some(seen) = pipe.peek(&*copy) else {
                         return Err(missing(name));
                     };
-                    let cx = QueryContext::new(bus.ptr(), metadata.clone(), pipe.handler_name());
+                    let cx = QueryContext::new(bus.ptr(), &metadata, pipe.handler_name());
                     let inner = guarded(pipe, bus, message, output, &cx, None, stats);
                     with_middleware(
                         bus,
@@ -181,7 +181,7 @@ async fn guarded(
     stats: &mut DispatchStats,
 ) -> Result<(), Error> {
     let name = pipe.message_name();
-    let deadline = timeout::deadline(pipe.layers().timeout, &cx.metadata);
+    let deadline = timeout::deadline(pipe.layers().timeout, cx.metadata());
     let guarded = pin!(async {
         let (cache, Checked { key, looked }) = match (pipe.cache(), checked) {
             (Some(cache), Some(checked)) => (cache, checked),
@@ -191,14 +191,14 @@ async fn guarded(
                 };
                 if let Some(authorize) = &pipe.layers().authorize {
                     authorize
-                        .check(bus.resource_policy(), name, query, &cx.metadata)
+                        .check(bus.resource_policy(), name, query, cx.metadata())
                         .await?;
                 }
                 pipe.validate(query)?;
                 let Some(cache) = cache else {
                     return attempts(pipe, message, output, cx, &mut stats.attempts).await;
                 };
-                let key = cache.key(query, cx.metadata.principal().map(Principal::id));
+                let key = cache.key(query, cx.metadata().principal().map(Principal::id));
                 (cache, Checked { key, looked: false })
             }
         };
