@@ -241,7 +241,10 @@ mod tests {
         let layers = Layers {
             timeout: Some(Duration::from_secs(2)),
             retry: Some(RetryLayer::default()),
-            invalidates: vec!["Q"],
+            invalidates: vec![crate::pipeline::cache::target::Invalidates {
+                query: "Q",
+                target: None,
+            }],
             ..Layers::default()
         };
         let described = Plan::describe(&Inputs {
