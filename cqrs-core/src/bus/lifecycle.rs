@@ -27,10 +27,12 @@ pub(crate) trait Lifecycle: Send + Sync + 'static {
 }
 
 impl Bus {
-    /// Starts what runs beside the bus once it is built: with a broker (`.nats(..)`), creates
-    /// or checks its streams and consumers (every clash reported at once, saying what differs),
-    /// then starts the outbox relay and the event handlers' consumers. Call it once, after
-    /// `build()` and after `bus.migrate()`; without a broker it does nothing and returns `Ok`.
+    /// Starts what runs beside the bus once it is built: waits (up to 5 s) for the cache
+    /// invalidation channel to be subscribed, when the bus has one (PostgreSQL, Redis, NATS);
+    /// with a broker (`.nats(..)`), creates or checks its streams and consumers (every clash
+    /// reported at once, saying what differs), then starts the outbox relay and the event
+    /// handlers' consumers. Call it once, after `build()` and after `bus.migrate()`, before
+    /// serving; with none of these it returns `Ok` at once.
     ///
     /// ```
     /// # use cqrs_core::prelude::*;
@@ -43,6 +45,16 @@ impl Bus {
     /// ```
     pub async fn start(&self) -> Result<(), Error> {
         let inner = self.inner.get()?;
+        // Cached answers are dropped when the invalidation channel first subscribes (what was
+        // cached before may have missed an invalidation): serve once it has.
+        if !inner
+            .runtime
+            .cache_regions
+            .wait_subscribed(Duration::from_secs(5))
+            .await
+        {
+            tracing::warn!(target: "cqrs::cache", "the cache invalidation channel is not subscribed after 5 s; serving anyway (cached answers are dropped once it is)");
+        }
         for part in inner.lifecycle.iter() {
             part.start(self).await?;
         }

@@ -23,6 +23,7 @@
 //! let db = Db::connect("sqlite::memory:").await?;
 //! shop::migrate(&db).await?;
 //! let bus = shop::build_bus(&db)?;
+//! bus.start().await?; // with PostgreSQL: its cache invalidation channel subscribed
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let url = format!("http://{}", listener.local_addr()?);
 //! tokio::spawn(shop::serve(listener, bus, std::future::pending()));

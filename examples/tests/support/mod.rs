@@ -153,6 +153,7 @@ where
         .await
         .expect("the shop's tables are created");
     let bus = shop::build_bus(&database.db).expect("the shop's bus builds");
+    bus.start().await.expect("the shop's bus starts");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
     let url = format!("http://{}", listener.local_addr().expect("its address"));
     let (stop, stopped) = oneshot::channel::<()>();

@@ -138,6 +138,7 @@ impl InvalidationSink {
     pub fn connected(&self) {
         if let Some(regions) = self.regions.upgrade() {
             regions.drop_local_answers();
+            regions.subscribed.send_replace(true);
         }
     }
 

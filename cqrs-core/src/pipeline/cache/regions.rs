@@ -18,6 +18,9 @@ pub(crate) struct CacheRegions {
     origin: u64,
     /// Dropped with the bus: ends the channel's receiving loop.
     _closed: watch::Sender<()>,
+    /// Whether the channel's receiving loop has been subscribed at least once (`bus.start()`
+    /// waits for it: answers cached before would be dropped when it is).
+    pub(super) subscribed: watch::Sender<bool>,
 }
 
 impl CacheRegions {
@@ -33,6 +36,7 @@ impl CacheRegions {
             channel,
             origin: fastrand::u64(..),
             _closed: closed,
+            subscribed: watch::channel(false).0,
         });
         if let Some(channel) = &regions.channel
             && !regions.by_name.is_empty()
@@ -40,6 +44,18 @@ impl CacheRegions {
             backplane::spawn_listener(channel, &regions, on_closed);
         }
         regions
+    }
+
+    /// Waits, up to `within`, until the invalidation channel's receiving loop is subscribed (at
+    /// once when there is no channel or nothing cached); `false` if it was not in time.
+    pub(crate) async fn wait_subscribed(&self, within: std::time::Duration) -> bool {
+        if self.channel.is_none() || self.by_name.is_empty() {
+            return true;
+        }
+        let mut subscribed = self.subscribed.subscribe();
+        tokio::time::timeout(within, subscribed.wait_for(|s| *s))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// The region of a cached query.
