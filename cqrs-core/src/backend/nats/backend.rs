@@ -133,7 +133,9 @@ impl NatsBackend {
         drop(shared);
         let (stop, stopped) = tokio::sync::watch::channel(consumer::RUN);
         let mut tasks = Vec::new();
-        let me = self.shared_self(bus)?;
+        let me = self
+            .arc()
+            .ok_or_else(|| Error::unavailable("the NATS backend has been dropped"))?;
         for group in &groups {
             for partition in 0..self.config.partitions {
                 let name = names::consumer_name(&self.config.service, &group.name, partition);
@@ -169,13 +171,6 @@ impl NatsBackend {
     /// This backend, shared.
     pub(crate) fn arc(&self) -> Option<Arc<NatsBackend>> {
         self.me.upgrade()
-    }
-
-    /// This backend, shared (the tasks hold it).
-    fn shared_self(&self, _bus: &Bus) -> Result<Arc<NatsBackend>, Error> {
-        self.me
-            .upgrade()
-            .ok_or_else(|| Error::unavailable("the NATS backend has been dropped"))
     }
 
     async fn stop_all(&self, grace: Duration) {
