@@ -356,6 +356,11 @@ async fn redis_carries_invalidations_over_postgres_when_both_are_configured() {
         .redis_prefix(redis.prefix.clone())
         .build()
         .unwrap();
+    // Each subscribed to its channel before anything is cached (a first subscription drops
+    // what was cached before it).
+    for bus in [&a, &b, &c] {
+        bus.start().await.unwrap();
+    }
     two_processes_stay_coherent(&a, &c, &prices).await;
     hit(&b, 5).await;
     a.send(SetPrice {

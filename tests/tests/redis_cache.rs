@@ -80,8 +80,10 @@ impl CommandHandler<SetPrice> for SetPriceHandler {
     }
 }
 
-fn bus(redis: &TestRedis, prices: &Arc<Prices>) -> Bus {
-    Bus::builder()
+/// A bus on Redis, subscribed to its invalidation channel (`start()`: a first subscription
+/// drops what was cached before it, and stops a computation in flight from being stored).
+async fn bus(redis: &TestRedis, prices: &Arc<Prices>) -> Bus {
+    let bus = Bus::builder()
         .discover(false)
         .register::<GetPriceHandler>()
         .register::<SetPriceHandler>()
@@ -90,7 +92,9 @@ fn bus(redis: &TestRedis, prices: &Arc<Prices>) -> Bus {
         .redis_prefix(redis.prefix.clone())
         .query_cache(RedisCache::new(redis.client.clone()).prefix(&redis.prefix))
         .build()
-        .unwrap()
+        .unwrap();
+    bus.start().await.unwrap();
+    bus
 }
 
 async fn ask(bus: &Bus, id: u64) -> (u64, bool) {
@@ -113,7 +117,7 @@ async fn within_a_second(mut check: impl AsyncFnMut() -> bool) -> bool {
 async fn an_answer_computed_in_one_process_is_a_hit_in_the_other() {
     let redis = TestRedis::new().await;
     let prices = Arc::new(Prices::default());
-    let (a, b) = (bus(&redis, &prices), bus(&redis, &prices));
+    let (a, b) = (bus(&redis, &prices).await, bus(&redis, &prices).await);
     assert_eq!(ask(&a, 1).await, (100, false));
     assert_eq!(ask(&b, 1).await, (100, true), "from the shared level");
     assert_eq!(ask(&b, 1).await, (100, true), "now from b's own level");
@@ -143,7 +147,7 @@ async fn an_answer_computed_in_one_process_is_a_hit_in_the_other() {
 async fn concurrent_misses_across_processes_run_the_handler_once() {
     let redis = TestRedis::new().await;
     let prices = Arc::new(Prices::default());
-    let (a, b) = (bus(&redis, &prices), bus(&redis, &prices));
+    let (a, b) = (bus(&redis, &prices).await, bus(&redis, &prices).await);
     let mut asks = Vec::new();
     for i in 0..20 {
         let bus = if i % 2 == 0 { a.clone() } else { b.clone() };
@@ -168,7 +172,7 @@ async fn concurrent_misses_across_processes_run_the_handler_once() {
 async fn an_answer_computed_before_an_invalidation_is_not_stored_after_it_in_any_process() {
     let redis = TestRedis::new().await;
     let prices = Arc::new(Prices::default());
-    let (a, b) = (bus(&redis, &prices), bus(&redis, &prices));
+    let (a, b) = (bus(&redis, &prices).await, bus(&redis, &prices).await);
     let gate = Arc::new(Semaphore::new(0));
     *prices.gate.lock().unwrap() = Some(gate.clone());
 
@@ -210,7 +214,7 @@ async fn with_redis_down_each_process_keeps_its_first_level() {
     let mut server = OwnRedis::start();
     let redis = TestRedis::at(&server.url()).await;
     let prices = Arc::new(Prices::default());
-    let a = bus(&redis, &prices);
+    let a = bus(&redis, &prices).await;
     assert_eq!(ask(&a, 1).await, (100, false));
 
     server.stop();
@@ -233,9 +237,9 @@ async fn with_redis_down_each_process_keeps_its_first_level() {
     server.restart();
     assert!(
         within_a_second(async || {
-            let b = bus(&redis, &prices);
+            let b = bus(&redis, &prices).await;
             let first = ask(&b, 3).await;
-            first == (100, false) && ask(&bus(&redis, &prices), 3).await == (100, true)
+            first == (100, false) && ask(&bus(&redis, &prices).await, 3).await == (100, true)
         })
         .await,
         "the shared level works again once Redis is back"
