@@ -53,6 +53,12 @@ impl CacheLayer {
         }
     }
 
+    /// Drops every answer (the loom models invalidate through the layer they run).
+    #[cfg(all(loom, test))]
+    pub(crate) fn invalidate(&self) -> CacheFuture<'_, ()> {
+        self.region.invalidate_all()
+    }
+
     /// The key of `query` (the message, `&Q`) asked by `principal`: the principal's id is part
     /// of it unless the spec is `public`.
     pub(crate) fn key(&self, query: &(dyn Any + Send + Sync), principal: Option<&str>) -> u128 {

@@ -39,13 +39,16 @@ use loom::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use loom::thread;
 
 use super::{
-    Answer, AnswerCodec, CacheFuture, CacheLayer, CacheRegion, CacheSpec, CachedValue, Invalidated,
-    Representation,
+    Answer, AnswerCodec, CacheFuture, CacheKey, CacheLayer, CacheRegion, CacheSpec, CachedValue,
+    Invalidated, Representation,
 };
 use crate::Error;
 use crate::sync::Mutex;
 
-const KEY: u128 = 42;
+const KEY: CacheKey = CacheKey {
+    answer: 42,
+    target: 42,
+};
 
 /// A region whose every operation is one step of the model. `deferred`: inserts happen when
 /// their future is polled, as a remote backend's do (after the layer's epoch check, and outside
@@ -63,7 +66,8 @@ impl CacheRegion for Region {
         let entries = self.entries.lock().unwrap();
         CacheFuture::ready(Ok(entries.get(&key).cloned().map(CachedValue::Shared)))
     }
-    fn insert(&self, key: u128, value: CachedValue) -> CacheFuture<'_, ()> {
+    fn insert(&self, key: CacheKey, value: CachedValue) -> CacheFuture<'_, ()> {
+        let key = key.answer;
         let CachedValue::Shared(value) = value else {
             unreachable!("the layer stores in the region's representation")
         };
@@ -77,9 +81,16 @@ impl CacheRegion for Region {
         self.entries.lock().unwrap().insert(key, value);
         CacheFuture::ready(Ok(()))
     }
+    fn invalidate(&self, _target: u128) -> CacheFuture<'_, ()> {
+        // One key in the model: its target is every answer.
+        self.invalidate_all()
+    }
     fn invalidate_all(&self) -> CacheFuture<'_, ()> {
         self.entries.lock().unwrap().clear();
         CacheFuture::ready(Ok(()))
+    }
+    fn drop_local(&self, _target: Option<u128>) {
+        self.entries.lock().unwrap().clear();
     }
 }
 
@@ -101,7 +112,7 @@ fn layer_over(deferred: bool) -> Arc<CacheLayer> {
         entries: Arc::new(Mutex::new(HashMap::new())),
         deferred,
     });
-    Arc::new(CacheLayer::new("Q", spec, Invalidated::new(region)))
+    Arc::new(CacheLayer::new("Q", spec, Invalidated::new(region, spec)))
 }
 
 /// A layer over an in-process region.
@@ -127,7 +138,7 @@ fn ask(layer: &CacheLayer, compute: impl FnOnce() -> usize) -> (usize, bool) {
 /// What the cache holds under `KEY`.
 fn cached(layer: &CacheLayer) -> Option<usize> {
     let found = layer
-        .peek(&Codec, KEY)
+        .peek(&Codec, KEY.answer)
         .expect("the model's region answers without awaiting");
     found.map(|answer| value(&answer))
 }
