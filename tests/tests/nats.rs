@@ -798,3 +798,25 @@ async fn db_bus_for_relay(db: &TestDb, nats: Nats) -> Bus {
     bus.start().await.unwrap();
     bus
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NATS and PostgreSQL: set CQRS_NATS_URL and CQRS_POSTGRES_URL"]
+async fn no_dead_letters_before_any_bus_started_on_the_stream() {
+    let url = nats_url();
+    let names = Names::new();
+    let db = TestDb::postgres().await;
+    let bus = db
+        .attach(Bus::builder().discover(false))
+        .nats(nats(&url, &names, "svc").await)
+        .build()
+        .unwrap();
+    // An admin command on a fresh machine: the streams do not exist yet.
+    assert!(bus.dead_letters(None).await.unwrap().is_empty());
+    assert_eq!(
+        bus.redeliver(Redeliver::AllOf("Projection".into()))
+            .await
+            .unwrap(),
+        0
+    );
+    db.cleanup().await;
+}

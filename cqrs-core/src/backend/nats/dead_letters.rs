@@ -127,11 +127,12 @@ pub(crate) async fn park(
 /// Every dead letter (of one group, if given), oldest first.
 async fn list(backend: &NatsBackend, group: Option<&str>) -> Result<Vec<DeadLetter>, Error> {
     let stream_name = names::dead_letter_stream(&backend.config.stream);
-    let stream = backend
-        .js
-        .get_stream(&stream_name)
-        .await
-        .map_err(|e| backend.unavailable(&format!("reading stream `{stream_name}`"), e))?;
+    let stream = match backend.js.get_stream(&stream_name).await {
+        Ok(stream) => stream,
+        // No bus has started on this stream yet: nothing was ever parked.
+        Err(e) if is_not_found(&e) => return Ok(Vec::new()),
+        Err(e) => return Err(backend.unavailable(&format!("reading stream `{stream_name}`"), e)),
+    };
     let subject = match group {
         Some(g) => names::dead_letter_subject(&backend.config.prefix, g),
         None => format!("{}.dlq.>", backend.config.prefix),
@@ -173,6 +174,14 @@ async fn list(backend: &NatsBackend, group: Option<&str>) -> Result<Vec<DeadLett
     Ok(letters)
 }
 
+fn is_not_found(error: &async_nats::jetstream::context::GetStreamError) -> bool {
+    matches!(
+        error.kind(),
+        async_nats::jetstream::context::GetStreamErrorKind::JetStream(e)
+            if e.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
 /// Puts dead letters back to their handlers; returns how many.
 async fn redeliver(backend: &NatsBackend, what: &Redeliver) -> Result<usize, Error> {
     let letters = match what {
@@ -183,6 +192,9 @@ async fn redeliver(backend: &NatsBackend, what: &Redeliver) -> Result<usize, Err
             .collect::<Vec<_>>(),
         Redeliver::AllOf(handler) => list(backend, Some(&group_name(backend, handler))).await?,
     };
+    if letters.is_empty() {
+        return Ok(0);
+    }
     let stream_name = names::dead_letter_stream(&backend.config.stream);
     let stream = backend
         .js
