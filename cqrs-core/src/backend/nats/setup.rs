@@ -115,14 +115,7 @@ async fn stream_checked(
     let js = &backend.js;
     let name = wanted.name.clone();
     match js.get_stream(&name).await {
-        Ok(mut existing) => {
-            let info = existing
-                .info()
-                .await
-                .map_err(|e| backend.unavailable("reading a stream", e))?;
-            compare_stream(&info.config, &wanted, clashes);
-            Ok(Some(existing))
-        }
+        Ok(existing) => checked(backend, existing, &wanted, clashes).await,
         Err(error)
             if matches!(
                 error.kind(),
@@ -131,20 +124,11 @@ async fn stream_checked(
         {
             match js.create_stream(wanted.clone()).await {
                 Ok(created) => Ok(Some(created)),
-                Err(e) => {
-                    // Created by another process meanwhile? Then check it.
-                    match js.get_stream(&name).await {
-                        Ok(mut existing) => {
-                            let info = existing
-                                .info()
-                                .await
-                                .map_err(|e| backend.unavailable("reading a stream", e))?;
-                            compare_stream(&info.config, &wanted, clashes);
-                            Ok(Some(existing))
-                        }
-                        Err(_) => Err(backend.unavailable(&format!("creating stream `{name}`"), e)),
-                    }
-                }
+                // Created by another process meanwhile? Then check it.
+                Err(e) => match js.get_stream(&name).await {
+                    Ok(existing) => checked(backend, existing, &wanted, clashes).await,
+                    Err(_) => Err(backend.unavailable(&format!("creating stream `{name}`"), e)),
+                },
             }
         }
         Err(error) => Err(backend.unavailable(
@@ -152,6 +136,21 @@ async fn stream_checked(
             error,
         )),
     }
+}
+
+/// An existing stream, its configuration compared with the wanted one.
+async fn checked(
+    backend: &NatsBackend,
+    mut existing: stream::Stream,
+    wanted: &stream::Config,
+    clashes: &mut Vec<String>,
+) -> Result<Option<stream::Stream>, Error> {
+    let info = existing
+        .info()
+        .await
+        .map_err(|e| backend.unavailable("reading a stream", e))?;
+    compare_stream(&info.config, wanted, clashes);
+    Ok(Some(existing))
 }
 
 fn compare_stream(existing: &stream::Config, wanted: &stream::Config, clashes: &mut Vec<String>) {
