@@ -3,16 +3,14 @@
 //! dropped. On PostgreSQL alone the invalidations go over `LISTEN`/`NOTIFY`; with `--redis`,
 //! over Redis pub/sub (here with a SQLite file the two processes share).
 
-use std::process::Stdio;
+mod support;
+
 use std::str::FromStr;
 use std::time::Duration;
 
 use cqrs_core::sqlx::{self, postgres::PgConnectOptions, postgres::PgPoolOptions};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-const SHOP: &str = env!("CARGO_BIN_EXE_shop");
+use tokio::process::Child;
 
 /// A shop process (killed when dropped) and its URL.
 struct Instance {
@@ -21,25 +19,7 @@ struct Instance {
 }
 
 async fn start(args: &[&str]) -> Instance {
-    let mut child = Command::new(SHOP)
-        .args(args)
-        .args(["--port", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the shop starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("the shop prints where it listens within 30 s")
-        .unwrap()
-        .expect("a line");
-    let url = first
-        .strip_prefix("shop listening on ")
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("unexpected first line: {first}"))
-        .to_owned();
+    let (child, url) = support::spawn_shop(args, Duration::from_secs(30)).await;
     Instance { _child: child, url }
 }
 

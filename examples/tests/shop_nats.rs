@@ -11,30 +11,19 @@ use support::{TestDatabase, eventually};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-const SHOP: &str = env!("CARGO_BIN_EXE_shop");
-
 /// Starts `shop --nats ..` on a free port; its child (killed on drop) and its URL.
 async fn shop(database: &str, nats: &str, stream: &str) -> (Child, String) {
-    let mut child = Command::new(SHOP)
-        .args(["--database", database, "--port", "0", "--nats", nats])
-        .args(["--nats-stream", stream, "--grace", "2s"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the shop starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .expect("the shop prints where it listens")
-        .unwrap()
-        .expect("a line");
-    let url = first
-        .strip_prefix("shop listening on ")
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("unexpected first line: {first}"))
-        .to_owned();
-    (child, url)
+    let args = [
+        "--database",
+        database,
+        "--nats",
+        nats,
+        "--nats-stream",
+        stream,
+        "--grace",
+        "2s",
+    ];
+    support::spawn_shop(&args, Duration::from_secs(60)).await
 }
 
 /// The one number `sql` answers, on the test's PostgreSQL schema.

@@ -218,3 +218,29 @@ macro_rules! on_both_databases {
         }
     )*};
 }
+
+/// Starts the `shop` binary with `args` and `--port 0`: the process (killed when dropped) and
+/// the URL it prints on its first line, which it must print within `within`.
+pub async fn spawn_shop(args: &[&str], within: Duration) -> (tokio::process::Child, String) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shop"))
+        .args(args)
+        .args(["--port", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the shop starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(within, lines.next_line())
+        .await
+        .expect("the shop prints where it listens in time")
+        .unwrap()
+        .expect("a line");
+    let url = first
+        .strip_prefix("shop listening on ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("unexpected first line: {first}"))
+        .to_owned();
+    (child, url)
+}
