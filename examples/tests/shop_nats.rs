@@ -26,6 +26,15 @@ async fn shop(database: &str, nats: &str, stream: &str) -> (Child, String) {
     support::spawn_shop(&args, Duration::from_secs(60)).await
 }
 
+/// Removes a test's event stream and its dead-letter stream.
+async fn delete_streams(nats: &str, stream: &str) {
+    let js = cqrs_core::async_nats::jetstream::new(
+        cqrs_core::Nats::connect(nats).await.unwrap().client(),
+    );
+    let _ = js.delete_stream(stream).await;
+    let _ = js.delete_stream(format!("{stream}_DLQ")).await;
+}
+
 /// The one number `sql` answers, on the test's PostgreSQL schema.
 async fn count(database: &TestDatabase, sql: &'static str) -> i64 {
     let cqrs_examples::shop::Db::Postgres(pool) = &database.db else {
@@ -128,11 +137,7 @@ async fn two_shops_project_each_order_once_and_restock_each_cancellation_once() 
 
     a.kill().await.unwrap();
     b.kill().await.unwrap();
-    let js = cqrs_core::async_nats::jetstream::new(
-        cqrs_core::Nats::connect(&nats).await.unwrap().client(),
-    );
-    let _ = js.delete_stream(&stream).await;
-    let _ = js.delete_stream(format!("{stream}_DLQ")).await;
+    delete_streams(&nats, &stream).await;
     database.remove().await;
 }
 
@@ -190,11 +195,7 @@ async fn another_binary_handles_the_shop_s_events_by_their_name() {
 
     notifier.kill().await.unwrap();
     shop.kill().await.unwrap();
-    let js = cqrs_core::async_nats::jetstream::new(
-        cqrs_core::Nats::connect(&nats).await.unwrap().client(),
-    );
-    let _ = js.delete_stream(&stream).await;
-    let _ = js.delete_stream(format!("{stream}_DLQ")).await;
+    delete_streams(&nats, &stream).await;
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", notifier_db.display()));
     }
@@ -281,10 +282,6 @@ async fn a_shop_killed_mid_stream_loses_nothing_the_other_finishes() {
     .await;
 
     b.kill().await.unwrap();
-    let js = cqrs_core::async_nats::jetstream::new(
-        cqrs_core::Nats::connect(&nats).await.unwrap().client(),
-    );
-    let _ = js.delete_stream(&stream).await;
-    let _ = js.delete_stream(format!("{stream}_DLQ")).await;
+    delete_streams(&nats, &stream).await;
     database.remove().await;
 }
