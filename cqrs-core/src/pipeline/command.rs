@@ -8,15 +8,13 @@
 //!   no retry, no transaction), through [`Lean`](super::lean::Lean). Generic over
 //!   the command and the handler, and small: its future lives inline in the
 //!   [`DispatchFuture`], so the dispatch allocates nothing.
-//! - **full**: every layer the handler and the envelope ask for, in [`full`]. Written once for
-//!   all handlers (the handler's types reach it through [`ErasedCommand`]; see
-//!   [`erased`](super::erased)), so that a crate with many handlers does not compile it again
-//!   for each. Its future is boxed (one allocation); layers that do I/O box their own part
-//!   only when they run.
+//! - **full**: every layer the handler and the envelope ask for, composed once for every kind
+//!   in [`full_path`](super::full_path) (the handler's types reach it through
+//!   [`FullPipe`]; see [`erased`](super::erased)), so that a crate with many handlers does not
+//!   compile it again for each. Its future is boxed (one allocation); layers that do I/O box
+//!   their own part only when they run.
 //!
-//! Both end in [`full_path::after`], so what happens after the handler is the same.
-
-mod full_path;
+//! Both end in [`publish::after`], so what happens after the handler is the same.
 
 use std::future::Future;
 use std::marker::PhantomData;
@@ -24,11 +22,12 @@ use std::pin::pin;
 
 use futures_util::FutureExt;
 
-use self::full_path::ErasedCommand;
-use super::erased::{self, Erased, HandleFuture};
+use super::erased::{self, Erased, HandleFuture, Message};
+use super::full_path::{self, FullPipe};
+use super::idempotency::{self, Replies};
 use super::lean::Lean;
 use super::plan::Plan;
-use super::{DispatchFuture, Layers, idempotency};
+use super::{DispatchFuture, Layers, publish, trace};
 use crate::context::CommandContext;
 use crate::envelope::{Envelope, Metadata};
 use crate::handler::CommandHandler;
@@ -76,7 +75,7 @@ impl<C: Command, H: CommandHandler<C>> CommandPipe<C> for CommandPipeline<C, H> 
 
 impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
     /// The lean path: the inline layers of the plan (trace, authorize by the principal alone,
-    /// validate, handler), then [`full_path::after`] when there is anything to do after.
+    /// validate, handler), then [`publish::after`] when there is anything to do after.
     ///
     /// The envelope is moved once, into this future; the context points at its metadata
     /// there rather than holding a copy. Every future is pinned where it is built (`pin!`)
@@ -115,7 +114,8 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
                 }
                 Ok(output) => {
                     let events = cx.events.take();
-                    let after = pin!(full_path::after(&self.layers, bus, events, &[], &cx, stats));
+                    let after = publish::after(&self.layers, bus, events, &[], &metadata, stats);
+                    let after = pin!(after);
                     lean.within(after).await;
                     Ok(output)
                 }
@@ -139,13 +139,16 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
             let mut own = DispatchStats::default();
             let mut output: Option<C::Output> = None;
             let stats = stats.unwrap_or(&mut own);
+            let span = trace::lean_span(MessageKind::Command, C::NAME, self.name, &metadata);
             {
                 let run = pin!(full_path::run(
                     self,
                     bus,
-                    &mut message,
+                    Message::Slot(&mut message),
                     &mut output,
-                    metadata,
+                    &metadata,
+                    span.as_ref(),
+                    None,
                     stats
                 ));
                 run.await?;
@@ -157,7 +160,9 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
 
 /// The handler's types, for the full path. Each method is a few lines: this is all the code
 /// of the full path that a handler compiles for itself.
-impl<C: Command, H: CommandHandler<C>> ErasedCommand for CommandPipeline<C, H> {
+impl<C: Command, H: CommandHandler<C>> FullPipe for CommandPipeline<C, H> {
+    type Context = CommandContext;
+
     fn message_name(&self) -> &'static str {
         C::NAME
     }
@@ -172,7 +177,7 @@ impl<C: Command, H: CommandHandler<C>> ErasedCommand for CommandPipeline<C, H> {
 
     fn handle<'a>(
         &'a self,
-        message: &'a mut Erased,
+        message: Message<'a>,
         last: bool,
         output: &'a mut Erased,
         cx: &'a mut CommandContext,
@@ -197,16 +202,23 @@ impl<C: Command, H: CommandHandler<C>> ErasedCommand for CommandPipeline<C, H> {
         erased::message::<C>(message)?.validate_message()
     }
 
-    fn fingerprint(&self, message: &Erased) -> Result<String, Error> {
-        idempotency::fingerprint(erased::message::<C>(message)?)
-    }
-
     fn clone_message(&self, message: &Erased) -> Box<Erased> {
         erased::clone_message::<C>(message)
     }
 
-    fn to_json(&self) -> fn(&Erased) -> Option<serde_json::Value> {
-        super::command_json::<C>
+    fn to_json(&self) -> Option<fn(&Erased) -> Option<serde_json::Value>> {
+        Some(super::command_json::<C>)
+    }
+
+    fn replies(&self) -> Option<&dyn Replies> {
+        Some(self)
+    }
+}
+
+/// A command's output as the idempotency layer keeps it: JSON.
+impl<C: Command, H: CommandHandler<C>> Replies for CommandPipeline<C, H> {
+    fn fingerprint(&self, message: &Erased) -> Result<String, Error> {
+        idempotency::fingerprint(erased::message::<C>(message)?)
     }
 
     fn encode_output(&self, output: &Erased) -> Result<Vec<u8>, Error> {

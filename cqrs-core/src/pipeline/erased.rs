@@ -1,5 +1,5 @@
-//! What the full paths of commands and queries share: they are written once for all handlers,
-//! and reach a handler's types only through slots and small trait methods.
+//! How the full path reaches a handler's types: through slots and small trait methods, so
+//! that it is written, and compiled, once for all handlers.
 //!
 //! Why: a full path is large (middleware, timeout, authorization, idempotency or cache, retry,
 //! transaction), and a generic one is compiled, and optimized, again for every handler. A
@@ -30,10 +30,48 @@ pub(crate) type HandleFuture<'a> = StackFuture<'a, Result<(), Error>, HANDLE_INL
 /// A message or output slot (`Option<M>`, `Option<M::Output>`), or a message (`&M`).
 pub(crate) type Erased = dyn Any + Send + Sync;
 
+/// The message, as a full path hands it down to the handler.
+pub(crate) enum Message<'a> {
+    /// A command's or query's slot (`Option<M>`): the last attempt takes the message, the
+    /// others clone it.
+    Slot(&'a mut Erased),
+    /// An event (`&E`), shared by every handler of it.
+    Shared(&'a Erased),
+}
+
+impl Message<'_> {
+    /// The same message, for one attempt.
+    pub(crate) fn reborrow(&mut self) -> Message<'_> {
+        match self {
+            Message::Slot(slot) => Message::Slot(&mut **slot),
+            Message::Shared(event) => Message::Shared(*event),
+        }
+    }
+
+    /// The slot, or the event.
+    pub(crate) fn get(&self) -> &Erased {
+        match self {
+            Message::Slot(slot) => &**slot,
+            Message::Shared(event) => *event,
+        }
+    }
+}
+
 /// The message to hand a handler: the last attempt takes it from the slot, the others clone it.
-pub(crate) fn message_for<M: Clone + 'static>(slot: &mut Erased, last: bool) -> Option<M> {
+pub(crate) fn message_for<M: Clone + 'static>(message: Message<'_>, last: bool) -> Option<M> {
+    let Message::Slot(slot) = message else {
+        return None;
+    };
     let slot = slot.downcast_mut::<Option<M>>()?;
     if last { slot.take() } else { slot.clone() }
+}
+
+/// The event to hand a handler.
+pub(crate) fn shared<'a, E: 'static>(message: Message<'a>) -> Option<&'a E> {
+    match message {
+        Message::Shared(event) => event.downcast_ref::<E>(),
+        Message::Slot(_) => None,
+    }
 }
 
 /// The message in a slot, as `&M`.

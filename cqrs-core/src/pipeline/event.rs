@@ -1,16 +1,20 @@
 //! An event handler's pipeline: trace, timeout, retry, transaction (with the inbox), handler.
-//! Its future lives inline in the [`DispatchFuture`] when it fits, so publishing to N handlers
-//! allocates nothing for them. A handler whose plan is lean (no timeout, retry or transaction)
-//! and an event with no deadline take the lean path: the handler's future, polled in place
-//! with its panics caught, and nothing around it.
+//!
+//! A handler whose plan is lean (no timeout, retry or transaction) and an event with no
+//! deadline take the lean path: the handler's future, polled in place with its panics caught,
+//! and nothing around it, inline in the [`DispatchFuture`], so publishing to N such handlers
+//! allocates nothing for them. The others take the full path, composed once for every kind in
+//! [`full_path`].
 
 use std::any::Any;
 use std::marker::PhantomData;
 use std::pin::pin;
 
+use super::erased::{self, Erased, HandleFuture, Message};
+use super::full_path::{self, FullPipe};
 use super::lean::Lean;
 use super::plan::Plan;
-use super::{DispatchFuture, Layers, guard_panic, retry, timeout, trace, transaction};
+use super::{DispatchFuture, Layers, trace};
 use crate::Error;
 use crate::context::EventContext;
 use crate::envelope::Metadata;
@@ -69,76 +73,86 @@ impl<E: Event, H: EventHandler<E>> EventPipe for EventPipeline<E, H> {
         event: &'a (dyn Any + Send + Sync),
         metadata: &'a Metadata,
     ) -> DispatchFuture<'a, Result<(), Error>> {
+        if !self.plan.lean_for(metadata) {
+            return DispatchFuture::from_or_box(async move {
+                let span = trace::lean_span(MessageKind::Event, E::NAME, self.name, metadata);
+                let mut stats = DispatchStats::default();
+                // An event handler has no output: its slot is empty.
+                let mut output = ();
+                let run = full_path::run(
+                    self,
+                    bus,
+                    Message::Shared(event),
+                    &mut output,
+                    metadata,
+                    span.as_ref(),
+                    None,
+                    &mut stats,
+                );
+                pin!(run).await
+            });
+        }
         DispatchFuture::from_or_box(async move {
             let Some(event) = event.downcast_ref::<E>() else {
-                return Err(Error::internal(format!(
-                    "event handler `{}` was given something other than `{}`",
-                    self.name,
-                    E::NAME
-                )));
+                return Err(mistyped::<E>(self.name));
             };
+            // The lean path: the handler, its panics caught, in its span if traced.
             let mut cx = EventContext::new(bus.ptr(), metadata, self.name);
-            if self.plan.lean_for(metadata) {
-                // The lean path: the handler, its panics caught, in its span if traced.
-                let mut stats = DispatchStats::default();
-                let lean = Lean::start(MessageKind::Event, E::NAME, self.name, metadata);
-                let fut = pin!(self.handler.handle(event, &mut cx));
-                let result = lean.handler(self.name, fut, &mut stats).await;
-                lean.finish::<E, _>(&result, &stats);
-                return result;
-            }
-            let deadline = timeout::deadline(self.layers.timeout, metadata);
-            let span = trace::span(MessageKind::Event, E::NAME, self.name, metadata);
             let mut stats = DispatchStats::default();
-            let body = trace::within(
-                &span,
-                timeout::run(
-                    deadline,
-                    E::NAME,
-                    self.attempts(bus, event, &mut cx, &mut stats.attempts),
-                ),
-            );
-            let result = body.await;
-            trace::finish(&span, MessageKind::Event, E::NAME, &result, &stats);
+            let lean = Lean::start(MessageKind::Event, E::NAME, self.name, metadata);
+            let fut = pin!(self.handler.handle(event, &mut cx));
+            let result = lean.handler(self.name, fut, &mut stats).await;
+            lean.finish::<E, _>(&result, &stats);
             result
         })
     }
 }
 
-impl<E: Event, H: EventHandler<E>> EventPipeline<E, H> {
-    async fn attempts(
-        &self,
-        bus: &Runtime,
-        event: &E,
-        cx: &mut EventContext,
-        attempts: &mut u32,
-    ) -> Result<(), Error> {
-        let mut tries = retry::Attempts::new(self.layers.retry.as_ref(), attempts);
-        loop {
-            let last = tries.start();
-            let result = match &self.layers.transaction {
-                None => guard_panic(self.name, self.handler.handle(event, cx)).await,
-                Some(layer) => self.in_transaction(bus, layer, event, cx).await,
-            };
-            match result {
-                Ok(()) => return Ok(()),
-                Err(error) => tries.failed(error, last).await?,
-            }
-        }
+/// An event handler was handed another type of event: a bug in this crate.
+#[cold]
+fn mistyped<E: Event>(handler: &'static str) -> Error {
+    Error::internal(format!(
+        "event handler `{handler}` was given something other than `{}`",
+        E::NAME
+    ))
+}
+
+/// The handler's types, for the full path (see [`full_path`]).
+impl<E: Event, H: EventHandler<E>> FullPipe for EventPipeline<E, H> {
+    type Context = EventContext;
+
+    fn message_name(&self) -> &'static str {
+        E::NAME
     }
 
-    /// One attempt in a transaction, with the event recorded in the handler's inbox.
-    async fn in_transaction(
-        &self,
-        runtime: &Runtime,
-        layer: &crate::pipeline::transaction::TransactionLayer,
-        event: &E,
-        cx: &mut EventContext,
-    ) -> Result<(), Error> {
-        if !transaction::begin_event(layer, runtime, cx).await? {
-            return Ok(());
-        }
-        let result = guard_panic(self.name, self.handler.handle(event, cx)).await;
-        transaction::finish_event(layer, cx, result).await
+    fn handler_name(&self) -> &'static str {
+        self.name
+    }
+
+    fn layers(&self) -> &Layers {
+        &self.layers
+    }
+
+    fn handle<'a>(
+        &'a self,
+        message: Message<'a>,
+        _last: bool,
+        _output: &'a mut Erased,
+        cx: &'a mut EventContext,
+    ) -> Result<HandleFuture<'a>, Error> {
+        let Some(event) = erased::shared::<E>(message) else {
+            return Err(mistyped::<E>(self.name));
+        };
+        Ok(HandleFuture::from_or_box(self.handler.handle(event, cx)))
+    }
+
+    /// The event itself: it is shared, not in a slot.
+    fn peek<'s>(&self, message: &'s Erased) -> Option<&'s Erased> {
+        Some(message)
+    }
+
+    fn clone_message(&self, _message: &Erased) -> Box<Erased> {
+        // Events have no middleware, the one layer that looks at a copy.
+        Box::new(())
     }
 }

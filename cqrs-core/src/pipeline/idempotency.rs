@@ -13,6 +13,7 @@
 //! The payload's fingerprint is a 128-bit SipHash of its JSON form. Keys expire after the bus's
 //! idempotency TTL (24 hours unless configured).
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -236,6 +237,21 @@ pub(crate) struct IdempotencyLayer {
     pub(crate) lease: Duration,
 }
 
+/// What the layer needs from a command's types, behind `dyn`: its fingerprint, and its output
+/// as the reply a store keeps and gives back.
+pub(crate) trait Replies: Send + Sync {
+    /// The fingerprint of the command (`&C`), which a repeat of its key must match.
+    fn fingerprint(&self, message: &(dyn Any + Send + Sync)) -> Result<String, Error>;
+    /// The output in its slot (`Option<C::Output>`), serialized: the reply a store keeps.
+    fn encode_output(&self, output: &(dyn Any + Send + Sync)) -> Result<Vec<u8>, Error>;
+    /// Writes a stored reply into the output slot.
+    fn decode_output(
+        &self,
+        reply: &[u8],
+        output: &mut (dyn Any + Send + Sync),
+    ) -> Result<(), Error>;
+}
+
 /// How an idempotent execution ended.
 pub(crate) enum Outcome<R> {
     /// The inner layers ran now.
@@ -267,7 +283,7 @@ impl IdempotencyLayer {
     /// (the output, serialized, or why it could not be); a repeat gets the stored reply.
     ///
     /// Not generic over the output type: the full path calls it with the output in a slot of
-    /// its own (see `pipeline/command/full_path.rs`), so there is one copy of this in a binary.
+    /// its own (see `pipeline/full_path.rs`), so there is one copy of this in a binary.
     pub(crate) async fn run<R, F, Fut>(
         &self,
         key: &IdempotencyKey,

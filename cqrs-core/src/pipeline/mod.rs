@@ -38,9 +38,11 @@ pub(crate) mod assemble;
 pub(crate) mod authorize;
 pub(crate) mod cache;
 pub(crate) mod command;
+pub(crate) mod contexts;
 pub(crate) mod describe;
 pub(crate) mod erased;
 pub(crate) mod event;
+pub(crate) mod full_path;
 pub(crate) mod idempotency;
 pub(crate) mod lean;
 pub(crate) mod metrics;
@@ -65,7 +67,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use stackfuture::StackFuture;
 
 use self::runtime::Runtime;
@@ -151,26 +152,6 @@ impl Layers {
     }
 }
 
-/// Awaits a handler's future, turning a panic into an `Internal` error.
-///
-/// A plain function over combinators rather than an `async fn`: an `async fn` that awaits a
-/// future it takes by value stores that future twice in its own state, and this wraps every
-/// handler call.
-pub(crate) fn guard_panic<T, F>(
-    handler: &'static str,
-    fut: F,
-) -> impl Future<Output = Result<T, Error>> + use<T, F>
-where
-    F: Future<Output = Result<T, Error>>,
-{
-    AssertUnwindSafe(fut)
-        .catch_unwind()
-        .map(move |outcome| match outcome {
-            Ok(result) => result,
-            Err(payload) => Err(panicked(handler, payload)),
-        })
-}
-
 /// The error a handler's panic becomes (logged).
 #[cold]
 #[inline(never)]
@@ -180,9 +161,9 @@ fn panicked(handler: &'static str, payload: Box<dyn Any + Send>) -> Error {
     error
 }
 
-/// [`guard_panic`] for the lean paths, with the span entered too: one poll wrapper instead of
-/// three (`Either`, `Map`, `CatchUnwind`), around a future pinned where it lies, which is
-/// never moved (see [`trace::InSpan`]).
+/// Awaits a handler's future, turning a panic into an `Internal` error, with the dispatch's
+/// span entered (on the lean paths): one poll wrapper around a future pinned where it lies,
+/// which is never moved (see [`trace::InSpan`]).
 pub(crate) struct CatchPanic<'a, F> {
     pub(crate) handler: &'static str,
     pub(crate) span: Option<&'a tracing::Span>,

@@ -16,6 +16,9 @@ use std::pin::pin;
 
 use futures_util::future::Either;
 
+use super::Layers;
+use super::cache::target::Invalidation;
+use super::report::DispatchStats;
 use crate::Error;
 use crate::envelope::Metadata;
 use crate::events::{EmittedEvent, ErasedEvent, HandlerFailure};
@@ -37,6 +40,46 @@ pub(crate) fn event_metadata(emitted: &EmittedEvent, parent: &Metadata) -> Metad
             .map(|origin| std::sync::Arc::new(origin.to_version())),
     );
     metadata
+}
+
+/// After a command's handler succeeded (the last row of the pipeline): its events recorded
+/// (for a report), the caches it names dropped, then its events published. `targets`: the
+/// answers to drop when `invalidates = [Query(field = ..)]` names fields (read from the command
+/// before its handler took it); empty, every named query is dropped whole. The lean and the
+/// full paths both end here.
+pub(crate) async fn after(
+    layers: &Layers,
+    bus: &Runtime,
+    events: Vec<EmittedEvent>,
+    targets: &[Invalidation],
+    metadata: &Metadata,
+    stats: &mut DispatchStats,
+) {
+    if stats.collect_events {
+        stats.events.extend(events.iter().map(EmittedEvent::name));
+    }
+    // Answers the command made stale go before its events do: a handler reacting to them
+    // must read what the command changed. Both box their work, and only when there is some:
+    // their futures are large (event handlers, the outbox) and most dispatches have none.
+    if !layers.invalidates.is_empty() {
+        let invalidate = Box::pin(async {
+            if targets.is_empty() {
+                for entry in &layers.invalidates {
+                    bus.invalidate(Invalidation::all(entry.query)).await;
+                }
+            } else {
+                for invalidation in targets {
+                    bus.invalidate(*invalidation).await;
+                }
+            }
+        });
+        invalidate.await;
+    }
+    if !events.is_empty() {
+        // Not boxed here: `after_success` boxes its delivery itself, and only when some event
+        // has a handler, an observer or an outbox row to mark.
+        after_success(bus, events, metadata).await;
+    }
 }
 
 /// Publishes what a successful command emitted. Events in the outbox are marked delivered

@@ -3,12 +3,12 @@
 //! As for commands, a lean path (trace, authorization by the principal alone, validation,
 //! handler) runs inline in the [`DispatchFuture`] with no allocation when the handler has no
 //! other decorator, the bus no middleware and the envelope no deadline; every other dispatch
-//! takes the full path, boxed, in [`full`]: written once for all query handlers (see
-//! [`erased`](super::erased)). Before it, a cached query is authorized, validated and looked
-//! up without awaiting when nothing there needs to await ([`full_path::precheck`]): a refusal or a
-//! cache hit then builds no future.
+//! takes the full path, boxed, composed once for every kind in
+//! [`full_path`](super::full_path). Before it, a cached query is authorized, validated and
+//! looked up without awaiting when nothing there needs to await ([`precheck`]): a refusal or
+//! a cache hit then builds no future.
 
-mod full_path;
+mod precheck;
 
 use std::future::Future;
 use std::marker::PhantomData;
@@ -18,9 +18,10 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 use tracing::Span;
 
-use self::full_path::{Checked, ErasedQuery, Precheck};
-use super::cache::{Answer, AnswerCodec, CacheLayer};
-use super::erased::{self, Erased, HandleFuture};
+use self::precheck::Precheck;
+use super::cache::{Answer, AnswerCodec, Answers, CacheLayer};
+use super::erased::{self, Erased, HandleFuture, Message};
+use super::full_path::{self, Checked, FullPipe};
 use super::lean::Lean;
 use super::plan::Plan;
 use super::{DispatchFuture, Layers, trace};
@@ -68,7 +69,7 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipe<Q> for QueryPipeline<Q, H> {
             let precheck_stats = stats.as_deref_mut().unwrap_or(&mut own);
             let prechecked = {
                 let _entered = span.as_ref().map(Span::enter);
-                full_path::precheck(self, bus, &message, &metadata, precheck_stats)
+                precheck::precheck(self, bus, &message, &metadata, precheck_stats)
             };
             let checked = match prechecked {
                 Precheck::Done(result) => {
@@ -139,10 +140,10 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipeline<Q, H> {
                 let run = pin!(full_path::run(
                     self,
                     bus,
-                    &mut message,
+                    Message::Slot(&mut message),
                     &mut output,
-                    metadata,
-                    span,
+                    &metadata,
+                    span.as_ref(),
                     checked,
                     stats
                 ));
@@ -154,7 +155,9 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipeline<Q, H> {
 }
 
 /// The handler's types, for the full path: all of it that a query handler compiles for itself.
-impl<Q: Query, H: QueryHandler<Q>> ErasedQuery for QueryPipeline<Q, H> {
+impl<Q: Query, H: QueryHandler<Q>> FullPipe for QueryPipeline<Q, H> {
+    type Context = QueryContext;
+
     fn message_name(&self) -> &'static str {
         Q::NAME
     }
@@ -167,20 +170,16 @@ impl<Q: Query, H: QueryHandler<Q>> ErasedQuery for QueryPipeline<Q, H> {
         &self.layers
     }
 
-    fn cache(&self) -> Option<&CacheLayer> {
-        self.cache.as_ref()
-    }
-
-    fn codec(&self) -> &dyn AnswerCodec {
-        self
+    fn answers(&self) -> Option<(&CacheLayer, &dyn Answers)> {
+        Some((self.cache.as_ref()?, self))
     }
 
     fn handle<'a>(
         &'a self,
-        message: &'a mut Erased,
+        message: Message<'a>,
         last: bool,
         output: &'a mut Erased,
-        cx: &'a QueryContext,
+        cx: &'a mut QueryContext,
     ) -> Result<HandleFuture<'a>, Error> {
         let message = erased::message_for::<Q>(message, last);
         let (Some(message), Some(output)) = (message, output.downcast_mut::<Option<Q::Output>>())
@@ -188,7 +187,7 @@ impl<Q: Query, H: QueryHandler<Q>> ErasedQuery for QueryPipeline<Q, H> {
             return Err(erased::missing(Q::NAME));
         };
         // A combinator, not an `async` block: see `CommandPipeline::handle`.
-        let handled = self.handler.handle(message, cx);
+        let handled = self.handler.handle(message, &*cx);
         let handled = handled.map(|result| result.map(|out| *output = Some(out)));
         Ok(HandleFuture::from_or_box(handled))
     }
@@ -203,6 +202,13 @@ impl<Q: Query, H: QueryHandler<Q>> ErasedQuery for QueryPipeline<Q, H> {
 
     fn clone_message(&self, message: &Erased) -> Box<Erased> {
         erased::clone_message::<Q>(message)
+    }
+}
+
+/// How a cached query's answers go in and out of its output slot.
+impl<Q: Query, H: QueryHandler<Q>> Answers for QueryPipeline<Q, H> {
+    fn codec(&self) -> &dyn AnswerCodec {
+        self
     }
 
     fn share_output(&self, output: &mut Erased) -> Result<Answer, Error> {

@@ -9,10 +9,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures_util::future::Either;
 use tracing::Span;
 use tracing::field::{Empty, display};
-use tracing::instrument::{Instrument, Instrumented};
 
 use crate::Error;
 use crate::envelope::Metadata;
@@ -107,40 +105,8 @@ impl<F: Future> Future for InSpan<'_, F> {
     }
 }
 
-/// `fut`, inside `span` when a subscriber is interested in it, bare otherwise (entering and
-/// leaving a disabled span on every poll costs more than the rest of a bare dispatch).
-///
-/// Call it on the future expression itself and bind the result (`let f = within(&span,
-/// make()); f.await`): a future moved into a combinator in the statement that awaits it keeps
-/// its own space in the caller's state until the statement ends.
-#[inline]
-pub(crate) fn within<F: Future>(span: &Span, fut: F) -> Either<F, Instrumented<F>> {
-    if span.is_disabled() {
-        Either::Left(fut)
-    } else {
-        Either::Right(fut.instrument(span.clone()))
-    }
-}
-
-/// Records the outcome of a dispatch on its span (and in the metrics).
-#[inline]
-pub(crate) fn finish<T>(
-    span: &Span,
-    kind: MessageKind,
-    message: &'static str,
-    result: &Result<T, Error>,
-    stats: &DispatchStats,
-) {
-    finish_in(
-        Some(span).filter(|s| !s.is_disabled()),
-        kind,
-        message,
-        result,
-        stats,
-    );
-}
-
-/// [`finish`] for a span from [`lean_span`].
+/// Records the outcome of a dispatch on its span, if it has one (see [`lean_span`]), and in
+/// the metrics.
 #[inline]
 pub(crate) fn finish_in<T>(
     span: Option<&Span>,

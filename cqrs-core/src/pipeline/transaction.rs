@@ -18,9 +18,9 @@ use std::fmt;
 use futures_util::future::BoxFuture;
 use uuid::Uuid;
 
+use super::contexts::LayerContext;
 use super::idempotency::IdempotencyKey;
 use super::runtime::Runtime;
-use crate::context::{CommandContext, EventContext};
 use crate::envelope::Metadata;
 use crate::events::EmittedEvent;
 use crate::{Error, Status};
@@ -95,36 +95,32 @@ pub(crate) fn take_from_slot(slot: &mut crate::context::TxSlot) -> Option<Box<dy
         .map(|tx| *tx)
 }
 
-/// Begins the transaction of one attempt, in the context (where `cx.tx()` finds it).
-pub(crate) async fn begin(
+/// Begins the transaction of one attempt, in the context's slot (where `cx.tx()` finds it).
+/// `false` when the handler must not run in it (an event handler that had already handled this
+/// event: see [`LayerContext::opened`]); the transaction is then rolled back.
+pub(crate) async fn begin<C: LayerContext>(
     layer: &TransactionLayer,
     runtime: &Runtime,
-    cx: &mut CommandContext,
-) -> Result<(), Error> {
-    let store = runtime.stores.database()?;
-    cx.tx = into_slot(store.begin(layer.isolation_level()).await?);
-    Ok(())
-}
-
-/// Begins the transaction of one attempt of a `#[transactional]` event handler and records
-/// the event in its inbox; `false` when the handler had already handled this event (its work
-/// committed with that record): then the transaction is rolled back and the handler must not
-/// run. This is what makes a redelivered event's effects happen once.
-pub(crate) async fn begin_event(
-    layer: &TransactionLayer,
-    runtime: &Runtime,
-    cx: &mut EventContext,
+    cx: &mut C,
 ) -> Result<bool, Error> {
     let store = runtime.stores.database()?;
+    if cx.tx_slot().is_none() {
+        return Err(Error::internal(format!(
+            "`{}` cannot run in a transaction",
+            cx.handler()
+        )));
+    }
     let mut tx = store.begin(layer.isolation_level()).await?;
-    match tx.record_handled(cx.handler, cx.event_id()).await {
+    match cx.opened(&mut *tx).await {
         Ok(true) => {
-            cx.tx = into_slot(tx);
+            if let Some(slot) = cx.tx_slot() {
+                *slot = into_slot(tx);
+            }
             Ok(true)
         }
         Ok(false) => {
             let _ = tx.rollback().await;
-            tracing::debug!(target: "cqrs", handler = cx.handler, event_id = %cx.event_id(), "event already handled (in the inbox): not run again");
+            tracing::debug!(target: "cqrs", handler = cx.handler(), "event already handled (in the inbox): not run again");
             Ok(false)
         }
         Err(error) => {
@@ -134,62 +130,37 @@ pub(crate) async fn begin_event(
     }
 }
 
-/// Ends the transaction of one attempt of a `#[transactional]` event handler: commit on
-/// success (the inbox record with the work), roll back on an error (or commit, for statuses
-/// not in `rollback_on`: the event then counts as handled).
-pub(crate) async fn finish_event(
-    layer: &TransactionLayer,
-    cx: &mut EventContext,
-    result: Result<(), Error>,
-) -> Result<(), Error> {
-    let Some(tx) = take_from_slot(&mut cx.tx) else {
-        return Err(Error::internal(
-            "the transaction of a `#[transactional]` handler disappeared",
-        ));
-    };
-    match result {
-        Ok(()) => tx.commit().await,
-        Err(error) if layer.rolls_back(error.status()) => {
-            if let Err(rollback) = tx.rollback().await {
-                tracing::warn!(target: "cqrs", handler = cx.handler, error = %rollback, "rollback failed (the database discards the transaction anyway)");
-            }
-            Err(error)
-        }
-        Err(error) => {
-            tx.commit().await?;
-            Err(error)
-        }
-    }
-}
-
-/// Ends the transaction of one attempt: on success, writes the outbox rows and the idempotent
-/// reply (`reply`: the output, serialized), then commits and returns the events to publish; on
-/// failure, rolls back (or commits, for statuses not in `rollback_on`).
-pub(crate) async fn finish(
+/// Ends the transaction of one attempt: on success, writes what commits with the work (see
+/// [`LayerContext::committing`]: a command's outbox rows and its idempotent `reply`), then
+/// commits; on failure, rolls back (or commits, for statuses not in `rollback_on`, and still
+/// returns the error).
+pub(crate) async fn finish<C: LayerContext>(
     layer: &TransactionLayer,
     runtime: &Runtime,
-    cx: &mut CommandContext,
-    idempotency: Option<&IdempotencyKey>,
+    cx: &mut C,
     result: Result<(), Error>,
-    reply: impl FnOnce() -> Result<Vec<u8>, Error>,
-) -> Result<Vec<EmittedEvent>, Error> {
-    let Some(mut tx) = take_from_slot(&mut cx.tx) else {
+    reply: Option<(&IdempotencyKey, Result<Vec<u8>, Error>)>,
+) -> Result<(), Error> {
+    let handler = cx.handler();
+    let Some(mut tx) = cx.tx_slot().and_then(take_from_slot) else {
         return Err(Error::internal(
             "the transaction of a `#[transactional]` handler disappeared",
         ));
     };
     match result {
         Ok(()) => {
-            tx.write_outbox(&mut cx.events, cx.metadata.get()).await?;
-            if let (Some(key), true) = (idempotency, runtime.stores.idempotency_in_tx) {
-                tx.complete_idempotency(key, &reply()?).await?;
-            }
-            tx.commit().await?;
-            Ok(cx.events.take())
+            // A reply that cannot be serialized fails the attempt: the transaction is
+            // dropped, which rolls it back.
+            let reply = match reply {
+                Some((key, reply)) if runtime.stores.idempotency_in_tx => Some((key, reply?)),
+                _ => None,
+            };
+            cx.committing(&mut *tx, reply).await?;
+            tx.commit().await
         }
         Err(error) if layer.rolls_back(error.status()) => {
             if let Err(rollback) = tx.rollback().await {
-                tracing::warn!(target: "cqrs", handler = cx.handler, error = %rollback, "rollback failed (the database discards the transaction anyway)");
+                tracing::warn!(target: "cqrs", handler, error = %rollback, "rollback failed (the database discards the transaction anyway)");
             }
             Err(error)
         }
@@ -197,10 +168,9 @@ pub(crate) async fn finish(
             if let Err(commit) = tx.commit().await {
                 // The caller gets the commit's failure (what happened to the work), and the
                 // handler's own error with it: neither is lost.
-                tracing::error!(target: "cqrs", handler = cx.handler, error = %format_args!("{commit:#}"), handler_error = %format_args!("{error:#}"), "commit after a non-rollback error failed");
+                tracing::error!(target: "cqrs", handler, error = %format_args!("{commit:#}"), handler_error = %format_args!("{error:#}"), "commit after a non-rollback error failed");
                 return Err(commit.context(format_args!(
-                    "committing the work of `{}`, which had returned: {error}",
-                    cx.handler
+                    "committing the work of `{handler}`, which had returned: {error}"
                 )));
             }
             Err(error)

@@ -26,6 +26,22 @@ pub(crate) trait AnswerCodec: Send + Sync {
     fn decode(&self, json: &[u8]) -> Result<Answer, Error>;
 }
 
+/// What the full path needs from a cached query's types, behind `dyn`: how answers go in and
+/// out of its output slot (`Option<Q::Output>`), and how a shared backend stores them.
+pub(crate) trait Answers: Send + Sync {
+    /// This, as what the cache needs to (de)serialize answers.
+    fn codec(&self) -> &dyn AnswerCodec;
+    /// Takes the output out of its slot, shared: what the cache hands around.
+    fn share_output(&self, output: &mut (dyn Any + Send + Sync)) -> Result<Answer, Error>;
+    /// Puts an answer in the output slot: moved out when nothing else holds it, cloned if the
+    /// cache (or another caller) does.
+    fn restore_output(
+        &self,
+        answer: Answer,
+        output: &mut (dyn Any + Send + Sync),
+    ) -> Result<(), Error>;
+}
+
 /// A computation in progress, and the invalidation epoch it started in.
 struct InFlight {
     epoch: u64,

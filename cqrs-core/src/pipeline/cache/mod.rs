@@ -17,7 +17,7 @@
 //! Storage is behind [`QueryCache`]: the bus asks it for one [`CacheRegion`] per cached query at
 //! startup. The default, [`MemoryCache`] ([`memory`]), keeps answers in process; its lookups
 //! finish without awaiting anything, so that a hit is answered before the dispatch builds any
-//! future (see `pipeline/query/full_path.rs`, `precheck`). A shared backend (Redis) implements the same
+//! future (see `pipeline/query/precheck.rs`). A shared backend (Redis) implements the same
 //! traits with serialized values.
 //!
 //! A command drops answers with `invalidates = [GetProduct]` (every answer of the query) or
@@ -36,7 +36,7 @@ mod regions;
 pub(crate) mod target;
 
 pub use self::backplane::{Invalidation, InvalidationChannel, InvalidationSink};
-pub(crate) use self::layer::{Answer, AnswerCodec, CacheLayer};
+pub(crate) use self::layer::{Answer, AnswerCodec, Answers, CacheLayer};
 pub use self::memory::MemoryCache;
 pub(crate) use self::regions::CacheRegions;
 
