@@ -11,24 +11,24 @@
 //! | 6 | idempotency | `Envelope::idempotency_key` (commands) | [`idempotency`] |
 //! | 7 | cache | `#[cached_query(..)]` (queries) | [`cache`] |
 //! | 8 | retry | `#[retry(..)]` | [`retry`] |
-//! | 9 | transaction | `#[transactional(..)]` (commands) | [`transaction`] |
+//! | 9 | transaction | `#[transactional(..)]` (commands; event handlers, with their inbox) | [`transaction`] |
 //! | 10 | handler | the handler, with panics caught | |
 //! | after | publish | emitted events to event handlers (through the outbox when transactional), caches named by `invalidates = [..]` dropped | [`publish`] |
 //!
 //! Each layer is a small type that knows nothing of the others. [`plan`] declares their order
 //! and which of them await, once; `build()` turns it into each handler's [`plan::Plan`], which
-//! decides per dispatch between two paths. An event handler's pipeline is short (trace,
-//! timeout, retry) and generic. Commands and queries have two paths:
+//! decides per dispatch between two paths, for commands, queries and event handlers alike:
 //!
 //! - the **lean** path (the layers that run inline: trace, authorization by the principal
 //!   alone, validation, handler; see [`lean`]) is generic over the message and handler types,
 //!   and its future is stored inline in a [`DispatchFuture`]: a dispatch with no other layer
 //!   allocates nothing;
-//! - the **full** path (every layer) is written once for all handlers, over `dyn` and slots
-//!   (see [`erased`]), so that a crate with many handlers does not compile it once per handler.
+//! - the **full** path (every layer) is composed once, in [`full_path`], for every kind and
+//!   every handler, over `dyn` and slots (see [`erased`]), so that a crate with many handlers
+//!   does not compile it once per handler; what differs per kind is in [`contexts`].
 //!   Its future is boxed: one allocation, whatever the number of layers. A cached query is
 //!   first authorized, validated and looked up without any future when none of that awaits
-//!   (`query::full_path::precheck`): a cache hit allocates nothing either.
+//!   (`query/precheck.rs`): a cache hit allocates nothing either.
 //!
 //! Layers that do I/O (transaction, idempotency store, publishing) box their own part, and only
 //! when they run, so they do not grow every dispatch's future.

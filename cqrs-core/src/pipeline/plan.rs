@@ -156,7 +156,7 @@ impl Plan {
             layer => layer.runs(inputs) != Some(Runs::Awaits),
         })
             // `invalidates = [Query(field = ..)]` reads the command before its handler takes
-            // it: the full path does (see `command/full_path.rs`, `guarded`).
+            // it: the full path does (see `full_path.rs`, `guarded`).
             && !(inputs.kind == MessageKind::Command
                 && super::cache::target::by_field(&inputs.layers.invalidates));
         Plan {
