@@ -29,7 +29,7 @@ use super::lean::Lean;
 use super::plan::Plan;
 use super::{DispatchFuture, Layers, publish, trace};
 use crate::context::CommandContext;
-use crate::envelope::{Envelope, Metadata};
+use crate::envelope::Envelope;
 use crate::handler::CommandHandler;
 use crate::message::{Command, MessageKind};
 use crate::pipeline::report::DispatchStats;
@@ -66,8 +66,7 @@ impl<C: Command, H: CommandHandler<C>> CommandPipe<C> for CommandPipeline<C, H> 
         stats: Option<&'a mut DispatchStats>,
     ) -> DispatchFuture<'a, Result<C::Output, Error>> {
         if !self.plan.lean_for(&env.metadata) {
-            let Envelope { message, metadata } = env;
-            return DispatchFuture::from_or_box(self.full(bus, message, metadata, stats));
+            return self.full(bus, env, stats);
         }
         DispatchFuture::from_or_box(self.lean(bus, env, stats))
     }
@@ -125,17 +124,19 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
         }
     }
 
-    /// The full path: the typed ends of [`full_path::run`], which holds the layers.
-    #[allow(clippy::manual_async_fn)] // `async move`, not `async fn`: see `lean`
+    /// The full path: the typed ends of [`full_path::run`], which holds the layers. Out of
+    /// line: it is the rarer path, and its code in `call` would make the lean path's entry
+    /// slower.
+    #[inline(never)]
     fn full<'a>(
         &'a self,
         bus: &'a Runtime,
-        message: C,
-        metadata: Metadata,
+        env: Envelope<C>,
         stats: Option<&'a mut DispatchStats>,
-    ) -> impl Future<Output = Result<C::Output, Error>> + Send + 'a {
+    ) -> DispatchFuture<'a, Result<C::Output, Error>> {
+        let Envelope { message, metadata } = env;
         let mut message = Some(message);
-        async move {
+        DispatchFuture::from_or_box(async move {
             let mut own = DispatchStats::default();
             let mut output: Option<C::Output> = None;
             let stats = stats.unwrap_or(&mut own);
@@ -154,7 +155,7 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
                 run.await?;
             }
             output.ok_or_else(|| erased::missing(C::NAME))
-        }
+        })
     }
 }
 

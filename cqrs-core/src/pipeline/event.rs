@@ -74,23 +74,7 @@ impl<E: Event, H: EventHandler<E>> EventPipe for EventPipeline<E, H> {
         metadata: &'a Metadata,
     ) -> DispatchFuture<'a, Result<(), Error>> {
         if !self.plan.lean_for(metadata) {
-            return DispatchFuture::from_or_box(async move {
-                let span = trace::lean_span(MessageKind::Event, E::NAME, self.name, metadata);
-                let mut stats = DispatchStats::default();
-                // An event handler has no output: its slot is empty.
-                let mut output = ();
-                let run = full_path::run(
-                    self,
-                    bus,
-                    Message::Shared(event),
-                    &mut output,
-                    metadata,
-                    span.as_ref(),
-                    None,
-                    &mut stats,
-                );
-                pin!(run).await
-            });
+            return self.full(bus, event, metadata);
         }
         DispatchFuture::from_or_box(async move {
             let Some(event) = event.downcast_ref::<E>() else {
@@ -104,6 +88,36 @@ impl<E: Event, H: EventHandler<E>> EventPipe for EventPipeline<E, H> {
             let result = lean.handler(self.name, fut, &mut stats).await;
             lean.finish::<E, _>(&result, &stats);
             result
+        })
+    }
+}
+
+impl<E: Event, H: EventHandler<E>> EventPipeline<E, H> {
+    /// The full path ([`full_path::run`]). Out of line: it is the rarer path, and its code in
+    /// `call` would make the lean path's entry slower.
+    #[inline(never)]
+    fn full<'a>(
+        &'a self,
+        bus: &'a Runtime,
+        event: &'a (dyn Any + Send + Sync),
+        metadata: &'a Metadata,
+    ) -> DispatchFuture<'a, Result<(), Error>> {
+        DispatchFuture::from_or_box(async move {
+            let span = trace::lean_span(MessageKind::Event, E::NAME, self.name, metadata);
+            let mut stats = DispatchStats::default();
+            // An event handler has no output: its slot is empty.
+            let mut output = ();
+            let run = full_path::run(
+                self,
+                bus,
+                Message::Shared(event),
+                &mut output,
+                metadata,
+                span.as_ref(),
+                None,
+                &mut stats,
+            );
+            pin!(run).await
         })
     }
 }

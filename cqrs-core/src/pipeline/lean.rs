@@ -36,7 +36,7 @@ pub(crate) struct Lean {
 
 impl Lean {
     /// Layer 1: the dispatch's span, if anything could see it.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn start(
         kind: MessageKind,
         message: &'static str,

@@ -60,36 +60,49 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipe<Q> for QueryPipeline<Q, H> {
         &'a self,
         bus: &'a Runtime,
         env: Envelope<Q>,
-        mut stats: Option<&'a mut DispatchStats>,
+        stats: Option<&'a mut DispatchStats>,
     ) -> DispatchFuture<'a, Result<Q::Output, Error>> {
         if !self.plan.lean_for(&env.metadata) {
-            let Envelope { message, metadata } = env;
-            let span = trace::lean_span(MessageKind::Query, Q::NAME, self.name, &metadata);
-            let mut own = DispatchStats::default();
-            let precheck_stats = stats.as_deref_mut().unwrap_or(&mut own);
-            let prechecked = {
-                let _entered = span.as_ref().map(Span::enter);
-                precheck::precheck(self, bus, &message, &metadata, precheck_stats)
-            };
-            let checked = match prechecked {
-                Precheck::Done(result) => {
-                    // Refused, or a cache hit: no future to build, nothing to box.
-                    let result = result.and_then(unshare::<Q>);
-                    let stats = stats.as_deref().unwrap_or(&own);
-                    trace::finish_in(span.as_ref(), MessageKind::Query, Q::NAME, &result, stats);
-                    return DispatchFuture::from_or_box(std::future::ready(result));
-                }
-                Precheck::Checked(checked) => Some(checked),
-                Precheck::Later => None,
-            };
-            let full = self.full(bus, message, metadata, span, checked, stats);
-            return DispatchFuture::from_or_box(full);
+            return self.not_lean(bus, env, stats);
         }
         DispatchFuture::from_or_box(self.lean(bus, env, stats))
     }
 }
 
 impl<Q: Query, H: QueryHandler<Q>> QueryPipeline<Q, H> {
+    /// A dispatch that is not lean: a cached query's [`precheck`] (a hit or a refusal ends
+    /// there), then the full path. Out of line, so that its code does not slow the lean path's
+    /// entry.
+    #[inline(never)]
+    fn not_lean<'a>(
+        &'a self,
+        bus: &'a Runtime,
+        env: Envelope<Q>,
+        mut stats: Option<&'a mut DispatchStats>,
+    ) -> DispatchFuture<'a, Result<Q::Output, Error>> {
+        let Envelope { message, metadata } = env;
+        let span = trace::lean_span(MessageKind::Query, Q::NAME, self.name, &metadata);
+        let mut own = DispatchStats::default();
+        let precheck_stats = stats.as_deref_mut().unwrap_or(&mut own);
+        let prechecked = {
+            let _entered = span.as_ref().map(Span::enter);
+            precheck::precheck(self, bus, &message, &metadata, precheck_stats)
+        };
+        let checked = match prechecked {
+            Precheck::Done(result) => {
+                // Refused, or a cache hit: no future to build, nothing to box.
+                let result = result.and_then(unshare::<Q>);
+                let stats = stats.as_deref().unwrap_or(&own);
+                trace::finish_in(span.as_ref(), MessageKind::Query, Q::NAME, &result, stats);
+                return DispatchFuture::from_or_box(std::future::ready(result));
+            }
+            Precheck::Checked(checked) => Some(checked),
+            Precheck::Later => None,
+        };
+        let full = self.full(bus, message, metadata, span, checked, stats);
+        DispatchFuture::from_or_box(full)
+    }
+
     /// The lean path: the inline layers of the plan (trace, authorize by the principal alone,
     /// validate, handler). As for commands (see `CommandPipeline::lean`), the envelope is moved
     /// once, into this future, and the context points at its metadata there.

@@ -17,8 +17,10 @@ use crate::envelope::Metadata;
 use crate::message::MessageKind;
 use crate::pipeline::report::DispatchStats;
 
-/// The span of one dispatch.
-#[inline]
+/// The span of one dispatch. Out of line: it runs only when something could see the span,
+/// and inlined it would make every dispatch's code large enough for the compiler to stop
+/// inlining the lean path's first stage.
+#[inline(never)]
 pub(crate) fn span(
     kind: MessageKind,
     message: &'static str,
@@ -70,7 +72,7 @@ fn observed() -> bool {
 /// An `Option` rather than a disabled [`Span`]: a disabled span is still checked on every
 /// poll, and dropping one asks `log` whether it is enabled (about 30 instructions of a bare
 /// send); `None` costs a compare.
-#[inline]
+#[inline(always)]
 pub(crate) fn lean_span(
     kind: MessageKind,
     message: &'static str,
