@@ -14,6 +14,7 @@ pub(crate) trait ErasedEvent: Send + Sync + 'static {
     fn slot(&self) -> usize;
     fn as_any(&self) -> &(dyn Any + Send + Sync);
     fn to_json(&self) -> Result<serde_json::Value, serde_json::Error>;
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     fn partition_key(&self) -> Option<String>;
 }
 
@@ -62,6 +63,7 @@ impl EmittedEvent {
 
     /// The key whose events keep their order: its aggregate (`type/id`), else what the event
     /// declares.
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     pub(crate) fn partition_key(&self) -> Option<String> {
         match &self.aggregate {
             Some(origin) => Some(format!("{}/{}", origin.aggregate, origin.id)),

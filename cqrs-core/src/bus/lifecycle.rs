@@ -23,6 +23,7 @@ pub(crate) trait Lifecycle: Send + Sync + 'static {
     /// Stops taking new work and finishes, or gives back, the work in flight, within `grace`.
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()>;
     /// The backend's own type, for its `impl Bus` methods.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     fn as_any(&self) -> &(dyn Any + Send + Sync);
 }
 

@@ -203,8 +203,8 @@ impl<C: Command, H: CommandHandler<C>> FullPipe for CommandPipeline<C, H> {
         erased::message::<C>(message)?.validate_message()
     }
 
-    fn clone_message(&self, message: &Erased) -> Box<Erased> {
-        erased::clone_message::<C>(message)
+    fn clone_message(&self, message: &Erased) -> Option<Box<Erased>> {
+        Some(erased::clone_message::<C>(message))
     }
 
     fn to_json(&self) -> Option<fn(&Erased) -> Option<serde_json::Value>> {

@@ -28,6 +28,7 @@ pub(crate) trait EventPipe: Send + Sync {
     fn handler_name(&self) -> &'static str;
 
     /// The consumer group it reads a broker's events in: its name unless `group = ".."`.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     fn group(&self) -> &'static str {
         self.handler_name()
     }
@@ -47,6 +48,7 @@ pub(crate) trait EventPipe: Send + Sync {
 pub(crate) struct EventPipeline<E, H> {
     pub(crate) handler: H,
     pub(crate) name: &'static str,
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) group: Option<&'static str>,
     /// Which layers are on, and whether they all run inline: decided at `build()`.
     pub(crate) plan: Plan,
@@ -163,10 +165,5 @@ impl<E: Event, H: EventHandler<E>> FullPipe for EventPipeline<E, H> {
     /// The event itself: it is shared, not in a slot.
     fn peek<'s>(&self, message: &'s Erased) -> Option<&'s Erased> {
         Some(message)
-    }
-
-    fn clone_message(&self, _message: &Erased) -> Box<Erased> {
-        // Events have no middleware, the one layer that looks at a copy.
-        Box::new(())
     }
 }

@@ -68,8 +68,10 @@ pub(crate) trait FullPipe: Send + Sync {
         Ok(())
     }
     /// A copy of the message slot, for middleware to look at while the handler owns the
-    /// message (commands and queries: the kinds with middleware).
-    fn clone_message(&self, message: &Erased) -> Box<Erased>;
+    /// message; `None` for a kind without middleware (events).
+    fn clone_message(&self, _message: &Erased) -> Option<Box<Erased>> {
+        None
+    }
     /// The message as JSON, for middleware (commands).
     fn to_json(&self) -> Option<fn(&Erased) -> Option<serde_json::Value>> {
         None
@@ -121,7 +123,7 @@ pub(crate) async fn run<C: LayerContext>(
                 // handler gets the original.
                 Box::pin(async {
                     let copy = pipe.clone_message(message.get());
-                    let Some(seen) = pipe.peek(&*copy) else {
+                    let Some(seen) = copy.as_deref().and_then(|copy| pipe.peek(copy)) else {
                         return Err(missing(name));
                     };
                     let mut cx = C::new(bus.ptr(), metadata, pipe.handler_name());

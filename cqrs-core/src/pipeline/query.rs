@@ -213,8 +213,8 @@ impl<Q: Query, H: QueryHandler<Q>> FullPipe for QueryPipeline<Q, H> {
         erased::message::<Q>(message)?.validate_message()
     }
 
-    fn clone_message(&self, message: &Erased) -> Box<Erased> {
-        erased::clone_message::<Q>(message)
+    fn clone_message(&self, message: &Erased) -> Option<Box<Erased>> {
+        Some(erased::clone_message::<Q>(message))
     }
 }
 

@@ -41,6 +41,7 @@ pub(crate) trait TransactionalStore: Send + Sync + 'static {
     fn wake_relay(&self) {}
     /// Forgets which events `handler` has handled (its inbox rows), so that they run again
     /// (a replay); returns how many it forgot.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     fn forget_handled<'a>(&'a self, handler: &'a str) -> BoxFuture<'a, Result<u64, Error>>;
     /// The backend's own type, for its extensions (`bus.migrate()`, `cx.tx::<DB>()`).
     fn as_any(&self) -> &dyn Any;

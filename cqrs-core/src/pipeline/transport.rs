@@ -13,7 +13,8 @@ use uuid::Uuid;
 use crate::Error;
 use crate::envelope::Metadata;
 
-/// One committed event, as the outbox hands it to a transport.
+/// One committed event, as the outbox hands it to a transport (read by the NATS backend).
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) struct OutgoingEvent<'a> {
     /// The event id, which the broker uses to drop a second publish of the same event.
     pub(crate) id: Uuid,
@@ -31,6 +32,7 @@ pub(crate) struct OutgoingEvent<'a> {
 }
 
 /// Where committed events go when they leave the process.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 pub(crate) trait EventTransport: Send + Sync + 'static {
     /// Publishes one event; `Ok` once the broker acknowledged it (then the outbox row is
     /// marked sent). The outbox calls this for the events of one partition key one after the

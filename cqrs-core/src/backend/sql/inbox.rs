@@ -41,6 +41,7 @@ pub(crate) async fn record(tx: &mut Tx, handler: &str, event_id: Uuid) -> Result
 }
 
 /// Forgets every event `handler` handled; returns how many.
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) async fn forget(db: &Database, handler: &str) -> Result<u64, Error> {
     let done = match db {
         #[cfg(feature = "sqlite")]

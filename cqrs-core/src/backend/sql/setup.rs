@@ -4,11 +4,13 @@
 
 use std::sync::Arc;
 
+#[cfg(feature = "sqlite")]
+use super::db_error;
 use super::events::SqlEventStore;
 use super::idempotency::SqlIdempotencyStore;
 use super::outbox::{self, OutboxSettings};
 use super::tx::SqlStore;
-use super::{Database, db_error, relay, schema};
+use super::{Database, relay, schema};
 use crate::Error;
 use crate::bus::backends::Backends;
 use crate::bus::{Bus, BusBuilder, Shared};
