@@ -165,3 +165,58 @@ async fn a_failed_transactional_handler_runs_again_on_the_next_delivery() {
     assert_eq!(db.count("SELECT COUNT(*) FROM cqrs_inbox").await, 1);
     db.cleanup().await;
 }
+
+/// With `#[retry]`, each attempt of a transactional event handler runs in a transaction of its
+/// own: the failed attempt's write and inbox record roll back, the next attempt's commit.
+#[event_handler(Deposited)]
+#[transactional]
+#[retry(max_attempts = 3, delay = "1ms")]
+struct WritesThenFailsOnce {
+    attempts: Arc<AtomicU32>,
+}
+
+impl EventHandler<Deposited> for WritesThenFailsOnce {
+    async fn handle(&self, event: &Deposited, cx: &mut EventContext) -> Result<(), Error> {
+        let AnyTx::Sqlite(c) = cx.any_tx()? else {
+            unreachable!("the test runs on SQLite")
+        };
+        sqlx::query("UPDATE balance SET cents = cents + ?")
+            .bind(event.cents)
+            .execute(c)
+            .await?;
+        if self.attempts.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err(Error::unavailable("the first attempt fails after writing"));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn each_retried_attempt_of_a_transactional_event_handler_has_its_own_transaction() {
+    let db = TestDb::sqlite().await;
+    db.execute("CREATE TABLE balance (cents BIGINT NOT NULL)")
+        .await;
+    db.execute("INSERT INTO balance (cents) VALUES (0)").await;
+    let attempts = Arc::new(AtomicU32::new(0));
+    let bus = db
+        .attach(Bus::builder().discover(false))
+        .register::<DepositHandler>()
+        .register::<WritesThenFailsOnce>()
+        .provide(attempts.clone())
+        .outbox_relay(false)
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+    bus.send(Deposit { cents: 5 }).await.unwrap();
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    // The first attempt's +5 rolled back with its inbox record; the second's committed.
+    assert_eq!(db.count("SELECT cents FROM balance").await, 5);
+    assert_eq!(db.count("SELECT COUNT(*) FROM cqrs_inbox").await, 1);
+    // Delivered again: the inbox says it was handled, so the handler does not run.
+    db.execute("UPDATE cqrs_outbox SET locked_until_ms = NULL, delivered_at_ms = NULL")
+        .await;
+    bus.relay_outbox().await.unwrap();
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    assert_eq!(db.count("SELECT cents FROM balance").await, 5);
+    db.cleanup().await;
+}
