@@ -1,8 +1,8 @@
 //! What the layers need from a handler's context, for each kind of message: how to make one,
-//! what to forget between attempts, what a transaction does around the handler (layer 9), and
-//! what runs after a success. Implemented for [`CommandContext`], [`QueryContext`] and
-//! [`EventContext`]; the full path ([`full_path`](super::full_path)) is generic over it, so
-//! that one composition serves all three kinds.
+//! what to forget between attempts, what a transaction does around the handler (layer 9, see
+//! [`InTransaction`]), and what runs after a success. Implemented for [`CommandContext`],
+//! [`QueryContext`] and [`EventContext`]; the full path ([`full_path`](super::full_path)) is
+//! generic over it, so that one composition serves all three kinds.
 
 use std::future::Future;
 
@@ -10,7 +10,7 @@ use super::cache::target::Invalidation;
 use super::idempotency::IdempotencyKey;
 use super::report::DispatchStats;
 use super::runtime::Runtime;
-use super::transaction::Transaction;
+use super::transaction::{InTransaction, Transaction};
 use super::{Layers, publish};
 use crate::Error;
 use crate::context::{CommandContext, EventContext, QueryContext, RuntimePtr, TxSlot};
@@ -18,7 +18,7 @@ use crate::envelope::Metadata;
 use crate::message::MessageKind;
 
 /// A handler's context, as the layers of the full path use it.
-pub(crate) trait LayerContext: Send + Sized {
+pub(crate) trait LayerContext: InTransaction + Sized {
     /// The kind of message whose handlers get this context.
     const KIND: MessageKind;
 
@@ -28,36 +28,8 @@ pub(crate) trait LayerContext: Send + Sized {
 
     fn metadata(&self) -> &Metadata;
 
-    /// The handler's name, for messages.
-    fn handler(&self) -> &'static str;
-
     /// Forgets what an earlier attempt left behind (events, a transaction).
     fn reset(&mut self) {}
-
-    /// Where the transaction of a `#[transactional]` handler is kept (`cx.tx()` finds it
-    /// there); `None` for a kind that cannot be transactional.
-    fn tx_slot(&mut self) -> Option<&mut TxSlot> {
-        None
-    }
-
-    /// Right after `BEGIN`: `false` when the handler must not run in this transaction (an
-    /// event handler records the event in its inbox, and finds it was handled already).
-    fn opened<'a>(
-        &'a mut self,
-        _tx: &'a mut dyn Transaction,
-    ) -> impl Future<Output = Result<bool, Error>> + Send + 'a {
-        std::future::ready(Ok(true))
-    }
-
-    /// Before the `COMMIT` of a success: what has to commit with the handler's work (a
-    /// command's events into the outbox, and its idempotent reply).
-    fn committing<'a>(
-        &'a mut self,
-        _tx: &'a mut dyn Transaction,
-        _reply: Option<(&'a IdempotencyKey, Vec<u8>)>,
-    ) -> impl Future<Output = Result<(), Error>> + Send + 'a {
-        std::future::ready(Ok(()))
-    }
 
     /// After the handler succeeded, outside the timeout: a command's events published and the
     /// caches it names dropped (see [`publish::after`]). `targets`: the answers to drop, read
@@ -84,12 +56,27 @@ impl LayerContext for CommandContext {
         self.metadata.get()
     }
 
-    fn handler(&self) -> &'static str {
-        self.handler
-    }
-
     fn reset(&mut self) {
         CommandContext::reset(self);
+    }
+
+    fn after<'a>(
+        &'a mut self,
+        layers: &'a Layers,
+        runtime: &'a Runtime,
+        targets: &'a [Invalidation],
+        stats: &'a mut DispatchStats,
+    ) -> impl Future<Output = ()> + Send + 'a {
+        let events = self.events.take();
+        publish::after(layers, runtime, events, targets, self.metadata.get(), stats)
+    }
+}
+
+/// A command's transaction: its events go into the outbox, and its idempotent reply into the
+/// store, with its work.
+impl InTransaction for CommandContext {
+    fn handler(&self) -> &'static str {
+        self.handler
     }
 
     fn tx_slot(&mut self) -> Option<&mut TxSlot> {
@@ -108,17 +95,6 @@ impl LayerContext for CommandContext {
         }
         Ok(())
     }
-
-    fn after<'a>(
-        &'a mut self,
-        layers: &'a Layers,
-        runtime: &'a Runtime,
-        targets: &'a [Invalidation],
-        stats: &'a mut DispatchStats,
-    ) -> impl Future<Output = ()> + Send + 'a {
-        let events = self.events.take();
-        publish::after(layers, runtime, events, targets, self.metadata.get(), stats)
-    }
 }
 
 impl LayerContext for QueryContext {
@@ -131,7 +107,10 @@ impl LayerContext for QueryContext {
     fn metadata(&self) -> &Metadata {
         self.metadata.get()
     }
+}
 
+/// Queries are never transactional (the macro refuses it): no slot.
+impl InTransaction for QueryContext {
     fn handler(&self) -> &'static str {
         self.handler
     }
@@ -148,12 +127,15 @@ impl LayerContext for EventContext {
         self.metadata.get()
     }
 
-    fn handler(&self) -> &'static str {
-        self.handler
-    }
-
     fn reset(&mut self) {
         self.tx = TxSlot::default();
+    }
+}
+
+/// An event handler's transaction records the event in its inbox.
+impl InTransaction for EventContext {
+    fn handler(&self) -> &'static str {
+        self.handler
     }
 
     fn tx_slot(&mut self) -> Option<&mut TxSlot> {

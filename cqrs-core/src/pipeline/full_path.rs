@@ -346,7 +346,7 @@ async fn attempt<C: LayerContext>(
         // Boxed: a transaction does I/O, and the database driver's futures are large.
         Some(layer) => {
             Box::pin(async move {
-                if !transaction::begin(layer, bus, cx).await? {
+                if !transaction::begin(layer, bus.stores.database()?, cx).await? {
                     return Ok(());
                 }
                 let result = {
@@ -358,13 +358,17 @@ async fn attempt<C: LayerContext>(
                     }
                     .await
                 };
+                // The reply commits with the work when the idempotency store is the
+                // database's own.
                 let reply = match (key, pipe.replies()) {
-                    (Some(key), Some(replies)) if result.is_ok() => {
+                    (Some(key), Some(replies))
+                        if result.is_ok() && bus.stores.idempotency_in_tx =>
+                    {
                         Some((key, replies.encode_output(output)))
                     }
                     _ => None,
                 };
-                transaction::finish(layer, bus, cx, result, reply).await
+                transaction::finish(layer, cx, result, reply).await
             })
             .await
         }

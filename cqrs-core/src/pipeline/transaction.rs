@@ -14,13 +14,12 @@
 
 use std::any::Any;
 use std::fmt;
+use std::future::Future;
 
 use futures_util::future::BoxFuture;
 use uuid::Uuid;
 
-use super::contexts::LayerContext;
 use super::idempotency::IdempotencyKey;
-use super::runtime::Runtime;
 use crate::envelope::Metadata;
 use crate::events::EmittedEvent;
 use crate::{Error, Status};
@@ -76,6 +75,39 @@ pub(crate) trait Transaction: Send + 'static {
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 
+/// What a handler's context does in a transaction: where it keeps it, what it records right
+/// after `BEGIN`, and what it writes before the `COMMIT` of a success. Implemented by each
+/// kind's context (`pipeline/contexts.rs`).
+pub(crate) trait InTransaction: Send {
+    /// The handler's name, for messages.
+    fn handler(&self) -> &'static str;
+
+    /// Where the transaction of a `#[transactional]` handler is kept (`cx.tx()` finds it
+    /// there); `None` for a kind that cannot be transactional.
+    fn tx_slot(&mut self) -> Option<&mut crate::context::TxSlot> {
+        None
+    }
+
+    /// Right after `BEGIN`: `false` when the handler must not run in this transaction (an
+    /// event handler records the event in its inbox, and finds it was handled already).
+    fn opened<'a>(
+        &'a mut self,
+        _tx: &'a mut dyn Transaction,
+    ) -> impl Future<Output = Result<bool, Error>> + Send + 'a {
+        std::future::ready(Ok(true))
+    }
+
+    /// Before the `COMMIT` of a success: what has to commit with the handler's work (a
+    /// command's events into the outbox, and its idempotent reply).
+    fn committing<'a>(
+        &'a mut self,
+        _tx: &'a mut dyn Transaction,
+        _reply: Option<(&'a IdempotencyKey, Vec<u8>)>,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a {
+        std::future::ready(Ok(()))
+    }
+}
+
 /// A transaction as a context's [`TxSlot`](crate::context::TxSlot) keeps it.
 pub(crate) fn into_slot(tx: Box<dyn Transaction>) -> crate::context::TxSlot {
     crate::context::TxSlot::open(Box::new(tx))
@@ -98,13 +130,12 @@ pub(crate) fn take_from_slot(slot: &mut crate::context::TxSlot) -> Option<Box<dy
 
 /// Begins the transaction of one attempt, in the context's slot (where `cx.tx()` finds it).
 /// `false` when the handler must not run in it (an event handler that had already handled this
-/// event: see [`LayerContext::opened`]); the transaction is then rolled back.
-pub(crate) async fn begin<C: LayerContext>(
+/// event: see [`InTransaction::opened`]); the transaction is then rolled back.
+pub(crate) async fn begin<C: InTransaction>(
     layer: &TransactionLayer,
-    runtime: &Runtime,
+    store: &dyn TransactionalStore,
     cx: &mut C,
 ) -> Result<bool, Error> {
-    let store = runtime.stores.database()?;
     if cx.tx_slot().is_none() {
         return Err(Error::internal(format!(
             "`{}` cannot run in a transaction",
@@ -132,12 +163,11 @@ pub(crate) async fn begin<C: LayerContext>(
 }
 
 /// Ends the transaction of one attempt: on success, writes what commits with the work (see
-/// [`LayerContext::committing`]: a command's outbox rows and its idempotent `reply`), then
+/// [`InTransaction::committing`]: a command's outbox rows and its idempotent `reply`), then
 /// commits; on failure, rolls back (or commits, for statuses not in `rollback_on`, and still
 /// returns the error).
-pub(crate) async fn finish<C: LayerContext>(
+pub(crate) async fn finish<C: InTransaction>(
     layer: &TransactionLayer,
-    runtime: &Runtime,
     cx: &mut C,
     result: Result<(), Error>,
     reply: Option<(&IdempotencyKey, Result<Vec<u8>, Error>)>,
@@ -153,8 +183,8 @@ pub(crate) async fn finish<C: LayerContext>(
             // A reply that cannot be serialized fails the attempt: the transaction is
             // dropped, which rolls it back.
             let reply = match reply {
-                Some((key, reply)) if runtime.stores.idempotency_in_tx => Some((key, reply?)),
-                _ => None,
+                Some((key, reply)) => Some((key, reply?)),
+                None => None,
             };
             cx.committing(&mut *tx, reply).await?;
             tx.commit().await
