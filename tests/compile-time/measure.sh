@@ -9,7 +9,8 @@
 # attributes cost. Dependencies are built first; each crate is then rebuilt from a touch,
 # three times, non-incrementally, and the median is reported.
 #
-# Usage: tests/compile-time/measure.sh [N]        (WORK=dir to keep the generated crates)
+# Usage: tests/compile-time/measure.sh [N]        (WORK=dir to keep the generated crates;
+#                                                 GENERATE_ONLY=1 to stop once they are written)
 set -euo pipefail
 
 N=${1:-500}
@@ -96,6 +97,7 @@ time_build() {
 generate macros
 generate manual
 echo "crates in $WORK ($N handlers, 2 decorators each)"
+[ -n "${GENERATE_ONLY:-}" ] && exit 0
 printf '%-8s %12s %12s %8s\n' step macros manual ratio
 for cmd in check build; do
     m=$(time_build macros "$cmd")

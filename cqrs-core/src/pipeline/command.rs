@@ -27,7 +27,7 @@ use super::full_path::{self, FullPipe};
 use super::idempotency::{self, Replies};
 use super::lean::Lean;
 use super::plan::Plan;
-use super::{DispatchFuture, Layers, publish, trace};
+use super::{DispatchFuture, Layers, publish};
 use crate::context::CommandContext;
 use crate::envelope::Envelope;
 use crate::handler::CommandHandler;
@@ -113,8 +113,14 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
                 }
                 Ok(output) => {
                     let events = cx.events.take();
-                    let after = publish::after(&self.layers, bus, events, &[], &metadata, stats);
-                    let after = pin!(after);
+                    let after = pin!(publish::after(
+                        &self.layers,
+                        bus,
+                        events,
+                        &[],
+                        &metadata,
+                        stats
+                    ));
                     lean.within(after).await;
                     Ok(output)
                 }
@@ -124,7 +130,7 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
         }
     }
 
-    /// The full path: the typed ends of [`full_path::run`], which holds the layers. Out of
+    /// The full path: the typed ends of [`full_path::command`], which holds the layers. Out of
     /// line: it is the rarer path, and its code in `call` would make the lean path's entry
     /// slower.
     #[inline(never)]
@@ -140,16 +146,13 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
             let mut own = DispatchStats::default();
             let mut output: Option<C::Output> = None;
             let stats = stats.unwrap_or(&mut own);
-            let span = trace::lean_span(MessageKind::Command, C::NAME, self.name, &metadata);
             {
-                let run = pin!(full_path::run(
+                let run = pin!(full_path::command(
                     self,
                     bus,
                     Message::Slot(&mut message),
                     &mut output,
                     &metadata,
-                    span.as_ref(),
-                    None,
                     stats
                 ));
                 run.await?;

@@ -14,7 +14,7 @@ use super::erased::{self, Erased, HandleFuture, Message};
 use super::full_path::{self, FullPipe};
 use super::lean::Lean;
 use super::plan::Plan;
-use super::{DispatchFuture, Layers, trace};
+use super::{DispatchFuture, Layers};
 use crate::Error;
 use crate::context::EventContext;
 use crate::envelope::Metadata;
@@ -95,7 +95,7 @@ impl<E: Event, H: EventHandler<E>> EventPipe for EventPipeline<E, H> {
 }
 
 impl<E: Event, H: EventHandler<E>> EventPipeline<E, H> {
-    /// The full path ([`full_path::run`]). Out of line: it is the rarer path, and its code in
+    /// The full path ([`full_path::event`]). Out of line: it is the rarer path, and its code in
     /// `call` would make the lean path's entry slower.
     #[inline(never)]
     fn full<'a>(
@@ -105,20 +105,8 @@ impl<E: Event, H: EventHandler<E>> EventPipeline<E, H> {
         metadata: &'a Metadata,
     ) -> DispatchFuture<'a, Result<(), Error>> {
         DispatchFuture::from_or_box(async move {
-            let span = trace::lean_span(MessageKind::Event, E::NAME, self.name, metadata);
             let mut stats = DispatchStats::default();
-            // An event handler has no output: its slot is empty.
-            let mut output = ();
-            let run = full_path::run(
-                self,
-                bus,
-                Message::Shared(event),
-                &mut output,
-                metadata,
-                span.as_ref(),
-                None,
-                &mut stats,
-            );
+            let run = full_path::event(self, bus, event, metadata, &mut stats);
             pin!(run).await
         })
     }

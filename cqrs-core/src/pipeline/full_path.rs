@@ -3,7 +3,7 @@
 //!
 //! | # | layer | here |
 //! |---|---|---|
-//! | 1 | trace | [`run`] (the span is the caller's, so that a query's `precheck` shares it) |
+//! | 1 | trace | [`run`] (a query's `precheck` made the span already: [`Prechecked`]) |
 //! | 2 | middleware | [`run`] |
 //! | 3 | timeout | [`guarded`] |
 //! | 4, 5 | authorize, validate | [`checked`] (skipped when a query's `precheck` did them) |
@@ -38,6 +38,7 @@ use super::runtime::Runtime;
 use super::trace::InSpan;
 use super::{CatchPanic, Layers, retry, timeout, trace, transaction, with_middleware};
 use crate::Error;
+use crate::context::{CommandContext, EventContext, QueryContext};
 use crate::envelope::{Metadata, Principal};
 
 /// What the full path needs from one handler's types. Implemented by each kind's typed
@@ -96,19 +97,83 @@ pub(crate) struct Checked {
     pub(crate) looked: bool,
 }
 
-/// Layers 1 and 2. `span`: the dispatch's (see [`trace::lean_span`]), which this finishes.
-#[allow(clippy::too_many_arguments)] // the typed callers own each of these
-pub(crate) async fn run<C: LayerContext>(
+/// What a query's `precheck` did before the full path: the dispatch's span (see
+/// [`trace::lean_span`]), and the checks it ran, if it got that far.
+pub(crate) struct Prechecked {
+    pub(crate) span: Option<Span>,
+    pub(crate) checked: Option<Checked>,
+}
+
+/// The full path of a command. This and [`query`] and [`event`] are not generic: [`run`] is
+/// compiled for each kind here, once, rather than in every crate that has handlers (an
+/// optimized build does not share a generic function's copies across crates).
+pub(crate) async fn command(
+    pipe: &dyn FullPipe<Context = CommandContext>,
+    bus: &Runtime,
+    message: Message<'_>,
+    output: &mut Erased,
+    metadata: &Metadata,
+    stats: &mut DispatchStats,
+) -> Result<(), Error> {
+    run(pipe, bus, message, output, metadata, None, stats).await
+}
+
+/// The full path of a query; `prechecked`, what its `precheck` did.
+pub(crate) async fn query(
+    pipe: &dyn FullPipe<Context = QueryContext>,
+    bus: &Runtime,
+    message: Message<'_>,
+    output: &mut Erased,
+    metadata: &Metadata,
+    prechecked: Prechecked,
+    stats: &mut DispatchStats,
+) -> Result<(), Error> {
+    run(
+        pipe,
+        bus,
+        message,
+        output,
+        metadata,
+        Some(prechecked),
+        stats,
+    )
+    .await
+}
+
+/// The full path of an event handler.
+pub(crate) async fn event(
+    pipe: &dyn FullPipe<Context = EventContext>,
+    bus: &Runtime,
+    event: &Erased,
+    metadata: &Metadata,
+    stats: &mut DispatchStats,
+) -> Result<(), Error> {
+    // An event handler has no output: its slot is empty.
+    let mut output = ();
+    let message = Message::Shared(event);
+    run(pipe, bus, message, &mut output, metadata, None, stats).await
+}
+
+/// Layers 1 and 2. `prechecked`: what a query's `precheck` did; otherwise the span is made
+/// here (not in the typed callers: what they hold is compiled once per handler).
+async fn run<C: LayerContext>(
     pipe: &dyn FullPipe<Context = C>,
     bus: &Runtime,
     message: Message<'_>,
     output: &mut Erased,
     metadata: &Metadata,
-    span: Option<&Span>,
-    prechecked: Option<Checked>,
+    prechecked: Option<Prechecked>,
     stats: &mut DispatchStats,
 ) -> Result<(), Error> {
     let name = pipe.message_name();
+    let (span, prechecked) = match prechecked {
+        Some(Prechecked { span, checked }) => (span, checked),
+        None => (
+            trace::lean_span(C::KIND, name, pipe.handler_name(), metadata),
+            None,
+        ),
+    };
+    let span = span.as_ref();
     // Futures are pinned where they are built and awaited through wrappers that borrow them
     // (`InSpan`, a pinned reference given to `timeout::run`): moving one into a wrapper would
     // keep its moved-from copy's space in this future too, and copy it.

@@ -21,7 +21,7 @@ use tracing::Span;
 use self::precheck::Precheck;
 use super::cache::{Answer, AnswerCodec, Answers, CacheLayer};
 use super::erased::{self, Erased, HandleFuture, Message};
-use super::full_path::{self, Checked, FullPipe};
+use super::full_path::{self, Checked, FullPipe, Prechecked};
 use super::lean::Lean;
 use super::plan::Plan;
 use super::{DispatchFuture, Layers, trace};
@@ -133,7 +133,7 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipeline<Q, H> {
         }
     }
 
-    /// The full path: the typed ends of [`full_path::run`], which holds the layers.
+    /// The full path: the typed ends of [`full_path::query`], which holds the layers.
     #[allow(clippy::manual_async_fn)] // `async move`, not `async fn`: see `lean`
     fn full<'a>(
         &'a self,
@@ -150,14 +150,13 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipeline<Q, H> {
             let stats = stats.unwrap_or(&mut own);
             let mut output: Option<Q::Output> = None;
             {
-                let run = pin!(full_path::run(
+                let run = pin!(full_path::query(
                     self,
                     bus,
                     Message::Slot(&mut message),
                     &mut output,
                     &metadata,
-                    span.as_ref(),
-                    checked,
+                    Prechecked { span, checked },
                     stats
                 ));
                 run.await?;
