@@ -7,7 +7,8 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::pin::pin;
+use std::future::Future;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 
 use super::authorize::DynResourcePolicy;
@@ -133,20 +134,54 @@ impl Runtime {
         }
     }
 
-    pub(crate) async fn publish_envelope<E: Event>(&self, env: Envelope<E>) -> Result<(), Error> {
-        if self.stores.transport.is_some() {
-            // Through the outbox and the broker, like a command's events. The envelope's
-            // metadata is the event's own: as the "parent" the outbox derives it from, it keeps
-            // its correlation id, and its causation id (a root event is its own cause).
+    /// The delivery of one published event to its handlers (or, with a broker, to the outbox).
+    ///
+    /// A plain function returning an `async move` block rather than an `async fn`: an `async
+    /// fn` moves the envelope into a local of its body, one more copy per publish.
+    #[allow(clippy::manual_async_fn)] // deliberate: see above
+    #[inline]
+    pub(crate) fn publish_envelope<E: Event>(
+        &self,
+        env: Envelope<E>,
+    ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        async move {
+            if self.stores.transport.is_some() {
+                return self.publish_to_broker(env).await;
+            }
+            let failures = publish::deliver(self, &env.message, &env.metadata).await;
+            if failures.is_empty() {
+                return Ok(());
+            }
+            Err(self.publish_failed::<E>(failures))
+        }
+    }
+
+    /// With a broker: the event goes through the outbox, like a command's events. Boxed and
+    /// out of line: its state (the outbox's transaction) stays out of every in-process publish.
+    #[cold]
+    #[inline(never)]
+    fn publish_to_broker<E: Event>(
+        &self,
+        env: Envelope<E>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + '_>> {
+        Box::pin(async move {
+            // The envelope's metadata is the event's own: as the "parent" the outbox derives it
+            // from, it keeps its correlation id, and its causation id (a root event is its own
+            // cause).
             let mut emitted = crate::events::EmittedEvent::new(env.message);
             emitted.id = env.metadata.message_id();
             let mut parent = env.metadata;
             parent.set_message_id(parent.causation_id().unwrap_or(emitted.id));
-            return Box::pin(publish::through_outbox(self, vec![emitted], &parent)).await;
-        }
-        let failures = publish::deliver(self, &env.message, &env.metadata).await;
+            publish::through_outbox(self, vec![emitted], &parent).await
+        })
+    }
+
+    /// The error of a publish some handlers failed: the first failure stays the source.
+    #[cold]
+    #[inline(never)]
+    fn publish_failed<E: Event>(&self, failures: Vec<(&'static str, Error)>) -> Error {
         let Some((_, first)) = failures.first() else {
-            return Ok(());
+            return Error::internal("a publish failed with no failure recorded");
         };
         let total = self.event_handlers(E::__slot()).len();
         let detail: Vec<String> = failures
@@ -154,7 +189,7 @@ impl Runtime {
             .map(|(h, e)| format!("`{h}`: {e}"))
             .collect();
         // The first failure stays the source, with its own causes (`find_source` reaches them).
-        Err(Error::new(
+        Error::new(
             first.status(),
             format!(
                 "{} of {total} handlers of `{}` failed: {}",
@@ -163,7 +198,7 @@ impl Runtime {
                 detail.join("; ")
             ),
         )
-        .with_source(crate::StdErrorAdapter(first.clone())))
+        .with_source(crate::StdErrorAdapter(first.clone()))
     }
 
     /// Drops cached answers here and in every process on the bus's invalidation channel.
