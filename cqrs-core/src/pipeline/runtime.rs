@@ -5,7 +5,7 @@
 //! handle the pipeline needs to publish events and dispatch nested messages, so it lives here,
 //! below the bus, and the bus only wraps it.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -33,9 +33,9 @@ pub(crate) type FailureSink = Arc<dyn Fn(&HandlerFailure<'_>) + Send + Sync>;
 /// Everything a built bus holds; immutable after `build()`.
 pub(crate) struct Runtime {
     /// Per command slot: a `Box<dyn CommandPipe<C>>`, erased.
-    pub(crate) commands: Box<[Option<Box<dyn Any + Send + Sync>>]>,
+    pub(crate) commands: Box<[Option<PipeEntry>]>,
     /// Per query slot: a `Box<dyn QueryPipe<Q>>`, erased.
-    pub(crate) queries: Box<[Option<Box<dyn Any + Send + Sync>>]>,
+    pub(crate) queries: Box<[Option<PipeEntry>]>,
     /// Per event slot: its handlers, ordered by name.
     pub(crate) events: Box<[EventHandlers]>,
     pub(crate) command_middleware: Box<MiddlewareChain>,
@@ -51,6 +51,38 @@ pub(crate) struct Runtime {
     #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     pub(crate) event_decoders: HashMap<&'static str, EventDecoder>,
     pub(crate) stores: Stores,
+}
+
+/// One command's or query's pipeline, erased (a `Box<dyn CommandPipe<C>>` or
+/// `Box<dyn QueryPipe<Q>>` behind `dyn Any`), with its type id read once, at `build()`: a
+/// dispatch compares it with a constant instead of asking the box for it (a call through its
+/// vtable, on every dispatch).
+pub(crate) struct PipeEntry {
+    type_id: TypeId,
+    pipe: Box<dyn Any + Send + Sync>,
+}
+
+impl PipeEntry {
+    pub(crate) fn new(pipe: Box<dyn Any + Send + Sync>) -> Self {
+        PipeEntry {
+            // The boxed value's type, not the box's (`Box<dyn Any>` is `Any` too).
+            type_id: (*pipe).type_id(),
+            pipe,
+        }
+    }
+
+    /// The pipeline, if it is a `P` (what `downcast_ref` does, with the id read at `build()`).
+    #[allow(unsafe_code)]
+    #[inline]
+    fn get<P: Any>(&self) -> Option<&P> {
+        if self.type_id != TypeId::of::<P>() {
+            return None;
+        }
+        let pipe: *const (dyn Any + Send + Sync) = &*self.pipe;
+        // SAFETY: the boxed value is a `P`: its type id, read when the entry was made from this
+        // box (which is never replaced), is `P`'s.
+        Some(unsafe { &*pipe.cast::<P>() })
+    }
 }
 
 impl Runtime {
@@ -88,15 +120,13 @@ impl Runtime {
     #[inline]
     pub(crate) fn command_pipe<C: Command>(&self) -> Option<&dyn CommandPipe<C>> {
         let entry = self.commands.get(C::__slot())?.as_ref()?;
-        entry
-            .downcast_ref::<Box<dyn CommandPipe<C>>>()
-            .map(|b| &**b)
+        entry.get::<Box<dyn CommandPipe<C>>>().map(|b| &**b)
     }
 
     #[inline]
     pub(crate) fn query_pipe<Q: Query>(&self) -> Option<&dyn QueryPipe<Q>> {
         let entry = self.queries.get(Q::__slot())?.as_ref()?;
-        entry.downcast_ref::<Box<dyn QueryPipe<Q>>>().map(|b| &**b)
+        entry.get::<Box<dyn QueryPipe<Q>>>().map(|b| &**b)
     }
 
     /// The dispatch of one command, as its pipeline returns it.
