@@ -178,7 +178,30 @@ impl Runtime {
             if self.stores.transport.is_some() {
                 return self.publish_to_broker(env).await;
             }
-            let failures = publish::deliver(self, &env.message, &env.metadata).await;
+            let failures = if self.observers.is_empty() {
+                // What `publish::deliver` does when there is no observer, with the event's type
+                // known here: no `dyn ErasedEvent` to ask for its slot and `Any`, and no future
+                // of `deliver`'s own around the handlers' (about 50 instructions per publish).
+                let mut failures = Vec::new();
+                for pipe in self.event_handlers(E::__slot()) {
+                    // Pinned where it is returned: see `publish::deliver`.
+                    let result = pin!(pipe.call(self, &env.message, &env.metadata)).await;
+                    if let Err(error) = result {
+                        let handler = pipe.handler_name();
+                        publish::failed(
+                            self,
+                            E::NAME,
+                            &env.metadata,
+                            handler,
+                            error,
+                            &mut failures,
+                        );
+                    }
+                }
+                failures
+            } else {
+                publish::deliver(self, &env.message, &env.metadata).await
+            };
             if failures.is_empty() {
                 return Ok(());
             }
