@@ -143,6 +143,9 @@ async fn retry_soon(runtime: &Runtime, failed: &[(uuid::Uuid, String)]) {
 }
 
 /// Delivers one event to every handler of its type; returns the failures (already reported).
+///
+/// `bus.publish` of an event when no observer is registered does the same in
+/// `Runtime::publish_envelope`, with the event's type known: a change here belongs there too.
 pub(crate) async fn deliver(
     bus: &Runtime,
     event: &dyn ErasedEvent,

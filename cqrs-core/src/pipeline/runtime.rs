@@ -359,3 +359,26 @@ impl EventContext {
         dispatch.await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::any::Any;
+
+    use super::PipeEntry;
+
+    #[test]
+    fn a_pipe_entry_gives_its_boxed_value_by_type_and_nothing_else() {
+        let entry = PipeEntry::new(Box::new(7u32));
+        assert_eq!(entry.get::<u32>(), Some(&7));
+        assert!(entry.get::<u64>().is_none());
+        // The id is the boxed value's, not the box's (`Box<dyn Any>` is `Any` itself).
+        assert!(entry.get::<Box<dyn Any + Send + Sync>>().is_none());
+        let boxed: Box<dyn Any + Send + Sync> =
+            Box::new(Box::new(1u8) as Box<dyn Any + Send + Sync>);
+        let entry = PipeEntry::new(boxed);
+        let inner = entry
+            .get::<Box<dyn Any + Send + Sync>>()
+            .expect("a boxed box");
+        assert_eq!(inner.downcast_ref::<u8>(), Some(&1));
+    }
+}
