@@ -62,15 +62,39 @@ impl RuntimePtr {
 /// dispatches have a transaction (and do I/O anyway), while the context that holds this is part
 /// of every dispatch's future.
 #[derive(Default)]
-pub(crate) struct TxSlot(Option<Box<SyncWrapper<Box<dyn Any + Send>>>>);
+pub(crate) struct TxSlot(Option<ManuallyDrop<OpenTx>>);
+
+/// A running transaction, as [`TxSlot`] holds it.
+type OpenTx = Box<SyncWrapper<Box<dyn Any + Send>>>;
+
+impl Drop for TxSlot {
+    /// Inline and small, so that a context's drop (on every dispatch, almost always with no
+    /// transaction) is a compare rather than a call.
+    #[inline]
+    fn drop(&mut self) {
+        // The field is `ManuallyDrop`, so that the drop glue around this is this compare alone.
+        if let Some(tx) = self.0.take() {
+            close(ManuallyDrop::into_inner(tx));
+        }
+    }
+}
+
+/// Drops a transaction left open (rolled back by its own drop), out of line.
+#[cold]
+#[inline(never)]
+fn close(tx: OpenTx) {
+    drop(tx);
+}
 
 impl TxSlot {
     pub(crate) fn open(tx: Box<dyn Any + Send>) -> Self {
-        TxSlot(Some(Box::new(SyncWrapper::new(tx))))
+        TxSlot(Some(ManuallyDrop::new(Box::new(SyncWrapper::new(tx)))))
     }
 
     pub(crate) fn take(&mut self) -> Option<Box<dyn Any + Send>> {
-        self.0.take().map(|tx| tx.into_inner())
+        self.0
+            .take()
+            .map(|tx| ManuallyDrop::into_inner(tx).into_inner())
     }
 
     pub(crate) fn get_mut(&mut self) -> Option<&mut (dyn Any + Send)> {
@@ -124,8 +148,17 @@ impl Drop for Emitted {
         // With no capacity there is nothing to drop or free; what `take` leaves behind (an
         // empty `Vec`) owns nothing either.
         if self.0.capacity() != 0 {
-            drop(self.take());
+            self.free();
         }
+    }
+}
+
+impl Emitted {
+    /// Out of line, so that dropping a context that emitted nothing stays a compare.
+    #[cold]
+    #[inline(never)]
+    fn free(&mut self) {
+        drop(self.take());
     }
 }
 

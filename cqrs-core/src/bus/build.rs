@@ -14,7 +14,7 @@ use crate::message::MessageKind;
 use crate::pipeline::assemble::{Installation, Installed};
 use crate::pipeline::cache::CacheRegions;
 use crate::pipeline::idempotency::{self, IdempotencyLayer, MemoryIdempotencyStore};
-use crate::pipeline::runtime::Runtime;
+use crate::pipeline::runtime::{PipeEntry, Runtime};
 use crate::pipeline::stores::Stores;
 use crate::pipeline::{EventPipe, Layers};
 use crate::registry;
@@ -197,19 +197,19 @@ impl BusBuilder {
     }
 }
 
-fn table(len: usize) -> Vec<Option<Box<dyn std::any::Any + Send + Sync>>> {
+fn table(len: usize) -> Vec<Option<PipeEntry>> {
     let mut t = Vec::new();
     t.resize_with(len, || None);
     t
 }
 
 fn put(
-    table: &mut Vec<Option<Box<dyn std::any::Any + Send + Sync>>>,
+    table: &mut Vec<Option<PipeEntry>>,
     slot: usize,
     pipe: Box<dyn std::any::Any + Send + Sync>,
 ) {
     if table.len() <= slot {
         table.resize_with(slot + 1, || None);
     }
-    table[slot] = Some(pipe);
+    table[slot] = Some(PipeEntry::new(pipe));
 }

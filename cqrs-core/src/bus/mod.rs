@@ -10,6 +10,7 @@ pub(crate) mod lifecycle;
 mod shutdown;
 
 use std::fmt;
+use std::future::Future;
 use std::ops::Deref;
 use std::pin::pin;
 use std::sync::{Arc, Weak};
@@ -121,14 +122,25 @@ impl Bus {
     }
 
     /// Sends a command (or an [`Envelope`](crate::Envelope) of one) to its handler.
-    pub async fn send<M>(&self, message: M) -> Result<<M::Message as Command>::Output, Error>
+    ///
+    /// (An `async` block rather than an `async fn`, here and in [`query`](Self::query) and
+    /// [`publish`](Self::publish): an `async fn` moves its argument into a local of its body,
+    /// a second copy of the message and its metadata on every dispatch.)
+    #[allow(clippy::manual_async_fn)] // deliberate: see above
+    #[inline]
+    pub fn send<M>(
+        &self,
+        message: M,
+    ) -> impl Future<Output = Result<<M::Message as Command>::Output, Error>>
     where
         M: IntoEnvelope,
         M::Message: Command,
     {
-        let inner = self.inner.get()?;
-        let dispatch = pin!(inner.send_envelope(message.into_envelope(), None));
-        dispatch.await
+        async move {
+            let inner = self.inner.get()?;
+            let dispatch = pin!(inner.send_envelope(message.into_envelope(), None));
+            dispatch.await
+        }
     }
 
     /// Sends a command and reports what happened: attempts, events emitted, replay, elapsed time.
@@ -151,14 +163,21 @@ impl Bus {
     }
 
     /// Asks a query (or an [`Envelope`](crate::Envelope) of one).
-    pub async fn query<M>(&self, message: M) -> Result<<M::Message as Query>::Output, Error>
+    #[allow(clippy::manual_async_fn)] // deliberate: see `send`
+    #[inline]
+    pub fn query<M>(
+        &self,
+        message: M,
+    ) -> impl Future<Output = Result<<M::Message as Query>::Output, Error>>
     where
         M: IntoEnvelope,
         M::Message: Query,
     {
-        let inner = self.inner.get()?;
-        let dispatch = pin!(inner.query_envelope(message.into_envelope(), None));
-        dispatch.await
+        async move {
+            let inner = self.inner.get()?;
+            let dispatch = pin!(inner.query_envelope(message.into_envelope(), None));
+            dispatch.await
+        }
     }
 
     /// Asks a query and reports what happened: cache hit or miss, attempts, elapsed time.
@@ -184,14 +203,18 @@ impl Bus {
     ///
     /// Every handler runs even if one fails; the result is an error (with the first failure's
     /// status) listing the handlers that failed.
-    pub async fn publish<M>(&self, event: M) -> Result<(), Error>
+    #[allow(clippy::manual_async_fn)] // deliberate: see `send`
+    #[inline]
+    pub fn publish<M>(&self, event: M) -> impl Future<Output = Result<(), Error>>
     where
         M: IntoEnvelope,
         M::Message: Event,
     {
-        let inner = self.inner.get()?;
-        // Pinned in place, not moved into this future's state: see `Runtime::send_envelope`.
-        pin!(inner.publish_envelope(event.into_envelope())).await
+        async move {
+            let inner = self.inner.get()?;
+            // Pinned in place, not moved into this future's state: see `Runtime::send_envelope`.
+            pin!(inner.publish_envelope(event.into_envelope())).await
+        }
     }
 
     /// Drops every cached answer of query `Q`, for every caller, in this process and in

@@ -186,6 +186,9 @@ async fn retry_soon(runtime: &Runtime, failed: &[(uuid::Uuid, String)]) {
 }
 
 /// Delivers one event to every handler of its type; returns the failures (already reported).
+///
+/// `bus.publish` of an event when no observer is registered does the same in
+/// `Runtime::publish_envelope`, with the event's type known: a change here belongs there too.
 pub(crate) async fn deliver(
     bus: &Runtime,
     event: &dyn ErasedEvent,
@@ -203,17 +206,37 @@ pub(crate) async fn deliver(
             observer.delivered(event, metadata, pipe.handler_name(), &result);
         }
         if let Err(error) = result {
-            let failure = HandlerFailure {
-                event: event.name(),
-                event_id: metadata.message_id(),
-                handler: pipe.handler_name(),
-                error: &error,
-            };
-            bus.report_failure(&failure);
-            failures.push((pipe.handler_name(), error));
+            failed(
+                bus,
+                event.name(),
+                metadata,
+                pipe.handler_name(),
+                error,
+                &mut failures,
+            );
         }
     }
     failures
+}
+
+/// A handler of event `event` failed: reported (log, failure sink), and added to `failures`.
+#[cold]
+#[inline(never)]
+pub(crate) fn failed(
+    bus: &Runtime,
+    event: &'static str,
+    metadata: &Metadata,
+    handler: &'static str,
+    error: Error,
+    failures: &mut Vec<(&'static str, Error)>,
+) {
+    bus.report_failure(&HandlerFailure {
+        event,
+        event_id: metadata.message_id(),
+        handler,
+        error: &error,
+    });
+    failures.push((handler, error));
 }
 
 /// Marks outbox rows delivered after an inline delivery (failures are logged: the relay will
