@@ -78,6 +78,34 @@ impl TxSlot {
     }
 }
 
+/// The lock an `#[exclusive]` attempt holds, as the context keeps it: erased here, like
+/// [`TxSlot`], since the layer that defines it is above (`pipeline/exclusive.rs`). Boxed, and
+/// only for `#[exclusive]` dispatches: it adds one pointer to every context.
+#[derive(Default)]
+pub(crate) struct LockSlot(Option<Box<HeldSlot>>);
+
+struct HeldSlot {
+    fencing_token: Option<u64>,
+    held: SyncWrapper<Box<dyn Any + Send>>,
+}
+
+impl LockSlot {
+    pub(crate) fn holding(fencing_token: Option<u64>, held: Box<dyn Any + Send>) -> Self {
+        LockSlot(Some(Box::new(HeldSlot {
+            fencing_token,
+            held: SyncWrapper::new(held),
+        })))
+    }
+
+    pub(crate) fn take(&mut self) -> Option<Box<dyn Any + Send>> {
+        self.0.take().map(|slot| slot.held.into_inner())
+    }
+
+    pub(crate) fn get_mut(&mut self) -> Option<&mut (dyn Any + Send)> {
+        self.0.as_mut().map(|slot| &mut **slot.held.get_mut())
+    }
+}
+
 /// The context of a command handler: metadata, events to emit, commands to send, and (for
 /// `#[transactional]` handlers) the running transaction.
 pub struct CommandContext {
@@ -86,6 +114,7 @@ pub struct CommandContext {
     pub(crate) handler: &'static str,
     pub(crate) events: Emitted,
     pub(crate) tx: TxSlot,
+    pub(crate) lock: LockSlot,
 }
 
 /// The events a command's handler emitted.
@@ -139,13 +168,28 @@ impl CommandContext {
             handler,
             events: Emitted::default(),
             tx: TxSlot::default(),
+            lock: LockSlot::default(),
         }
     }
 
-    /// Forgets what an attempt left behind (events, transaction) before the next one.
+    /// Forgets what an attempt left behind (events, transaction, lock) before the next one.
     pub(crate) fn reset(&mut self) {
         self.events.clear();
         self.tx = TxSlot::default();
+        self.lock = LockSlot::default();
+    }
+
+    /// The fencing token of the `#[exclusive]` lock this attempt holds: a number that grows
+    /// with each holder of the lock, for storage outside the bus to refuse a write from a
+    /// holder that has been superseded (store it with the write, reject a smaller one).
+    ///
+    /// `None` without `#[exclusive]`. On Redis it is the lease's: a holder whose process
+    /// stalled past its lease may still be running when the next holder starts, and the token
+    /// is how a store tells them apart. On PostgreSQL the lock is the transaction's own
+    /// session, so a superseded holder cannot commit there; the token (from the sequence
+    /// `cqrs_exclusive_fence`, taken with the lock) serves writes elsewhere.
+    pub fn fencing_token(&self) -> Option<u64> {
+        self.lock.0.as_ref().and_then(|slot| slot.fencing_token)
     }
 
     /// The command's metadata: ids, principal, idempotency key, saga, deadline.

@@ -18,6 +18,7 @@ use std::fmt;
 use futures_util::future::BoxFuture;
 use uuid::Uuid;
 
+use super::exclusive::{self, HeldLock};
 use super::idempotency::IdempotencyKey;
 use super::runtime::Runtime;
 use crate::context::{CommandContext, EventContext};
@@ -31,6 +32,17 @@ use crate::{Error, Status};
 pub(crate) trait TransactionalStore: Send + Sync + 'static {
     /// Begins a transaction at `isolation`.
     fn begin(&self, isolation: Isolation) -> BoxFuture<'_, Result<Box<dyn Transaction>, Error>>;
+    /// Begins the transaction of an `#[exclusive]` attempt that holds `lock`: PostgreSQL
+    /// begins on the lock's own connection, which the transaction then owns and unlocks once
+    /// it has ended (`backend/sql/lock.rs`); any other lock stays with the exclusive layer.
+    fn begin_holding<'a>(
+        &'a self,
+        isolation: Isolation,
+        lock: &'a mut dyn HeldLock,
+    ) -> BoxFuture<'a, Result<Box<dyn Transaction>, Error>> {
+        let _ = lock;
+        self.begin(isolation)
+    }
     /// Marks outbox rows delivered, after their events were delivered in the dispatch.
     fn mark_delivered<'a>(&'a self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<(), Error>>;
     /// Gives back outbox rows whose delivery in the dispatch failed, for the relay to retry
@@ -102,7 +114,12 @@ pub(crate) async fn begin(
     cx: &mut CommandContext,
 ) -> Result<(), Error> {
     let store = runtime.stores.database()?;
-    cx.tx = into_slot(store.begin(layer.isolation_level()).await?);
+    let isolation = layer.isolation_level();
+    let tx = match exclusive::held_mut(&mut cx.lock) {
+        Some(lock) => store.begin_holding(isolation, lock).await?,
+        None => store.begin(isolation).await?,
+    };
+    cx.tx = into_slot(tx);
     Ok(())
 }
 

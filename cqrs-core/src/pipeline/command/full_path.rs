@@ -11,7 +11,7 @@ use super::super::erased::{Erased, HandleFuture, missing};
 use super::super::idempotency::{IdempotencyKey, Outcome};
 use super::super::trace::InSpan;
 use super::super::{
-    CatchPanic, Layers, publish, retry, timeout, trace, transaction, with_middleware,
+    CatchPanic, Layers, exclusive, publish, retry, timeout, trace, transaction, with_middleware,
 };
 use crate::Error;
 use crate::context::CommandContext;
@@ -272,8 +272,30 @@ async fn attempts(
     }
 }
 
-/// Layers 9 and 10.
+/// Layer 8½ (`#[exclusive]`: the attempt's lock, around its transaction), then 9 and 10.
 async fn attempt(
+    pipe: &dyn ErasedCommand,
+    bus: &Runtime,
+    key: Option<&IdempotencyKey>,
+    message: &mut Erased,
+    last: bool,
+    output: &mut Erased,
+    cx: &mut CommandContext,
+) -> Result<Vec<EmittedEvent>, Error> {
+    let Some(lock) = &pipe.layers().exclusive else {
+        return unlocked(pipe, bus, key, message, last, output, cx).await;
+    };
+    // Boxed: a lock does I/O, and only `#[exclusive]` handlers take one.
+    Box::pin(async move {
+        exclusive::acquire(lock, bus, pipe.peek(message), cx).await?;
+        let result = unlocked(pipe, bus, key, message, last, output, cx).await;
+        exclusive::release(cx, result).await
+    })
+    .await
+}
+
+/// Layers 9 and 10.
+async fn unlocked(
     pipe: &dyn ErasedCommand,
     bus: &Runtime,
     key: Option<&IdempotencyKey>,
