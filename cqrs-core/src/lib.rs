@@ -115,12 +115,12 @@ pub use crate::handler::{CommandHandler, EventHandler, QueryHandler};
 pub use crate::location::Location;
 pub use crate::message::{Command, Event, Message, MessageInfo, MessageKind, Query};
 pub use crate::pipeline::Decorator;
-pub use crate::pipeline::exclusive::{ExclusiveKey, ExclusiveLayer};
 pub use crate::pipeline::authorize::{AuthorizeLayer, ResourcePolicy, ResourceRequest};
 pub use crate::pipeline::cache::{
     CacheFuture, CacheKey, CacheRegion, CacheSpec, CachedValue, Invalidation, InvalidationChannel,
     InvalidationSink, MemoryCache, QueryCache, Representation,
 };
+pub use crate::pipeline::exclusive::{ExclusiveKey, ExclusiveLayer};
 pub use crate::pipeline::idempotency::{
     Claim, IdempotencyKey, IdempotencyStore, MemoryIdempotencyStore,
 };

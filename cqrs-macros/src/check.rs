@@ -11,8 +11,7 @@ use syn::{Ident, ItemStruct};
 
 use crate::ast::{
     AuthorizeOptions, CacheOptions, ExclusiveOptions, HandlerAttr, HandlerKind, HandlerStruct,
-    Jitter, Message,
-    MessageInput, RetryOptions, TimeoutOption, TransactionalOptions,
+    Jitter, Message, MessageInput, RetryOptions, TimeoutOption, TransactionalOptions,
 };
 use crate::attr::status;
 use crate::errors::Errors;

@@ -21,8 +21,8 @@ mod item;
 use proc_macro::TokenStream;
 
 use crate::ast::{
-    AuthorizeOptions, CacheOptions, ExclusiveOptions, HandlerKind, MessageKind, RetryOptions, TimeoutOption,
-    TransactionalOptions,
+    AuthorizeOptions, CacheOptions, ExclusiveOptions, HandlerKind, MessageKind, RetryOptions,
+    TimeoutOption, TransactionalOptions,
 };
 use crate::expand::decorator::decorator_attribute;
 use crate::expand::handler::handler_attribute;

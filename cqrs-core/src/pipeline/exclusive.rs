@@ -131,7 +131,7 @@ impl fmt::Display for LockName {
 
 /// The value of a key field as a lock's key: a string as is, anything else as its JSON text
 /// (`42`, `{"region":"eu","id":7}`). What the macro's key function calls.
-pub fn key_text<T: serde::Serialize + ?Sized>(value: &T) -> Option<String> {
+pub(crate) fn key_text<T: serde::Serialize + ?Sized>(value: &T) -> Option<String> {
     match serde_json::to_value(value).ok()? {
         serde_json::Value::String(s) => Some(s),
         other => Some(other.to_string()),

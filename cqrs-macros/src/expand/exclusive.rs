@@ -32,8 +32,7 @@ impl DecoratorAttribute for ExclusiveOptions {
         // Spanned on the user's field name: a typo reads "no field `acount` on type
         // `Withdraw`" right under it, and a field that cannot be a key says so there too.
         let message_var = call_site("message");
-        let access =
-            quote_spanned!(field.span()=> #p::exclusive_key(&(*#message_var).#field));
+        let access = quote_spanned!(field.span()=> #p::exclusive_key(&(*#message_var).#field));
         let field_name = field.to_string();
         let mut layer = quote!(#p::ExclusiveLayer::new(#field_name, __cqrs_exclusive_key));
         if let Some(name) = &self.name {

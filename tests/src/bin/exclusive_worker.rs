@@ -217,7 +217,9 @@ async fn run() -> Result<(), String> {
         bus.migrate().await.map_err(|e| e.to_string())?;
     }
     if args.hold {
-        bus.send(Hold { key: args.key }).await.map_err(|e| e.to_string())?;
+        bus.send(Hold { key: args.key })
+            .await
+            .map_err(|e| e.to_string())?;
         return Ok(());
     }
     // Eight at a time, so that the two processes' commands contend for the key.

@@ -19,9 +19,9 @@
 //! lock held when Redis went away ends with its lease.
 
 use std::any::Any;
+use std::sync::Arc;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
