@@ -477,7 +477,8 @@
 //! timeout, whichever is first, then fails with `Conflict` (the key is busy: a 409;
 //! `#[retry]` retries it by default). A lock backend that does not answer fails it with
 //! `Unavailable` (fail closed: the handler does not run). A handler that errors, panics or
-//! times out frees its lock like one that succeeds. `build()` refuses an `#[exclusive]`
+//! times out frees its lock like one that succeeds. The lock is not re-entrant: a handler that
+//! sends a command of its own space and key waits for itself. `build()` refuses an `#[exclusive]`
 //! handler on a bus with neither PostgreSQL nor Redis, naming it and the fix.
 //!
 //! ## Features

@@ -22,6 +22,9 @@
 //! not answer). Both are retried by `#[retry]`'s default. Polling rather than a blocking wait:
 //! an abandoned wait (a dropped future, a timeout) then leaves nothing queued on the server that
 //! could take the lock later for no one, and waiters do not hold pooled connections.
+//!
+//! **Not re-entrant.** A handler that sends (`cx.send`) another command of its own lock space
+//! and key waits for itself, and that command fails with `Conflict` once the wait is over.
 
 use std::any::Any;
 use std::fmt;
@@ -142,11 +145,11 @@ pub(crate) fn key_text<T: serde::Serialize + ?Sized>(value: &T) -> Option<String
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum LockPriority {
     /// A Redis lease (`backend/redis/lock.rs`).
-    #[allow(dead_code)]
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     Redis,
     /// A PostgreSQL session advisory lock (`backend/sql/lock.rs`): held by the very session
     /// that runs the transaction, so it needs no lease and cannot outlive its holder.
-    #[allow(dead_code)]
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     Postgres,
 }
 
