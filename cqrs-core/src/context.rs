@@ -54,55 +54,73 @@ impl RuntimePtr {
 }
 
 /// The running transaction of a `#[transactional]` attempt, as the context keeps it for
-/// `cx.tx()`: erased here, since this layer is below the transaction layer that defines what a
-/// transaction is (`pipeline/transaction.rs`, which puts one in and takes it out).
+/// `cx.tx()`, and the lock of an `#[exclusive]` attempt with its fencing token: erased here,
+/// since this layer is below the layers that define what they are (`pipeline/transaction.rs`,
+/// `pipeline/exclusive.rs`, which put them in and take them out).
 ///
 /// `SyncWrapper` makes the context `Sync` (a handler may hold `&cx` across an `.await`) while
-/// the transaction is only ever reached through `&mut`. Boxed: only `#[transactional]`
-/// dispatches have a transaction (and do I/O anyway), while the context that holds this is part
-/// of every dispatch's future.
+/// what it holds is only ever reached through `&mut`. Boxed, and one slot for both: only
+/// `#[transactional]` and `#[exclusive]` dispatches use it (and do I/O anyway), while the
+/// context that holds it is part of every dispatch's future, whose size decides whether it is
+/// stored inline.
 #[derive(Default)]
-pub(crate) struct TxSlot(Option<Box<SyncWrapper<Box<dyn Any + Send>>>>);
+pub(crate) struct TxSlot(Option<Box<Slots>>);
+
+#[derive(Default)]
+struct Slots {
+    tx: Option<SyncWrapper<Box<dyn Any + Send>>>,
+    /// Dropped after `tx`: a transaction that owns a lock's connection ends before the lock.
+    lock: Option<SyncWrapper<Box<dyn Any + Send>>>,
+    fencing_token: Option<u64>,
+}
 
 impl TxSlot {
     pub(crate) fn open(tx: Box<dyn Any + Send>) -> Self {
-        TxSlot(Some(Box::new(SyncWrapper::new(tx))))
+        let mut slot = TxSlot::default();
+        slot.put(tx);
+        slot
+    }
+
+    fn slots(&mut self) -> &mut Slots {
+        self.0.get_or_insert_with(Box::default)
+    }
+
+    /// Puts the transaction in, beside the lock the slot may hold.
+    pub(crate) fn put(&mut self, tx: Box<dyn Any + Send>) {
+        self.slots().tx = Some(SyncWrapper::new(tx));
     }
 
     pub(crate) fn take(&mut self) -> Option<Box<dyn Any + Send>> {
-        self.0.take().map(|tx| tx.into_inner())
+        self.0.as_mut()?.tx.take().map(SyncWrapper::into_inner)
     }
 
     pub(crate) fn get_mut(&mut self) -> Option<&mut (dyn Any + Send)> {
-        self.0.as_mut().map(|tx| &mut **tx.get_mut())
-    }
-}
-
-/// The lock an `#[exclusive]` attempt holds, as the context keeps it: erased here, like
-/// [`TxSlot`], since the layer that defines it is above (`pipeline/exclusive.rs`). Boxed, and
-/// only for `#[exclusive]` dispatches: it adds one pointer to every context.
-#[derive(Default)]
-pub(crate) struct LockSlot(Option<Box<HeldSlot>>);
-
-struct HeldSlot {
-    fencing_token: Option<u64>,
-    held: SyncWrapper<Box<dyn Any + Send>>,
-}
-
-impl LockSlot {
-    pub(crate) fn holding(fencing_token: Option<u64>, held: Box<dyn Any + Send>) -> Self {
-        LockSlot(Some(Box::new(HeldSlot {
-            fencing_token,
-            held: SyncWrapper::new(held),
-        })))
+        self.0.as_mut()?.tx.as_mut().map(|tx| &mut **tx.get_mut())
     }
 
-    pub(crate) fn take(&mut self) -> Option<Box<dyn Any + Send>> {
-        self.0.take().map(|slot| slot.held.into_inner())
+    /// Keeps an `#[exclusive]` attempt's lock and its fencing token.
+    pub(crate) fn hold(&mut self, fencing_token: Option<u64>, lock: Box<dyn Any + Send>) {
+        let slots = self.slots();
+        slots.lock = Some(SyncWrapper::new(lock));
+        slots.fencing_token = fencing_token;
     }
 
-    pub(crate) fn get_mut(&mut self) -> Option<&mut (dyn Any + Send)> {
-        self.0.as_mut().map(|slot| &mut **slot.held.get_mut())
+    pub(crate) fn take_lock(&mut self) -> Option<Box<dyn Any + Send>> {
+        let slots = self.0.as_mut()?;
+        slots.fencing_token = None;
+        slots.lock.take().map(SyncWrapper::into_inner)
+    }
+
+    pub(crate) fn lock_mut(&mut self) -> Option<&mut (dyn Any + Send)> {
+        self.0
+            .as_mut()?
+            .lock
+            .as_mut()
+            .map(|lock| &mut **lock.get_mut())
+    }
+
+    fn fencing_token(&self) -> Option<u64> {
+        self.0.as_ref()?.fencing_token
     }
 }
 
@@ -114,7 +132,6 @@ pub struct CommandContext {
     pub(crate) handler: &'static str,
     pub(crate) events: Emitted,
     pub(crate) tx: TxSlot,
-    pub(crate) lock: LockSlot,
 }
 
 /// The events a command's handler emitted.
@@ -168,7 +185,6 @@ impl CommandContext {
             handler,
             events: Emitted::default(),
             tx: TxSlot::default(),
-            lock: LockSlot::default(),
         }
     }
 
@@ -176,7 +192,6 @@ impl CommandContext {
     pub(crate) fn reset(&mut self) {
         self.events.clear();
         self.tx = TxSlot::default();
-        self.lock = LockSlot::default();
     }
 
     /// The fencing token of the `#[exclusive]` lock this attempt holds: a number that grows
@@ -189,7 +204,7 @@ impl CommandContext {
     /// session, so a superseded holder cannot commit there; the token (from the sequence
     /// `cqrs_exclusive_fence`, taken with the lock) serves writes elsewhere.
     pub fn fencing_token(&self) -> Option<u64> {
-        self.lock.0.as_ref().and_then(|slot| slot.fencing_token)
+        self.tx.fencing_token()
     }
 
     /// The command's metadata: ids, principal, idempotency key, saga, deadline.

@@ -35,7 +35,7 @@ use futures_util::future::BoxFuture;
 use super::erased::Erased;
 use super::runtime::Runtime;
 use crate::Error;
-use crate::context::{CommandContext, LockSlot};
+use crate::context::{CommandContext, TxSlot};
 
 /// Reads the key of an `#[exclusive]` command from the command (`None` when it is not of the
 /// handler's type). The macro generates it from the field named in `key = ..`.
@@ -201,7 +201,7 @@ pub(crate) async fn acquire(
         )));
     };
     let held = wait_for(locks, &lock, layer.wait, cx.handler).await?;
-    cx.lock = LockSlot::holding(held.fencing_token(), Box::new(held));
+    cx.tx.hold(held.fencing_token(), Box::new(held));
     Ok(())
 }
 
@@ -253,7 +253,7 @@ pub(crate) async fn release<T>(
     cx: &mut CommandContext,
     result: Result<T, Error>,
 ) -> Result<T, Error> {
-    if let Some(held) = held_of(&mut cx.lock) {
+    if let Some(held) = held_of(&mut cx.tx) {
         if let Err(error) = held.release().await {
             tracing::warn!(target: "cqrs", handler = cx.handler, error = %format_args!("{error:#}"), "releasing an `#[exclusive]` lock failed (it ends with its session or lease)");
         }
@@ -262,16 +262,16 @@ pub(crate) async fn release<T>(
 }
 
 /// The lock in a context's slot, taken out.
-fn held_of(slot: &mut LockSlot) -> Option<Box<dyn HeldLock>> {
-    slot.take()?
+fn held_of(slot: &mut TxSlot) -> Option<Box<dyn HeldLock>> {
+    slot.take_lock()?
         .downcast::<Box<dyn HeldLock>>()
         .ok()
         .map(|held| *held)
 }
 
 /// The lock in a context's slot, for the transaction to begin on (PostgreSQL).
-pub(crate) fn held_mut(slot: &mut LockSlot) -> Option<&mut dyn HeldLock> {
-    let held = slot.get_mut()?.downcast_mut::<Box<dyn HeldLock>>()?;
+pub(crate) fn held_mut(slot: &mut TxSlot) -> Option<&mut dyn HeldLock> {
+    let held = slot.lock_mut()?.downcast_mut::<Box<dyn HeldLock>>()?;
     Some(&mut **held)
 }
 

@@ -115,11 +115,12 @@ pub(crate) async fn begin(
 ) -> Result<(), Error> {
     let store = runtime.stores.database()?;
     let isolation = layer.isolation_level();
-    let tx = match exclusive::held_mut(&mut cx.lock) {
+    let tx = match exclusive::held_mut(&mut cx.tx) {
         Some(lock) => store.begin_holding(isolation, lock).await?,
         None => store.begin(isolation).await?,
     };
-    cx.tx = into_slot(tx);
+    // Beside the attempt's `#[exclusive]` lock, if it holds one.
+    cx.tx.put(Box::new(tx));
     Ok(())
 }
 
