@@ -16,7 +16,9 @@
 //! taken. A Redis that loses its data (restarted without persistence) restarts the counter.
 //!
 //! Redis down: taking a lock fails closed with `Unavailable` (the command does not run), and a
-//! lock held when Redis went away ends with its lease.
+//! lock held when Redis went away ends with its lease. A lease dropped unreleased (its
+//! command's future dropped: a timeout) is deleted by a task of its own; one whose taking was
+//! interrupted before Redis answered expires with its lease.
 
 use std::any::Any;
 use std::sync::Arc;
