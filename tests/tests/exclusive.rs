@@ -475,7 +475,7 @@ async fn redis_down_fails_closed_with_unavailable_then_recovers() {
 #[test]
 fn build_fails_without_postgresql_or_redis_naming_the_handler_and_the_fix() {
     let probe = Arc::new(Probe::default());
-    let error = builder(&probe).build().err().expect("build() must fail");
+    let error = builder(&probe).build().expect_err("build() must fail");
     let message = error.to_string();
     for needed in [
         "DepositHandler",
@@ -493,8 +493,7 @@ async fn build_fails_with_sqlite_alone() {
     let error = db
         .attach(builder(&Arc::new(Probe::default())))
         .build()
-        .err()
-        .expect("build() must fail: SQLite cannot lock across processes");
+        .expect_err("build() must fail: SQLite cannot lock across processes");
     assert!(error.to_string().contains("SQLite alone cannot"), "{error}");
     db.cleanup().await;
 }

@@ -253,10 +253,10 @@ pub(crate) async fn release<T>(
     cx: &mut CommandContext,
     result: Result<T, Error>,
 ) -> Result<T, Error> {
-    if let Some(held) = held_of(&mut cx.tx) {
-        if let Err(error) = held.release().await {
-            tracing::warn!(target: "cqrs", handler = cx.handler, error = %format_args!("{error:#}"), "releasing an `#[exclusive]` lock failed (it ends with its session or lease)");
-        }
+    if let Some(held) = held_of(&mut cx.tx)
+        && let Err(error) = held.release().await
+    {
+        tracing::warn!(target: "cqrs", handler = cx.handler, error = %format_args!("{error:#}"), "releasing an `#[exclusive]` lock failed (it ends with its session or lease)");
     }
     result
 }

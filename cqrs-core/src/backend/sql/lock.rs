@@ -245,7 +245,7 @@ impl LockedTransaction {
 
     /// Ends the transaction (commit or roll back), then unlocks, in a task of its own so that
     /// a caller dropped meanwhile leaves no lock behind.
-    fn end(mut self: Box<Self>, commit: bool) -> BoxFuture<'static, Result<(), Error>> {
+    fn end(&mut self, commit: bool) -> BoxFuture<'static, Result<(), Error>> {
         let inner = self.inner.take();
         let key = self.key;
         Box::pin(async move {
@@ -362,11 +362,11 @@ impl Transaction for LockedTransaction {
         self.inner().record_handled(handler, event_id)
     }
 
-    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
+    fn commit(mut self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
         self.end(true)
     }
 
-    fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
+    fn rollback(mut self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
         self.end(false)
     }
 
