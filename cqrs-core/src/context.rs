@@ -54,51 +54,94 @@ impl RuntimePtr {
 }
 
 /// The running transaction of a `#[transactional]` attempt, as the context keeps it for
-/// `cx.tx()`: erased here, since this layer is below the transaction layer that defines what a
-/// transaction is (`pipeline/transaction.rs`, which puts one in and takes it out).
+/// `cx.tx()`, and the lock of an `#[exclusive]` attempt with its fencing token: erased here,
+/// since this layer is below the layers that define what they are (`pipeline/transaction.rs`,
+/// `pipeline/exclusive.rs`, which put them in and take them out).
 ///
 /// `SyncWrapper` makes the context `Sync` (a handler may hold `&cx` across an `.await`) while
-/// the transaction is only ever reached through `&mut`. Boxed: only `#[transactional]`
-/// dispatches have a transaction (and do I/O anyway), while the context that holds this is part
-/// of every dispatch's future.
+/// what it holds is only ever reached through `&mut`. Boxed, and one slot for both: only
+/// `#[transactional]` and `#[exclusive]` dispatches use it (and do I/O anyway), while the
+/// context that holds it is part of every dispatch's future, whose size decides whether it is
+/// stored inline.
 #[derive(Default)]
-pub(crate) struct TxSlot(Option<ManuallyDrop<OpenTx>>);
+pub(crate) struct TxSlot(Option<ManuallyDrop<Box<Slots>>>);
 
-/// A running transaction, as [`TxSlot`] holds it.
-type OpenTx = Box<SyncWrapper<Box<dyn Any + Send>>>;
+#[derive(Default)]
+struct Slots {
+    tx: Option<SyncWrapper<Box<dyn Any + Send>>>,
+    /// Dropped after `tx`: a transaction that owns a lock's connection ends before the lock.
+    lock: Option<SyncWrapper<Box<dyn Any + Send>>>,
+    fencing_token: Option<u64>,
+}
 
 impl Drop for TxSlot {
-    /// Inline and small, so that a context's drop (on every dispatch, almost always with no
-    /// transaction) is a compare rather than a call.
+    /// Inline and small, so that a context's drop (on every dispatch, almost always with
+    /// nothing in the slot) is a compare rather than a call.
     #[inline]
     fn drop(&mut self) {
         // The field is `ManuallyDrop`, so that the drop glue around this is this compare alone.
-        if let Some(tx) = self.0.take() {
-            close(ManuallyDrop::into_inner(tx));
+        if let Some(slots) = self.0.take() {
+            close(ManuallyDrop::into_inner(slots));
         }
     }
 }
 
-/// Drops a transaction left open (rolled back by its own drop), out of line.
+/// Drops what an attempt left open (a transaction rolls back by its own drop, then a lock is
+/// freed by its own), out of line.
 #[cold]
 #[inline(never)]
-fn close(tx: OpenTx) {
-    drop(tx);
+fn close(slots: Box<Slots>) {
+    drop(slots);
 }
 
 impl TxSlot {
     pub(crate) fn open(tx: Box<dyn Any + Send>) -> Self {
-        TxSlot(Some(ManuallyDrop::new(Box::new(SyncWrapper::new(tx)))))
+        let mut slot = TxSlot::default();
+        slot.put(tx);
+        slot
+    }
+
+    fn slots(&mut self) -> &mut Slots {
+        self.0
+            .get_or_insert_with(|| ManuallyDrop::new(Box::default()))
+    }
+
+    /// Puts the transaction in, beside the lock the slot may hold.
+    pub(crate) fn put(&mut self, tx: Box<dyn Any + Send>) {
+        self.slots().tx = Some(SyncWrapper::new(tx));
     }
 
     pub(crate) fn take(&mut self) -> Option<Box<dyn Any + Send>> {
-        self.0
-            .take()
-            .map(|tx| ManuallyDrop::into_inner(tx).into_inner())
+        self.0.as_mut()?.tx.take().map(SyncWrapper::into_inner)
     }
 
     pub(crate) fn get_mut(&mut self) -> Option<&mut (dyn Any + Send)> {
-        self.0.as_mut().map(|tx| &mut **tx.get_mut())
+        self.0.as_mut()?.tx.as_mut().map(|tx| &mut **tx.get_mut())
+    }
+
+    /// Keeps an `#[exclusive]` attempt's lock and its fencing token.
+    pub(crate) fn hold(&mut self, fencing_token: Option<u64>, lock: Box<dyn Any + Send>) {
+        let slots = self.slots();
+        slots.lock = Some(SyncWrapper::new(lock));
+        slots.fencing_token = fencing_token;
+    }
+
+    pub(crate) fn take_lock(&mut self) -> Option<Box<dyn Any + Send>> {
+        let slots = self.0.as_mut()?;
+        slots.fencing_token = None;
+        slots.lock.take().map(SyncWrapper::into_inner)
+    }
+
+    pub(crate) fn lock_mut(&mut self) -> Option<&mut (dyn Any + Send)> {
+        self.0
+            .as_mut()?
+            .lock
+            .as_mut()
+            .map(|lock| &mut **lock.get_mut())
+    }
+
+    fn fencing_token(&self) -> Option<u64> {
+        self.0.as_ref()?.fencing_token
     }
 }
 
@@ -175,10 +218,23 @@ impl CommandContext {
         }
     }
 
-    /// Forgets what an attempt left behind (events, transaction) before the next one.
+    /// Forgets what an attempt left behind (events, transaction, lock) before the next one.
     pub(crate) fn reset(&mut self) {
         self.events.clear();
         self.tx = TxSlot::default();
+    }
+
+    /// The fencing token of the `#[exclusive]` lock this attempt holds: a number that grows
+    /// with each holder of the lock, for storage outside the bus to refuse a write from a
+    /// holder that has been superseded (store it with the write, reject a smaller one).
+    ///
+    /// `None` without `#[exclusive]`. On Redis it is the lease's: a holder whose process
+    /// stalled past its lease may still be running when the next holder starts, and the token
+    /// is how a store tells them apart. On PostgreSQL the lock is the transaction's own
+    /// session, so a superseded holder cannot commit there; the token (from the sequence
+    /// `cqrs_exclusive_fence`, taken with the lock) serves writes elsewhere.
+    pub fn fencing_token(&self) -> Option<u64> {
+        self.tx.fencing_token()
     }
 
     /// The command's metadata: ids, principal, idempotency key, saga, deadline.

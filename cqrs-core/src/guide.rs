@@ -406,14 +406,89 @@
 //! stops pulling, lets the events being handled finish (or gives them back), then stops the
 //! relay. Tested with nats-server 2.9.10.
 //!
+//! ## 10. One command per key across processes: `#[exclusive]` (features `postgres`, `redis`)
+//!
+//! Some work must not run twice at once for one key, in any process: two withdrawals reading
+//! one balance, two jobs importing one file. `#[exclusive(key = field)]` takes a lock named by
+//! the field's value before each attempt, and `name = ".."` puts commands in one lock space, so
+//! that a `Withdraw` and a `Deposit` on one account wait for each other:
+//!
+#![cfg_attr(feature = "postgres", doc = "```no_run")]
+#![cfg_attr(not(feature = "postgres"), doc = "```ignore")]
+//! use cqrs_core::prelude::*;
+//! use cqrs_core::sqlx;
+//!
+//! #[derive(Command, Debug, Clone, serde::Serialize, serde::Deserialize)]
+//! #[command(output = i64)]
+//! pub struct Withdraw { pub account: i64, pub cents: i64 }
+//!
+//! #[command_handler(Withdraw)]
+//! #[transactional(isolation = "repeatable_read")]
+//! #[exclusive(key = account, name = "account")]
+//! pub struct WithdrawHandler;
+//!
+//! impl CommandHandler<Withdraw> for WithdrawHandler {
+//!     async fn handle(&self, cmd: Withdraw, cx: &mut CommandContext) -> Result<i64, Error> {
+//!         let tx = cx.tx::<sqlx::Postgres>()?;
+//!         let (balance,): (i64,) = sqlx::query_as("SELECT balance FROM accounts WHERE id = $1")
+//!             .bind(cmd.account).fetch_one(&mut **tx).await?;
+//!         if balance < cmd.cents {
+//!             return Err(Error::conflict("not enough money"));
+//!         }
+//!         sqlx::query("UPDATE accounts SET balance = $1 WHERE id = $2")
+//!             .bind(balance - cmd.cents).bind(cmd.account).execute(&mut **tx).await?;
+//!         Ok(balance - cmd.cents)
+//!     }
+//! }
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/bank").await?;
+//! let bus = Bus::builder().postgres(pool).build()?; // or `.redis(client)`
+//! # Ok(()) }
+//! ```
+//!
+//! **What it guarantees.** While a command holds the lock of `account:7`, no other command of
+//! that space and key runs its handler, in this process or another sharing the database (or
+//! Redis). Each attempt takes the lock, then begins its transaction, runs, commits, and only
+//! then frees it: the next holder begins after the commit and reads what it wrote. A retried
+//! attempt waits its turn again. The key is the field's value: a string as is, anything else
+//! (any `Serialize` type) as its JSON text.
+//!
+//! **On PostgreSQL** (`.postgres(pool)`; used whenever the bus has it) the lock is a session
+//! advisory lock taken before `BEGIN`, on the connection the transaction then runs on: not one
+//! taken inside the transaction, which would be waited for after a `REPEATABLE READ` snapshot
+//! was taken and read data older than the previous holder's commit. It ends with its session,
+//! so a process that dies frees its keys at once, and it costs no extra connection. Its
+//! number is `(hashtext(schema || ':' || name), hashtext(key))`: two keys whose hashes meet
+//! share a lock (they wait for each other; they never run together).
+//!
+//! **On Redis** (`.redis(client)`, without PostgreSQL; SQLite needs it beside) the lock is a
+//! lease (`SET NX PX`) that the holder renews every third of it while the handler runs, and
+//! deletes with a compare-and-delete script when done. A holder that dies stops renewing: its
+//! key is free within one lease ([`redis_lock_lease`](crate::BusBuilder::redis_lock_lease),
+//! 10 s by default). A holder that stalls longer than its lease (a long GC-like pause, a
+//! partition) can still be running when the next one starts; its writes elsewhere are told
+//! apart by [`cx.fencing_token()`](crate::CommandContext::fencing_token), a number that grows
+//! with each holder: store it with what you write and refuse a smaller one. On PostgreSQL the
+//! token comes from the sequence `cqrs_exclusive_fence`.
+//!
+//! **Waiting and failures.** A command whose key is held tries again after a jittered pause
+//! (2 ms doubling up to 50 ms) for up to 10 s
+//! ([`ExclusiveLayer::DEFAULT_WAIT`](crate::ExclusiveLayer::DEFAULT_WAIT)) or its own
+//! timeout, whichever is first, then fails with `Conflict` (the key is busy: a 409;
+//! `#[retry]` retries it by default). A lock backend that does not answer fails it with
+//! `Unavailable` (fail closed: the handler does not run). A handler that errors, panics or
+//! times out frees its lock like one that succeeds. The lock is not re-entrant: a handler that
+//! sends a command of its own space and key waits for itself. `build()` refuses an `#[exclusive]`
+//! handler on a bus with neither PostgreSQL nor Redis, naming it and the fix.
+//!
 //! ## Features
 //!
 //! | feature | what it adds |
 //! |---|---|
 //! | `validator` (default) | field rules on messages |
 //! | `sqlite` | transactions, outbox, idempotency keys, event store on SQLite |
-//! | `postgres` | the same on PostgreSQL; cache invalidations between processes (`LISTEN`/`NOTIFY`) |
-//! | `redis` | cache invalidations between processes (pub/sub), `RedisCache` (a shared second level), `RedisIdempotencyStore` |
+//! | `postgres` | the same on PostgreSQL; cache invalidations between processes (`LISTEN`/`NOTIFY`); `#[exclusive]` locks (session advisory locks) |
+//! | `redis` | cache invalidations between processes (pub/sub), `RedisCache` (a shared second level), `RedisIdempotencyStore`, `#[exclusive]` leases |
 //! | `axum` | problem+json responses, extractors, route helpers |
 //! | `metrics` | dispatch counters and latency histograms through the `metrics` facade |
 //! | `nats` | events across processes on NATS JetStream (needs `sqlite` or `postgres`) |

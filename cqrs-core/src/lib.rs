@@ -82,8 +82,8 @@ pub mod testing;
 pub mod __private;
 
 pub use cqrs_macros::{
-    Command, Event, Query, authorize, cached_query, command_handler, event_handler, query_handler,
-    retry, timeout, transactional,
+    Command, Event, Query, authorize, cached_query, command_handler, event_handler, exclusive,
+    query_handler, retry, timeout, transactional,
 };
 
 #[cfg(feature = "nats")]
@@ -120,6 +120,7 @@ pub use crate::pipeline::cache::{
     CacheFuture, CacheKey, CacheRegion, CacheSpec, CachedValue, Invalidation, InvalidationChannel,
     InvalidationSink, MemoryCache, QueryCache, Representation,
 };
+pub use crate::pipeline::exclusive::{ExclusiveKey, ExclusiveLayer};
 pub use crate::pipeline::idempotency::{
     Claim, IdempotencyKey, IdempotencyStore, MemoryIdempotencyStore,
 };
@@ -153,6 +154,7 @@ pub use sqlx;
 /// | 6 | idempotency | [`Envelope::idempotency_key`] (commands) | same key + payload → stored reply; other payload → `Conflict` |
 /// | 7 | cache | `#[cached_query(..)]` (queries) | hit returns the stored answer; concurrent misses run the handler once |
 /// | 8 | retry | `#[retry(..)]` | re-runs the inner layers on the listed statuses |
+/// | 8½ | exclusive | `#[exclusive(key = field, name = "..")]` (commands) | one command per key value at a time across processes: each attempt takes the lock, then begins, runs, commits, and frees it (a PostgreSQL session advisory lock taken before `BEGIN` on the transaction's connection, or a Redis lease with a fencing token); a key held past the wait → `Conflict`, the backend down → `Unavailable` |
 /// | 9 | transaction | `#[transactional(..)]` (commands) | begin; handler; commit on `Ok`, roll back on `Err` |
 /// | 9 | transaction | `#[transactional]` (event handlers) | begin; the event recorded in the handler's inbox (already there: not run again); handler; commit or roll back |
 /// | 10 | handler | | a panic becomes `Internal` |
@@ -165,6 +167,6 @@ pub mod prelude {
         AuditLog, Bus, BusBuilder, Command, CommandContext, CommandHandler, Envelope, Error, Event,
         EventContext, EventHandler, Message, Metadata, Middleware, Principal, Query, QueryBus,
         QueryContext, QueryHandler, Report, Status, authorize, cached_query, command_handler,
-        event_handler, query_handler, retry, timeout, transactional,
+        event_handler, exclusive, query_handler, retry, timeout, transactional,
     };
 }

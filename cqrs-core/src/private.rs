@@ -23,6 +23,7 @@ pub use crate::pipeline::Decorator;
 pub use crate::pipeline::authorize::{AuthorizeLayer, ResourceField};
 pub use crate::pipeline::cache::target::{AnswerTarget, TargetFieldHash};
 pub use crate::pipeline::cache::{CacheSpec, hash_whole};
+pub use crate::pipeline::exclusive::ExclusiveLayer;
 pub use crate::pipeline::retry::RetryLayer;
 pub use crate::pipeline::transaction::{Isolation, TransactionLayer};
 pub use crate::registry::Handler;
@@ -260,6 +261,17 @@ pub trait AcceptsAuthorize {
     type Message: crate::Message;
 }
 
+/// Implemented by `#[command_handler]`.
+#[diagnostic::on_unimplemented(
+    message = "`#[exclusive]` is for command handlers, and `{Self}` is not one",
+    label = "not a command handler",
+    note = "put `#[exclusive(key = ..)]` on a `#[command_handler(..)]` struct: it keeps two commands on one key from running at once; queries and events do not change state through the bus"
+)]
+pub trait AcceptsExclusive {
+    /// The command.
+    type Message: crate::Command;
+}
+
 /// Implemented by every handler attribute.
 #[diagnostic::on_unimplemented(
     message = "`#[retry]` is for handlers, and `{Self}` is not one",
@@ -391,4 +403,18 @@ pub fn same_field_type<C: SameFieldType<Q> + ?Sized, Q: ?Sized>(_command: &C, _q
 /// Hashes one `vary_by` field into the cache key.
 pub fn hash_key_field<T: KeyField + ?Sized>(value: &T, mut hasher: &mut dyn Hasher) {
     value.hash(&mut hasher);
+}
+
+/// A field named in `#[exclusive(key = ..)]`.
+#[diagnostic::on_unimplemented(
+    message = "`#[exclusive(key = ..)]` makes the lock's key from the field's value, and `{Self}` is not `Serialize`",
+    label = "`{Self}` is not `Serialize`",
+    note = "name a field whose type implements `serde::Serialize`, such as an id or a string"
+)]
+pub trait ExclusiveKeyField: serde::Serialize {}
+impl<T: serde::Serialize + ?Sized> ExclusiveKeyField for T {}
+
+/// The lock key of an `#[exclusive(key = ..)]` field's value.
+pub fn exclusive_key<T: ExclusiveKeyField + ?Sized>(value: &T) -> Option<String> {
+    crate::pipeline::exclusive::key_text(value)
 }

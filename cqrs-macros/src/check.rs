@@ -10,8 +10,8 @@ use quote::ToTokens;
 use syn::{Ident, ItemStruct};
 
 use crate::ast::{
-    AuthorizeOptions, CacheOptions, HandlerAttr, HandlerKind, HandlerStruct, Jitter, Message,
-    MessageInput, RetryOptions, TimeoutOption, TransactionalOptions,
+    AuthorizeOptions, CacheOptions, ExclusiveOptions, HandlerAttr, HandlerKind, HandlerStruct,
+    Jitter, Message, MessageInput, RetryOptions, TimeoutOption, TransactionalOptions,
 };
 use crate::attr::status;
 use crate::errors::Errors;
@@ -303,6 +303,17 @@ pub(crate) fn timeout(option: &TimeoutOption, item: &ItemStruct, errors: &mut Er
         errors.spanned(
             &second,
             "the timeout is given twice: here and in `#[timeout(..)]`; keep one",
+        );
+    }
+}
+
+pub(crate) fn exclusive(options: &ExclusiveOptions, errors: &mut Errors) {
+    if let Some(name) = &options.name
+        && name.value().trim().is_empty()
+    {
+        errors.spanned(
+            name,
+            "an empty lock name; name the space the commands share, e.g. `name = \"account\"`, or leave `name` out for the command's own",
         );
     }
 }

@@ -16,8 +16,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use proc_macro2::TokenStream;
 
 use crate::ast::{
-    AuthorizeOptions, CacheOptions, HandlerKind, MessageKind, RetryOptions, TimeoutOption,
-    TransactionalOptions,
+    AuthorizeOptions, CacheOptions, ExclusiveOptions, HandlerKind, MessageKind, RetryOptions,
+    TimeoutOption, TransactionalOptions,
 };
 use crate::expand::decorator::decorator_attribute;
 use crate::expand::handler::handler_attribute;
@@ -46,6 +46,7 @@ const WORDS: &[&str] = &[
     "admin_override",
     "isolation",
     "rollback_on",
+    "key",
     "output",
     "name",
     "Conflict",
@@ -208,7 +209,7 @@ fn one_case(rng: &mut Rng) -> Option<(usize, TokenStream)> {
     arguments(rng, 0, &mut args);
     let args = tokens(&args)?;
     let item = tokens(rng.pick(ITEMS))?;
-    let which = rng.below(11);
+    let which = rng.below(12);
     let output = match which {
         0 => handler_attribute(args, item, HandlerKind::Command),
         1 => handler_attribute(args, item, HandlerKind::Query),
@@ -218,6 +219,7 @@ fn one_case(rng: &mut Rng) -> Option<(usize, TokenStream)> {
         5 => decorator_attribute::<AuthorizeOptions>(args, item),
         6 => decorator_attribute::<TimeoutOption>(args, item),
         7 => decorator_attribute::<TransactionalOptions>(args, item),
+        11 => decorator_attribute::<ExclusiveOptions>(args, item),
         kind => {
             let (attribute, kind) = match kind {
                 8 => ("command", MessageKind::Command),

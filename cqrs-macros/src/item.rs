@@ -14,6 +14,7 @@ pub(crate) const HANDLER_ATTRIBUTES: &[&str] =
 pub(crate) const DECORATOR_ATTRIBUTES: &[&str] = &[
     "authorize",
     "cached_query",
+    "exclusive",
     "retry",
     "timeout",
     "transactional",

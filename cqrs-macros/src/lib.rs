@@ -21,8 +21,8 @@ mod item;
 use proc_macro::TokenStream;
 
 use crate::ast::{
-    AuthorizeOptions, CacheOptions, HandlerKind, MessageKind, RetryOptions, TimeoutOption,
-    TransactionalOptions,
+    AuthorizeOptions, CacheOptions, ExclusiveOptions, HandlerKind, MessageKind, RetryOptions,
+    TimeoutOption, TransactionalOptions,
 };
 use crate::expand::decorator::decorator_attribute;
 use crate::expand::handler::handler_attribute;
@@ -167,4 +167,24 @@ pub fn timeout(args: TokenStream, input: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn transactional(args: TokenStream, input: TokenStream) -> TokenStream {
     decorator_attribute::<TransactionalOptions>(args.into(), input.into()).into()
+}
+
+/// Runs at most one command per key value at a time, across every process that shares the
+/// bus's PostgreSQL or Redis: `#[exclusive(key = account_id)]`, or
+/// `#[exclusive(key = account_id, name = "account")]` to share the lock with other commands.
+///
+/// On command handlers. `key` names a field of the command (any `Serialize` type: a string is
+/// the key as is, another value its JSON text); `name` is the lock space (default: the
+/// command's name), so that a `Withdraw` and a `Deposit` that both say `name = "account"`
+/// exclude each other on one account. Each attempt takes the lock before its transaction
+/// begins and frees it after the transaction ends. On PostgreSQL (`.postgres(pool)`) it is a
+/// session advisory lock on the transaction's own connection; otherwise a Redis lease
+/// (`.redis(client)`) renewed while the handler runs, whose fencing token the handler reads
+/// with `cx.fencing_token()`. A command whose key is held waits, then fails with `Conflict`;
+/// a lock backend that does not answer fails it with `Unavailable`. Without either backend,
+/// `build()` says so. The runtime decides the wait and the lease (see `ExclusiveLayer` and
+/// `BusBuilder::redis_lock_lease` in cqrs-core).
+#[proc_macro_attribute]
+pub fn exclusive(args: TokenStream, input: TokenStream) -> TokenStream {
+    decorator_attribute::<ExclusiveOptions>(args.into(), input.into()).into()
 }

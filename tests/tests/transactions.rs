@@ -98,7 +98,7 @@ async fn rollback_leaves_nothing(db: &TestDb) {
     setup(db).await;
     let deliveries = Deliveries::default();
     let bus = bus(db, &deliveries);
-    assert_eq!(bus.migrate().await.unwrap(), 3, "every migration ran");
+    assert_eq!(bus.migrate().await.unwrap(), 4, "every migration ran");
     assert_eq!(bus.migrate().await.unwrap(), 0, "migrations are idempotent");
 
     let err = bus
@@ -529,7 +529,7 @@ async fn migrate_without_a_bus_then_any_tx(db: &TestDb) {
         TestDb::Sqlite { pool, .. } => cqrs_core::migrate_sqlite(pool).await.unwrap(),
         TestDb::Postgres { pool, .. } => cqrs_core::migrate_postgres(pool).await.unwrap(),
     };
-    assert_eq!(ran, 3, "every migration ran");
+    assert_eq!(ran, 4, "every migration ran");
     let bus = db
         .attach(Bus::builder().discover(false))
         .register::<PortableInsertHandler>()

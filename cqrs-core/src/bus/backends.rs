@@ -15,6 +15,7 @@ use super::Bus;
 use crate::event_store::{DynEventStore, EventStore, MemoryEventStore};
 use crate::pipeline::cache::InvalidationChannel;
 use crate::pipeline::cache::backplane::BackplanePriority;
+use crate::pipeline::exclusive::{LockBackend, LockPriority};
 use crate::pipeline::idempotency::DynIdempotencyStore;
 use crate::pipeline::transaction::TransactionalStore;
 use crate::pipeline::transport::EventTransport;
@@ -50,6 +51,10 @@ pub(crate) struct Backends {
     /// (see `pipeline/cache/backplane.rs`).
     pub(crate) backplane: Option<Arc<dyn InvalidationChannel>>,
     backplane_priority: Option<BackplanePriority>,
+    /// The locks of `#[exclusive]` handlers: the highest priority offered (PostgreSQL's over
+    /// Redis's, see `pipeline/exclusive.rs`).
+    pub(crate) locks: Option<Arc<dyn LockBackend>>,
+    locks_priority: Option<LockPriority>,
     settings: HashMap<TypeId, Box<dyn Any + Send>>,
     finishers: Vec<fn(&mut Backends)>,
     /// Checks that need every backend finished (a broker needs the database, whichever of the
@@ -73,6 +78,8 @@ impl Default for Backends {
             problems: Vec::new(),
             backplane: None,
             backplane_priority: None,
+            locks: None,
+            locks_priority: None,
             settings: HashMap::new(),
             finishers: Vec::new(),
             checks: Vec::new(),
@@ -123,6 +130,17 @@ impl Backends {
         if self.backplane_priority.is_none_or(|p| p < priority) {
             self.backplane = Some(channel);
             self.backplane_priority = Some(priority);
+        }
+    }
+
+    /// Offers the locks of `#[exclusive]` handlers (from a backend's `finish` function): the
+    /// bus keeps the one of highest priority, PostgreSQL over Redis, whatever the order of the
+    /// builder's calls.
+    #[cfg_attr(not(any(feature = "postgres", feature = "redis")), allow(dead_code))]
+    pub(crate) fn offer_locks(&mut self, priority: LockPriority, locks: Arc<dyn LockBackend>) {
+        if self.locks_priority.is_none_or(|p| p < priority) {
+            self.locks = Some(locks);
+            self.locks_priority = Some(priority);
         }
     }
 

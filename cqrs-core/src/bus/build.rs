@@ -54,8 +54,11 @@ impl BusBuilder {
         checks::resolve_answer_targets(&mut layered, &mut problems);
         checks::check_backends(
             &layered,
-            resource_policy.is_some(),
-            backends.database.is_some(),
+            checks::Configured {
+                resource_policy: resource_policy.is_some(),
+                database: backends.database.is_some(),
+                locks: backends.locks.is_some(),
+            },
             &mut problems,
         );
         checks::unhandled_messages(&messages, &layered, strict, &mut problems);
@@ -103,6 +106,7 @@ impl BusBuilder {
             event_store,
             memory_events,
             event_store_in_db,
+            locks: backends.locks.take(),
         };
         let mut dependencies = dependencies;
         let inner = Arc::new_cyclic(|weak| {

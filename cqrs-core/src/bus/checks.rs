@@ -232,18 +232,50 @@ pub(crate) fn assemble_layers(
                     conflict("`#[transactional]`", problems);
                 }
             }
+            Decorator::Exclusive(e) => {
+                if c.kind != MessageKind::Command {
+                    misplaced("#[exclusive]", "command handlers", problems);
+                } else if layers
+                    .exclusive
+                    .replace(e.in_space_of(c.message.name))
+                    .is_some()
+                {
+                    conflict("`#[exclusive]`", problems);
+                }
+            }
         }
     }
     layers
 }
 
+/// What the builder was given that decorators need.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Configured {
+    pub(crate) resource_policy: bool,
+    pub(crate) database: bool,
+    /// A lock backend (PostgreSQL or Redis), for `#[exclusive]`.
+    pub(crate) locks: bool,
+}
+
 pub(crate) fn check_backends(
     layered: &[(Candidate, Layers)],
-    has_resource_policy: bool,
-    has_database: bool,
+    configured: Configured,
     problems: &mut Vec<BuildProblem>,
 ) {
+    let Configured {
+        resource_policy: has_resource_policy,
+        database: has_database,
+        locks: has_locks,
+    } = configured;
     for (c, layers) in layered {
+        if layers.exclusive.is_some() && !has_locks {
+            problems.push(BuildProblem::MissingBackend {
+                handler: c.handler_name,
+                location: c.location,
+                decorator: "#[exclusive]",
+                needs: "the bus has nothing to lock with across processes: add `.postgres(pool)` (a session advisory lock; feature `postgres`) or `.redis(client)` (a lease; feature `redis`) to the builder. SQLite alone cannot: add `.redis(client)` beside `.sqlite(pool)`",
+            });
+        }
         if layers.transaction.is_some() && !has_database {
             problems.push(BuildProblem::MissingBackend {
                 handler: c.handler_name,

@@ -10,8 +10,9 @@
 //! | 6 | idempotency (commands) | [`checked`], [`idempotent`] |
 //! | 7 | cache (queries) | [`checked`], [`cached`] |
 //! | 8 | retry | [`attempts`]: the one retry loop |
-//! | 9 | transaction | [`attempt`], through [`transaction::begin`] and [`transaction::finish`] |
-//! | 10 | handler, its panics caught | [`attempt`] |
+//! | 8½ | exclusive (commands) | [`attempt`], through [`exclusive::acquire`] and [`exclusive::release`] |
+//! | 9 | transaction | [`unlocked`], through [`transaction::begin`] and [`transaction::finish`] |
+//! | 10 | handler, its panics caught | [`unlocked`] |
 //! | after | publish, invalidate | [`guarded`], through [`LayerContext::after`] |
 //!
 //! Each layer's configuration and behaviour live in its own module; this file only says in
@@ -36,7 +37,7 @@ use super::idempotency::{IdempotencyKey, Outcome, Replies};
 use super::report::DispatchStats;
 use super::runtime::Runtime;
 use super::trace::InSpan;
-use super::{CatchPanic, Layers, retry, timeout, trace, transaction, with_middleware};
+use super::{CatchPanic, Layers, exclusive, retry, timeout, trace, transaction, with_middleware};
 use crate::Error;
 use crate::context::{CommandContext, EventContext, QueryContext};
 use crate::envelope::{Metadata, Principal};
@@ -385,8 +386,39 @@ async fn attempts<C: LayerContext>(
     }
 }
 
-/// Layers 9 and 10: the handler, in a transaction when it is `#[transactional]`.
+/// Layer 8½ (`#[exclusive]`: the attempt's lock, around its transaction), then 9 and 10.
 async fn attempt<C: LayerContext>(
+    pipe: &dyn FullPipe<Context = C>,
+    bus: &Runtime,
+    key: Option<&IdempotencyKey>,
+    message: Message<'_>,
+    last: bool,
+    output: &mut Erased,
+    cx: &mut C,
+) -> Result<(), Error> {
+    let Some(lock) = &pipe.layers().exclusive else {
+        return unlocked(pipe, bus, key, message, last, output, cx).await;
+    };
+    // Boxed: a lock does I/O, and only `#[exclusive]` handlers take one.
+    Box::pin(async move {
+        let handler = pipe.handler_name();
+        let Some(slot) = cx.tx_slot() else {
+            return Err(Error::internal(format!(
+                "`#[exclusive]` on `{handler}`: only commands take a lock"
+            )));
+        };
+        exclusive::acquire(lock, bus, pipe.peek(message.get()), slot, handler).await?;
+        let result = unlocked(pipe, bus, key, message, last, output, cx).await;
+        match cx.tx_slot() {
+            Some(slot) => exclusive::release(slot, handler, result).await,
+            None => result,
+        }
+    })
+    .await
+}
+
+/// Layers 9 and 10: the handler, in a transaction when it is `#[transactional]`.
+async fn unlocked<C: LayerContext>(
     pipe: &dyn FullPipe<Context = C>,
     bus: &Runtime,
     key: Option<&IdempotencyKey>,

@@ -11,9 +11,16 @@
 //! | 6 | idempotency | `Envelope::idempotency_key` (commands) | [`idempotency`] |
 //! | 7 | cache | `#[cached_query(..)]` (queries) | [`cache`] |
 //! | 8 | retry | `#[retry(..)]` | [`retry`] |
+//! | 8½ | exclusive | `#[exclusive(key = field, name = "..")]` (commands) | [`exclusive`] |
 //! | 9 | transaction | `#[transactional(..)]` (commands; event handlers, with their inbox) | [`transaction`] |
 //! | 10 | handler | the handler, with panics caught | |
 //! | after | publish | emitted events to event handlers (through the outbox when transactional), caches named by `invalidates = [..]` dropped | [`publish`] |
+//!
+//! Exclusive sits inside retry and directly outside the transaction: each attempt takes the
+//! lock, begins, runs the handler, commits, and releases the lock, so that the next holder
+//! begins after this one committed (and reads what it wrote), and a retried attempt waits its
+//! turn again rather than holding the key through the back-off. Outside idempotency, so that a
+//! replayed reply needs no lock.
 //!
 //! Each layer is a small type that knows nothing of the others. [`plan`] declares their order
 //! and which of them await, once; `build()` turns it into each handler's [`plan::Plan`], which
@@ -42,6 +49,7 @@ pub(crate) mod contexts;
 pub(crate) mod describe;
 pub(crate) mod erased;
 pub(crate) mod event;
+pub(crate) mod exclusive;
 pub(crate) mod full_path;
 pub(crate) mod idempotency;
 pub(crate) mod lean;
@@ -80,6 +88,7 @@ pub(crate) use self::query::{QueryPipe, QueryPipeline};
 
 use self::authorize::AuthorizeLayer;
 use self::cache::CacheSpec;
+use self::exclusive::ExclusiveLayer;
 use self::middleware::Dispatch;
 use self::retry::RetryLayer;
 use self::transaction::TransactionLayer;
@@ -109,6 +118,8 @@ pub enum Decorator {
     Cache(CacheSpec),
     /// `#[transactional(..)]`.
     Transactional(TransactionLayer),
+    /// `#[exclusive(..)]`.
+    Exclusive(ExclusiveLayer),
 }
 
 impl Decorator {
@@ -120,6 +131,7 @@ impl Decorator {
             Decorator::Timeout(_) => "timeout",
             Decorator::Cache(_) => "cached_query",
             Decorator::Transactional(_) => "transactional",
+            Decorator::Exclusive(_) => "exclusive",
         }
     }
 }
@@ -132,6 +144,7 @@ pub(crate) struct Layers {
     pub(crate) retry: Option<RetryLayer>,
     pub(crate) cache: Option<CacheSpec>,
     pub(crate) transaction: Option<TransactionLayer>,
+    pub(crate) exclusive: Option<ExclusiveLayer>,
     pub(crate) invalidates: Vec<cache::target::Invalidates>,
 }
 

@@ -34,6 +34,9 @@ pub(crate) enum Layer {
     Cache,
     /// `#[retry(..)]` (`retry.rs`).
     Retry,
+    /// `#[exclusive(..)]`, commands (`exclusive.rs`): each attempt's lock, around its
+    /// transaction.
+    Exclusive,
     /// `#[transactional(..)]`, commands and event handlers (`transaction.rs`; an event
     /// handler's records the event in its inbox).
     Transaction,
@@ -52,7 +55,7 @@ pub(crate) enum Runs {
 }
 
 /// The layers, outermost first.
-pub(crate) const PIPELINE: [Layer; 10] = [
+pub(crate) const PIPELINE: [Layer; 11] = [
     Layer::Trace,
     Layer::Middleware,
     Layer::Timeout,
@@ -61,6 +64,7 @@ pub(crate) const PIPELINE: [Layer; 10] = [
     Layer::Idempotency,
     Layer::Cache,
     Layer::Retry,
+    Layer::Exclusive,
     Layer::Transaction,
     Layer::Handler,
 ];
@@ -103,6 +107,7 @@ impl Layer {
             Layer::Idempotency => awaits(kind == MessageKind::Command),
             Layer::Cache => awaits(layers.cache.is_some()),
             Layer::Retry => awaits(layers.retry.is_some()),
+            Layer::Exclusive => awaits(layers.exclusive.is_some()),
             Layer::Transaction => awaits(layers.transaction.is_some()),
         }
     }
@@ -131,6 +136,10 @@ impl Layer {
                 .retry
                 .as_ref()
                 .map_or_else(|| "retry".to_owned(), ToString::to_string),
+            Layer::Exclusive => layers
+                .exclusive
+                .as_ref()
+                .map_or_else(|| "exclusive".to_owned(), ToString::to_string),
             Layer::Transaction => layers
                 .transaction
                 .as_ref()
@@ -231,7 +240,19 @@ mod tests {
             retry: Some(RetryLayer::default()),
             ..Layers::default()
         };
-        for (layers, middleware) in [(&timed, 0), (&retried, 0), (&Layers::default(), 1)] {
+        let exclusive = Layers {
+            exclusive: Some(crate::pipeline::exclusive::ExclusiveLayer::new(
+                "id",
+                |_| None,
+            )),
+            ..Layers::default()
+        };
+        for (layers, middleware) in [
+            (&timed, 0),
+            (&retried, 0),
+            (&exclusive, 0),
+            (&Layers::default(), 1),
+        ] {
             assert!(!plan(MessageKind::Event, layers, middleware).lean_for(&Metadata::new()));
         }
     }
@@ -241,6 +262,9 @@ mod tests {
         let layers = Layers {
             timeout: Some(Duration::from_secs(2)),
             retry: Some(RetryLayer::default()),
+            exclusive: Some(
+                crate::pipeline::exclusive::ExclusiveLayer::new("id", |_| None).in_space_of("C"),
+            ),
             invalidates: vec![crate::pipeline::cache::target::Invalidates {
                 query: "Q",
                 target: None,
@@ -266,6 +290,7 @@ mod tests {
                 "validate",
                 "idempotency",
                 "retry",
+                "exclusive",
                 "handler",
                 "invalidates[Q]"
             ]

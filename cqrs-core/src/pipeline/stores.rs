@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::exclusive::LockBackend;
 use super::transaction::TransactionalStore;
 use super::transport::EventTransport;
 use crate::Error;
@@ -27,6 +28,8 @@ pub(crate) struct Stores {
     /// Whether idempotent replies are written in the handler's transaction (the idempotency
     /// store is the database's own).
     pub(crate) idempotency_in_tx: bool,
+    /// The locks of `#[exclusive]` handlers: PostgreSQL's advisory locks, else Redis leases.
+    pub(crate) locks: Option<Arc<dyn LockBackend>>,
 }
 
 impl Stores {

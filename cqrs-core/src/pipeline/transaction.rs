@@ -19,6 +19,7 @@ use std::future::Future;
 use futures_util::future::BoxFuture;
 use uuid::Uuid;
 
+use super::exclusive::{self, HeldLock};
 use super::idempotency::IdempotencyKey;
 use crate::envelope::Metadata;
 use crate::events::EmittedEvent;
@@ -30,6 +31,17 @@ use crate::{Error, Status};
 pub(crate) trait TransactionalStore: Send + Sync + 'static {
     /// Begins a transaction at `isolation`.
     fn begin(&self, isolation: Isolation) -> BoxFuture<'_, Result<Box<dyn Transaction>, Error>>;
+    /// Begins the transaction of an `#[exclusive]` attempt that holds `lock`: PostgreSQL
+    /// begins on the lock's own connection, which the transaction then owns and unlocks once
+    /// it has ended (`backend/sql/lock.rs`); any other lock stays with the exclusive layer.
+    fn begin_holding<'a>(
+        &'a self,
+        isolation: Isolation,
+        lock: &'a mut dyn HeldLock,
+    ) -> BoxFuture<'a, Result<Box<dyn Transaction>, Error>> {
+        let _ = lock;
+        self.begin(isolation)
+    }
     /// Marks outbox rows delivered, after their events were delivered in the dispatch.
     fn mark_delivered<'a>(&'a self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<(), Error>>;
     /// Gives back outbox rows whose delivery in the dispatch failed, for the relay to retry
@@ -136,17 +148,22 @@ pub(crate) async fn begin<C: InTransaction>(
     store: &dyn TransactionalStore,
     cx: &mut C,
 ) -> Result<bool, Error> {
-    if cx.tx_slot().is_none() {
+    let handler = cx.handler();
+    let Some(slot) = cx.tx_slot() else {
         return Err(Error::internal(format!(
-            "`{}` cannot run in a transaction",
-            cx.handler()
+            "`{handler}` cannot run in a transaction"
         )));
-    }
-    let mut tx = store.begin(layer.isolation_level()).await?;
+    };
+    let isolation = layer.isolation_level();
+    let mut tx = match exclusive::held_mut(slot) {
+        Some(lock) => store.begin_holding(isolation, lock).await?,
+        None => store.begin(isolation).await?,
+    };
     match cx.opened(&mut *tx).await {
         Ok(true) => {
+            // Beside the attempt's `#[exclusive]` lock, if it holds one.
             if let Some(slot) = cx.tx_slot() {
-                *slot = into_slot(tx);
+                slot.put(Box::new(tx));
             }
             Ok(true)
         }

@@ -226,3 +226,29 @@ fn isolation_variant(level: &LitStr, errors: &mut Errors) -> Option<Ident> {
     errors.spanned(level, message);
     None
 }
+
+/// `#[exclusive(key = field, name = "account")]`.
+pub(crate) struct ExclusiveOptions {
+    /// The command's field whose value is the lock's key.
+    pub(crate) key: Ident,
+    /// The lock space shared with other commands (default: the command's name).
+    pub(crate) name: Option<LitStr>,
+}
+
+impl ExclusiveOptions {
+    pub(crate) const ATTRIBUTE: &'static str = "exclusive";
+    pub(crate) const SPECS: &'static [Spec] = &[opt("key", Kind::Ident), opt("name", Kind::Str)];
+
+    /// `None` without `key` (reported: there is nothing to lock on).
+    pub(crate) fn from_args(mut args: Args, errors: &mut Errors) -> Option<Self> {
+        let name = args.str("name");
+        let Some(key) = args.ident("key") else {
+            errors.at(
+                Span::call_site(),
+                "`#[exclusive]` needs the field to lock on: `#[exclusive(key = account_id)]` (and `name = \"account\"` to share the lock with other commands)",
+            );
+            return None;
+        };
+        Some(ExclusiveOptions { key, name })
+    }
+}

@@ -10,7 +10,8 @@ pub(crate) mod handler;
 pub(crate) mod message;
 
 pub(crate) use self::decorator::{
-    AuthorizeOptions, CacheOptions, Jitter, RetryOptions, TimeoutOption, TransactionalOptions,
+    AuthorizeOptions, CacheOptions, ExclusiveOptions, Jitter, RetryOptions, TimeoutOption,
+    TransactionalOptions,
 };
 pub(crate) use self::handler::{HandlerAttr, HandlerKind, HandlerStruct, Message};
 pub(crate) use self::message::{MessageInput, MessageKind};

@@ -203,6 +203,7 @@ fn generate(attr: &HandlerAttr, mut handler: HandlerStruct) -> TokenStream {
     let options = handler_options(attr, &message);
     let accepts: &[&str] = match kind {
         HandlerKind::Command => &[
+            "AcceptsExclusive",
             "AcceptsTransactional",
             "AcceptsAuthorize",
             "AcceptsRetry",

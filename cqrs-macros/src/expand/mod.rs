@@ -7,6 +7,7 @@
 pub(crate) mod authorize;
 pub(crate) mod cached_query;
 pub(crate) mod decorator;
+pub(crate) mod exclusive;
 pub(crate) mod handler;
 pub(crate) mod message;
 pub(crate) mod retry;

@@ -343,3 +343,15 @@ impl Drop for OwnRedis {
         self.stop();
     }
 }
+
+/// Polls `check` until it is true, for up to 5 s (then panics, naming `what`).
+pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within 5 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -1,5 +1,6 @@
 //! Redis (feature `redis`), shared by every instance of a service: cache invalidations between
-//! processes over pub/sub ([`backplane`]), and [`RedisIdempotencyStore`] ([`idempotency`]).
+//! processes over pub/sub ([`backplane`]), [`RedisIdempotencyStore`] ([`idempotency`]), and the
+//! leases of `#[exclusive]` handlers when the bus has no PostgreSQL ([`lock`]).
 //!
 //! ```no_run
 //! # use cqrs_core::prelude::*;
@@ -18,8 +19,8 @@
 //!
 //! **When Redis is down**: invalidations are not sent (logged; the answers expire with their
 //! `ttl`) and the listener reconnects with a back-off, dropping the first level once back;
-//! idempotency keys fail closed, with `Unavailable` (a 503 over HTTP): running the command
-//! without its key could run it twice. Commands without a key are not affected.
+//! idempotency keys and `#[exclusive]` locks fail closed, with `Unavailable` (a 503 over HTTP):
+//! running the command without its key could run it twice, without its lock beside another. Commands without a key are not affected.
 //!
 //! Every key and channel starts with the bus's prefix (`cqrs:` unless
 //! [`redis_prefix`](crate::BusBuilder::redis_prefix) is given), so that services, or tests,
@@ -28,6 +29,7 @@
 pub(crate) mod backplane;
 pub(crate) mod cache;
 pub(crate) mod idempotency;
+pub(crate) mod lock;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +42,7 @@ pub use self::idempotency::RedisIdempotencyStore;
 use crate::bus::BusBuilder;
 use crate::bus::backends::Backends;
 use crate::pipeline::cache::backplane::BackplanePriority;
+use crate::pipeline::exclusive::LockPriority;
 use crate::{Error, Status};
 
 /// The prefix of every key and channel when none is given.
@@ -114,6 +117,7 @@ pub(crate) fn redis_error(error: redis::RedisError) -> Error {
 pub(crate) struct RedisSettings {
     client: Option<redis::Client>,
     prefix: Option<String>,
+    lock_lease: Option<Duration>,
 }
 
 fn settings(builder: &mut BusBuilder) -> &mut RedisSettings {
@@ -127,6 +131,7 @@ fn finish(backends: &mut Backends) {
     let Some(RedisSettings {
         client: Some(client),
         prefix,
+        lock_lease,
     }) = backends.take_settings::<RedisSettings>()
     else {
         return;
@@ -136,16 +141,33 @@ fn finish(backends: &mut Backends) {
         BackplanePriority::Redis,
         Arc::new(backplane::RedisInvalidationChannel::new(redis.clone())),
     );
+    // `#[exclusive]`: leases, unless PostgreSQL's advisory locks are there (they are held by
+    // the transaction's own session, and need no lease).
+    let lease = lock_lease.unwrap_or(lock::DEFAULT_LEASE);
+    backends.offer_locks(
+        LockPriority::Redis,
+        Arc::new(lock::RedisLocks::new(redis.clone(), lease)),
+    );
     backends.redis_idempotency = Some(Arc::new(RedisIdempotencyStore::from_redis(redis)));
 }
 
 impl BusBuilder {
     /// Uses this Redis, shared by every instance of the service: cache invalidations reach
     /// every process through its pub/sub (NATS wins when also configured; Redis wins over
-    /// PostgreSQL's `LISTEN`/`NOTIFY`), and idempotency keys live there when the bus has no
-    /// database. See [`redis_prefix`](Self::redis_prefix) for the names it uses.
+    /// PostgreSQL's `LISTEN`/`NOTIFY`), idempotency keys live there when the bus has no
+    /// database, and `#[exclusive]` handlers take leases there when it has no PostgreSQL. See [`redis_prefix`](Self::redis_prefix) for the names it uses.
     pub fn redis(mut self, client: redis::Client) -> Self {
         settings(&mut self).client = Some(client);
+        self
+    }
+
+    /// How long the lease of an `#[exclusive]` lock on Redis lasts unless renewed (10 s by
+    /// default). The holder renews it every third of it while its handler runs; a holder that
+    /// dies frees its key within one lease. Shorter frees keys of dead holders sooner, and
+    /// needs Redis to answer a renewal within a third of it. Not used when the bus has
+    /// PostgreSQL (its advisory locks end with their session).
+    pub fn redis_lock_lease(mut self, lease: Duration) -> Self {
+        settings(&mut self).lock_lease = Some(lease);
         self
     }
 

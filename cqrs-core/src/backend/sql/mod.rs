@@ -8,6 +8,8 @@ pub(crate) mod events;
 pub(crate) mod idempotency;
 pub(crate) mod inbox;
 #[cfg(feature = "postgres")]
+pub(crate) mod lock;
+#[cfg(feature = "postgres")]
 pub(crate) mod notify;
 pub(crate) mod outbox;
 #[cfg(feature = "postgres")]
@@ -69,17 +71,22 @@ impl Database {
                 ))
             }
             #[cfg(feature = "postgres")]
-            Database::Postgres(pool) => {
-                let statement = match isolation {
-                    Isolation::ReadCommitted => "BEGIN ISOLATION LEVEL READ COMMITTED",
-                    Isolation::RepeatableRead => "BEGIN ISOLATION LEVEL REPEATABLE READ",
-                    Isolation::Serializable => "BEGIN ISOLATION LEVEL SERIALIZABLE",
-                };
-                Ok(Tx::Postgres(
-                    pool.begin_with(statement).await.map_err(db_error)?,
-                ))
-            }
+            Database::Postgres(pool) => Ok(Tx::Postgres(
+                pool.begin_with(begin_statement(isolation))
+                    .await
+                    .map_err(db_error)?,
+            )),
         }
+    }
+}
+
+/// PostgreSQL's `BEGIN` at `isolation`.
+#[cfg(feature = "postgres")]
+pub(crate) fn begin_statement(isolation: Isolation) -> &'static str {
+    match isolation {
+        Isolation::ReadCommitted => "BEGIN ISOLATION LEVEL READ COMMITTED",
+        Isolation::RepeatableRead => "BEGIN ISOLATION LEVEL REPEATABLE READ",
+        Isolation::Serializable => "BEGIN ISOLATION LEVEL SERIALIZABLE",
     }
 }
 

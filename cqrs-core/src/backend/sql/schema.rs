@@ -173,6 +173,16 @@ CREATE TABLE cqrs_inbox (
 );
 "#,
     },
+    Migration {
+        version: 4,
+        description: "fencing tokens of `#[exclusive]` locks",
+        // PostgreSQL's advisory locks take their fencing token from this sequence
+        // (`backend/sql/lock.rs`); SQLite has no lock of its own (Redis's leases count theirs).
+        #[cfg(feature = "sqlite")]
+        sqlite: "SELECT 1;",
+        #[cfg(feature = "postgres")]
+        postgres: "CREATE SEQUENCE cqrs_exclusive_fence;",
+    },
 ];
 
 /// Whether every migration has run (the relay waits for it rather than failing on missing

@@ -16,6 +16,8 @@ use crate::bus::backends::Backends;
 use crate::bus::{Bus, BusBuilder, Shared};
 #[cfg(feature = "postgres")]
 use crate::pipeline::cache::backplane::BackplanePriority;
+#[cfg(feature = "postgres")]
+use crate::pipeline::exclusive::LockPriority;
 
 /// What the builder was told about the database, in any order.
 #[derive(Default)]
@@ -53,6 +55,9 @@ fn finish(backends: &mut Backends) {
     if let Database::Postgres(pool) = &db {
         let channel = super::notify::PgInvalidationChannel::new(pool.clone());
         backends.offer_backplane(BackplanePriority::Postgres, Arc::new(channel));
+        // `#[exclusive]`: session advisory locks on the transaction's own connection.
+        let locks = super::lock::PgLocks::new(pool.clone());
+        backends.offer_locks(LockPriority::Postgres, Arc::new(locks));
     }
     let store = SqlStore {
         db,

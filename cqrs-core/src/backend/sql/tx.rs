@@ -13,6 +13,8 @@ use crate::Error;
 use crate::context::{CommandContext, EventContext, TxSlot};
 use crate::envelope::Metadata;
 use crate::events::EmittedEvent;
+#[cfg(feature = "postgres")]
+use crate::pipeline::exclusive::HeldLock;
 use crate::pipeline::idempotency::IdempotencyKey;
 use crate::pipeline::transaction::{self, Isolation, Transaction, TransactionalStore};
 
@@ -26,9 +28,22 @@ pub(crate) struct SqlStore {
 }
 
 /// A running transaction and the outbox settings it writes rows with.
-struct SqlTransaction {
+pub(crate) struct SqlTransaction {
     tx: Tx,
     outbox: OutboxSettings,
+}
+
+impl SqlTransaction {
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn new(tx: Tx, outbox: OutboxSettings) -> Self {
+        SqlTransaction { tx, outbox }
+    }
+
+    /// The database's transaction, for an `#[exclusive]` one to end itself (`lock.rs`).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn into_tx(self) -> Tx {
+        self.tx
+    }
 }
 
 impl TransactionalStore for SqlStore {
@@ -40,6 +55,16 @@ impl TransactionalStore for SqlStore {
                 outbox: self.outbox,
             }) as Box<dyn Transaction>)
         })
+    }
+
+    /// On PostgreSQL, on the connection that holds the `#[exclusive]` lock (`lock.rs`).
+    #[cfg(feature = "postgres")]
+    fn begin_holding<'a>(
+        &'a self,
+        isolation: Isolation,
+        lock: &'a mut dyn HeldLock,
+    ) -> BoxFuture<'a, Result<Box<dyn Transaction>, Error>> {
+        super::lock::begin_holding(self, isolation, lock)
     }
 
     fn mark_delivered<'a>(&'a self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<(), Error>> {

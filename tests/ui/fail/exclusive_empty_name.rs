@@ -1,0 +1,18 @@
+use cqrs_core::prelude::*;
+
+#[derive(Command, Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Withdraw {
+    account: u64,
+}
+
+#[command_handler(Withdraw)]
+#[exclusive(key = account, name = " ")]
+struct WithdrawHandler;
+
+impl CommandHandler<Withdraw> for WithdrawHandler {
+    async fn handle(&self, _cmd: Withdraw, _cx: &mut CommandContext) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+fn main() {}
