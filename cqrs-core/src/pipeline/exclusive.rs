@@ -173,6 +173,7 @@ pub(crate) trait HeldLock: Send + 'static {
     /// Frees the lock.
     fn release(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>>;
     /// The backend's own type (PostgreSQL hands the lock's connection to the transaction).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 

@@ -219,8 +219,18 @@ impl IdempotencyStore for MemoryIdempotencyStore {
 }
 
 /// The fingerprint of a payload: SipHash-1-3 (128 bits) of its JSON form, in hex.
+///
+/// Only the serialization is generic: the rest is [`fingerprint_json`], compiled once rather
+/// than once per command.
+#[inline]
 pub(crate) fn fingerprint<T: Serialize>(payload: &T) -> Result<String, Error> {
-    let json = serde_json::to_vec(payload).map_err(|e| {
+    fingerprint_json(serde_json::to_vec(payload))
+}
+
+/// The fingerprint of a payload's JSON form.
+#[inline(never)]
+fn fingerprint_json(json: Result<Vec<u8>, serde_json::Error>) -> Result<String, Error> {
+    let json = json.map_err(|e| {
         Error::from_std(crate::Status::Internal, e).context("fingerprinting the payload")
     })?;
     Ok(format!(
