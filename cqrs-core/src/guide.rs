@@ -481,6 +481,13 @@
 //! sends a command of its own space and key waits for itself. `build()` refuses an `#[exclusive]`
 //! handler on a bus with neither PostgreSQL nor Redis, naming it and the fix.
 //!
+//! **Where it does not hold.** A session advisory lock needs a session: behind a pooler in
+//! transaction mode (PgBouncer's `pool_mode = transaction`) the lock and the transaction can
+//! land on different server connections, and nothing is excluded; point the bus at PostgreSQL
+//! directly, or at a pooler in session mode. On Redis, the take is one script over two keys
+//! (the lease and the space's fence counter), which a Redis Cluster refuses when they hash to
+//! different slots: use a single Redis (or a primary with replicas) for locks.
+//!
 //! ## Features
 //!
 //! | feature | what it adds |
