@@ -485,7 +485,7 @@
 //! transaction mode (PgBouncer's `pool_mode = transaction`) the lock and the transaction can
 //! land on different server connections, and nothing is excluded; point the bus at PostgreSQL
 //! directly, or at a pooler in session mode. On Redis, the take is one script over two keys
-//! (the lease and the space's fence counter), which a Redis Cluster refuses when they hash to
+//! (the lease and the prefix's fence counter), which a Redis Cluster refuses when they hash to
 //! different slots: use a single Redis (or a primary with replicas) for locks.
 //!
 //! ## Features
