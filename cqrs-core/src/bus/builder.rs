@@ -23,16 +23,6 @@ use crate::pipeline::runtime::FailureSink;
 use crate::registry::Handler;
 use crate::registry::Location;
 
-/// The type's name without its module path (generic arguments keep theirs).
-pub(crate) fn short_type_name<T: ?Sized>() -> &'static str {
-    let full = std::any::type_name::<T>();
-    let base = full.split('<').next().unwrap_or(full);
-    match base.rfind("::") {
-        Some(i) => &full[i + 2..],
-        None => full,
-    }
-}
-
 /// Configures and builds a [`Bus`](crate::Bus).
 ///
 /// ```

@@ -5,7 +5,6 @@
 use std::any::TypeId;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::builder::short_type_name;
 use crate::build_error::BuildProblem;
 use crate::location::Location;
 use crate::message::{MessageInfo, MessageKind};
@@ -382,5 +381,15 @@ pub(crate) fn resolve_answer_targets(
                 }),
             });
         }
+    }
+}
+
+/// The type's name without its module path (generic arguments keep theirs).
+pub(crate) fn short_type_name<T: ?Sized>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    let base = full.split('<').next().unwrap_or(full);
+    match base.rfind("::") {
+        Some(i) => &full[i + 2..],
+        None => full,
     }
 }

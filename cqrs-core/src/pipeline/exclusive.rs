@@ -33,7 +33,6 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 
 use super::erased::Erased;
-use super::runtime::Runtime;
 use crate::Error;
 use crate::context::TxSlot;
 
@@ -185,12 +184,12 @@ const MAX_PAUSE: Duration = Duration::from_millis(50);
 /// the module's header), and keeps it in the context until [`release`].
 pub(crate) async fn acquire(
     layer: &ExclusiveLayer,
-    runtime: &Runtime,
+    locks: Option<&dyn LockBackend>,
     command: Option<&Erased>,
     slot: &mut TxSlot,
     handler: &'static str,
 ) -> Result<(), Error> {
-    let Some(locks) = runtime.stores.locks.as_deref() else {
+    let Some(locks) = locks else {
         return Err(Error::internal(format!(
             "`#[exclusive]` on `{handler}` needs a lock backend: add `.postgres(pool)` or `.redis(client)` to the builder",
         )));

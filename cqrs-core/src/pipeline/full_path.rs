@@ -407,7 +407,8 @@ async fn attempt<C: LayerContext>(
                 "`#[exclusive]` on `{handler}`: only commands take a lock"
             )));
         };
-        exclusive::acquire(lock, bus, pipe.peek(message.get()), slot, handler).await?;
+        let locks = bus.stores.locks.as_deref();
+        exclusive::acquire(lock, locks, pipe.peek(message.get()), slot, handler).await?;
         let result = unlocked(pipe, bus, key, message, last, output, cx).await;
         match cx.tx_slot() {
             Some(slot) => exclusive::release(slot, handler, result).await,

@@ -13,23 +13,6 @@
 use crate::message::MessageKind;
 use crate::pipeline::report::DispatchStats;
 
-/// When a dispatch started (only measured with the `metrics` feature).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Started {
-    #[cfg(feature = "metrics")]
-    at: std::time::Instant,
-}
-
-impl Default for Started {
-    #[inline]
-    fn default() -> Self {
-        Started {
-            #[cfg(feature = "metrics")]
-            at: std::time::Instant::now(),
-        }
-    }
-}
-
 #[cfg(not(feature = "metrics"))]
 #[inline(always)]
 pub(crate) fn record_dispatch(
@@ -54,7 +37,7 @@ pub(crate) fn record_dispatch(
     ];
     metrics::counter!("cqrs_dispatch_total", &labels).increment(1);
     metrics::histogram!("cqrs_dispatch_duration_seconds", &labels)
-        .record(stats.started.at.elapsed().as_secs_f64());
+        .record(stats.started.elapsed().as_secs_f64());
     if stats.attempts > 0 {
         metrics::counter!("cqrs_attempts_total", "kind" => kind.as_str(), "message" => message)
             .increment(u64::from(stats.attempts));

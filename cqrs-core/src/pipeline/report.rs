@@ -42,7 +42,7 @@ pub struct Report<T> {
 #[derive(Debug, Default)]
 pub(crate) struct DispatchStats {
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    pub(crate) started: crate::pipeline::metrics::Started,
+    pub(crate) started: Started,
     pub(crate) attempts: u32,
     pub(crate) cache_hit: bool,
     /// Whether the query went through a cache layer (hit or miss).
@@ -69,6 +69,31 @@ impl DispatchStats {
             replayed: self.replayed,
             events: self.events,
             elapsed,
+        }
+    }
+}
+
+/// When a dispatch started (only measured with the `metrics` feature).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Started {
+    #[cfg(feature = "metrics")]
+    at: std::time::Instant,
+}
+
+impl Started {
+    /// The time since the dispatch started.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn elapsed(&self) -> std::time::Duration {
+        self.at.elapsed()
+    }
+}
+
+impl Default for Started {
+    #[inline]
+    fn default() -> Self {
+        Started {
+            #[cfg(feature = "metrics")]
+            at: std::time::Instant::now(),
         }
     }
 }
