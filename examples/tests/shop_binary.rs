@@ -1,5 +1,7 @@
 //! The `shop` binary itself: `describe`, `describe --mermaid`, and serving on the port it prints.
 
+mod support;
+
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -128,26 +130,8 @@ async fn serves_the_seeded_catalogue_on_the_port_it_prints() {
     let db =
         TempDb(std::env::temp_dir().join(format!("cqrs-shop-bin-{}.db", uuid::Uuid::now_v7())));
     // Dropped (so killed) before `db` is, when the test ends or fails.
-    let mut shop = Command::new(SHOP)
-        .args(["--database", db.0.to_str().unwrap(), "--port", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the shop starts");
-
-    let stdout = shop.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("the shop prints where it listens within 30 s")
-        .unwrap()
-        .expect("a line");
-    let url = first
-        .strip_prefix("shop listening on ")
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("unexpected first line: {first}"))
-        .to_owned();
+    let args = ["--database", db.0.to_str().unwrap()];
+    let (mut shop, url) = support::spawn_shop(&args, Duration::from_secs(30)).await;
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
 
     let response = reqwest::get(format!("{url}/products/1")).await;
