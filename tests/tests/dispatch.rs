@@ -458,3 +458,70 @@ async fn an_instance_registered_by_hand_handles_its_command() {
     );
     assert_eq!(bus.query(Balance { account: 1 }).await.unwrap(), Some(77));
 }
+
+/// A query answered from the cache: its second ask ends at the cache, before any future is built.
+#[derive(Query, Debug, Clone, Hash, PartialEq, Eq)]
+#[query(output = u64)]
+struct CachedTotal {
+    account: u32,
+}
+
+#[query_handler(CachedTotal)]
+#[cached_query(ttl = "1m")]
+struct CachedTotalHandler;
+
+impl QueryHandler<CachedTotal> for CachedTotalHandler {
+    async fn handle(&self, q: CachedTotal, _cx: &QueryContext) -> Result<u64, Error> {
+        Ok(u64::from(q.account) * 2)
+    }
+}
+
+/// The envelope is handed to the pipeline by reference and moved out only by the path that
+/// needs it: whichever way a dispatch ends, its metadata (here, the principal it holds) is
+/// dropped exactly once, and a dispatch dropped before it is polled drops it too.
+#[tokio::test]
+async fn an_envelope_is_released_once_however_its_dispatch_ends() {
+    let ledger = Arc::new(Ledger::default());
+    let bus = Bus::builder()
+        .discover(false)
+        .register::<DepositHandler>()
+        .register::<BalanceHandler>()
+        .register::<CachedTotalHandler>()
+        .provide(ledger)
+        .build()
+        .unwrap();
+    let principal = Arc::new(Principal::new("teller-2"));
+    let held = || Arc::strong_count(&principal);
+    let deposit = |cents| Envelope::new(Deposit { account: 4, cents }).principal(principal.clone());
+
+    assert_eq!(bus.send(deposit(3)).await.unwrap(), 3);
+    assert_eq!(held(), 1, "after a command that succeeded");
+    let panicked = bus.send(deposit(0)).await.unwrap_err();
+    assert_eq!(panicked.status(), Status::Internal);
+    assert_eq!(held(), 1, "after a command whose handler panicked");
+    let no_handler = bus
+        .send(Envelope::new(CloseAccount { account: 4 }).principal(principal.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(no_handler.status(), Status::NoHandler);
+    assert_eq!(held(), 1, "after a command nobody handles");
+    let timed = Envelope::new(Balance { account: 4 })
+        .principal(principal.clone())
+        .timeout(std::time::Duration::from_secs(5));
+    assert_eq!(bus.query(timed).await.unwrap(), Some(3));
+    assert_eq!(held(), 1, "after a query on the full path (a deadline)");
+    for round in ["miss", "hit"] {
+        let q = Envelope::new(CachedTotal { account: 4 }).principal(principal.clone());
+        assert_eq!(bus.query(q).await.unwrap(), 8);
+        assert_eq!(held(), 1, "after a cached query's {round}");
+    }
+    let never_polled = bus.send(deposit(5));
+    assert_eq!(held(), 2);
+    drop(never_polled);
+    assert_eq!(held(), 1, "after a dispatch dropped before it was polled");
+    assert_eq!(
+        bus.query(Balance { account: 4 }).await.unwrap(),
+        Some(3),
+        "the dropped dispatch never ran"
+    );
+}

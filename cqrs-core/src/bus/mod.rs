@@ -136,9 +136,13 @@ impl Bus {
         M: IntoEnvelope,
         M::Message: Command,
     {
+        let mut message = Some(message);
         async move {
             let inner = self.inner.get()?;
-            let dispatch = pin!(inner.send_envelope(message.into_envelope(), None));
+            // The envelope is handed to the pipeline where it lies: see `IntoEnvelope`.
+            let dispatch = pin!(M::__with_envelope(&mut message, |env| {
+                inner.send_envelope(env, None)
+            }));
             dispatch.await
         }
     }
@@ -156,7 +160,8 @@ impl Bus {
         let inner = self.inner.get()?;
         let mut stats = DispatchStats::reporting();
         let output = {
-            let dispatch = pin!(inner.send_envelope(message.into_envelope(), Some(&mut stats)));
+            let dispatch =
+                pin!(inner.send_envelope(&mut Some(message.into_envelope()), Some(&mut stats)));
             dispatch.await?
         };
         Ok(stats.into_report(output, started.elapsed()))
@@ -173,9 +178,13 @@ impl Bus {
         M: IntoEnvelope,
         M::Message: Query,
     {
+        let mut message = Some(message);
         async move {
             let inner = self.inner.get()?;
-            let dispatch = pin!(inner.query_envelope(message.into_envelope(), None));
+            // The envelope is handed to the pipeline where it lies: see `IntoEnvelope`.
+            let dispatch = pin!(M::__with_envelope(&mut message, |env| {
+                inner.query_envelope(env, None)
+            }));
             dispatch.await
         }
     }
@@ -193,7 +202,8 @@ impl Bus {
         let inner = self.inner.get()?;
         let mut stats = DispatchStats::reporting();
         let output = {
-            let dispatch = pin!(inner.query_envelope(message.into_envelope(), Some(&mut stats)));
+            let dispatch =
+                pin!(inner.query_envelope(&mut Some(message.into_envelope()), Some(&mut stats)));
             dispatch.await?
         };
         Ok(stats.into_report(output, started.elapsed()))
@@ -340,7 +350,7 @@ impl QueryBus {
         M::Message: Query,
     {
         let inner = self.inner.get()?;
-        let dispatch = pin!(inner.query_envelope(message.into_envelope(), None));
+        let dispatch = pin!(inner.query_envelope(&mut Some(message.into_envelope()), None));
         dispatch.await
     }
 }

@@ -29,7 +29,7 @@ use super::lean::Lean;
 use super::plan::Plan;
 use super::{DispatchFuture, Layers, publish};
 use crate::context::CommandContext;
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, Owned};
 use crate::handler::CommandHandler;
 use crate::message::{Command, MessageKind};
 use crate::pipeline::report::DispatchStats;
@@ -42,7 +42,7 @@ pub(crate) trait CommandPipe<C: Command>: Send + Sync {
     fn call<'a>(
         &'a self,
         bus: &'a Runtime,
-        env: Envelope<C>,
+        env: Owned<'_, Envelope<C>>,
         stats: Option<&'a mut DispatchStats>,
     ) -> DispatchFuture<'a, Result<C::Output, Error>>;
 }
@@ -62,13 +62,13 @@ impl<C: Command, H: CommandHandler<C>> CommandPipe<C> for CommandPipeline<C, H> 
     fn call<'a>(
         &'a self,
         bus: &'a Runtime,
-        env: Envelope<C>,
+        env: Owned<'_, Envelope<C>>,
         stats: Option<&'a mut DispatchStats>,
     ) -> DispatchFuture<'a, Result<C::Output, Error>> {
-        if !self.plan.lean_for(&env.metadata) {
+        if !self.plan.lean_for(&env.get().metadata) {
             return self.full(bus, env, stats);
         }
-        DispatchFuture::from_or_box(self.lean(bus, env, stats))
+        DispatchFuture::from_or_box(self.lean(bus, env.take(), stats))
     }
 }
 
@@ -137,10 +137,10 @@ impl<C: Command, H: CommandHandler<C>> CommandPipeline<C, H> {
     fn full<'a>(
         &'a self,
         bus: &'a Runtime,
-        env: Envelope<C>,
+        env: Owned<'_, Envelope<C>>,
         stats: Option<&'a mut DispatchStats>,
     ) -> DispatchFuture<'a, Result<C::Output, Error>> {
-        let Envelope { message, metadata } = env;
+        let Envelope { message, metadata } = env.take();
         let mut message = Some(message);
         DispatchFuture::from_or_box(async move {
             let mut own = DispatchStats::default();

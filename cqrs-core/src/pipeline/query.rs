@@ -26,7 +26,7 @@ use super::lean::Lean;
 use super::plan::Plan;
 use super::{DispatchFuture, Layers, trace};
 use crate::context::QueryContext;
-use crate::envelope::{Envelope, Metadata};
+use crate::envelope::{Envelope, Metadata, Owned};
 use crate::handler::QueryHandler;
 use crate::message::{MessageKind, Query};
 use crate::pipeline::report::DispatchStats;
@@ -39,7 +39,7 @@ pub(crate) trait QueryPipe<Q: Query>: Send + Sync {
     fn call<'a>(
         &'a self,
         bus: &'a Runtime,
-        env: Envelope<Q>,
+        env: Owned<'_, Envelope<Q>>,
         stats: Option<&'a mut DispatchStats>,
     ) -> DispatchFuture<'a, Result<Q::Output, Error>>;
 }
@@ -59,13 +59,13 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipe<Q> for QueryPipeline<Q, H> {
     fn call<'a>(
         &'a self,
         bus: &'a Runtime,
-        env: Envelope<Q>,
+        env: Owned<'_, Envelope<Q>>,
         stats: Option<&'a mut DispatchStats>,
     ) -> DispatchFuture<'a, Result<Q::Output, Error>> {
-        if !self.plan.lean_for(&env.metadata) {
+        if !self.plan.lean_for(&env.get().metadata) {
             return self.not_lean(bus, env, stats);
         }
-        DispatchFuture::from_or_box(self.lean(bus, env, stats))
+        DispatchFuture::from_or_box(self.lean(bus, env.take(), stats))
     }
 }
 
@@ -77,16 +77,17 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipeline<Q, H> {
     fn not_lean<'a>(
         &'a self,
         bus: &'a Runtime,
-        env: Envelope<Q>,
+        env: Owned<'_, Envelope<Q>>,
         mut stats: Option<&'a mut DispatchStats>,
     ) -> DispatchFuture<'a, Result<Q::Output, Error>> {
-        let Envelope { message, metadata } = env;
-        let span = trace::lean_span(MessageKind::Query, Q::NAME, self.name, &metadata);
+        // Read where it lies: a hit or a refusal never moves the envelope; its owner drops it.
+        let Envelope { message, metadata } = env.get();
+        let span = trace::lean_span(MessageKind::Query, Q::NAME, self.name, metadata);
         let mut own = DispatchStats::default();
         let precheck_stats = stats.as_deref_mut().unwrap_or(&mut own);
         let prechecked = {
             let _entered = span.as_ref().map(Span::enter);
-            precheck::precheck(self, bus, &message, &metadata, precheck_stats)
+            precheck::precheck(self, bus, message, metadata, precheck_stats)
         };
         let checked = match prechecked {
             Precheck::Done(result) => {
@@ -99,6 +100,7 @@ impl<Q: Query, H: QueryHandler<Q>> QueryPipeline<Q, H> {
             Precheck::Checked(checked) => Some(checked),
             Precheck::Later => None,
         };
+        let Envelope { message, metadata } = env.take();
         let full = self.full(bus, message, metadata, span, checked, stats);
         DispatchFuture::from_or_box(full)
     }

@@ -21,7 +21,7 @@ use super::stores::Stores;
 use super::{CommandPipe, DispatchFuture, EventPipe, QueryPipe, publish};
 use crate::Error;
 use crate::context::{CommandContext, EventContext, QueryContext, RuntimePtr};
-use crate::envelope::{Envelope, IntoEnvelope};
+use crate::envelope::{Envelope, IntoEnvelope, Owned};
 use crate::events::{EventDecoder, EventObserver, HandlerFailure};
 use crate::message::{Command, Event, Message, MessageKind, Query};
 
@@ -136,17 +136,20 @@ impl Runtime {
     /// in its own state besides the caller's. The caller pins the result where it lands
     /// (`pin!(bus.send_envelope(..)).await`) so that it is never moved either.
     ///
-    /// Inlined, with the no-handler case out of line: the envelope then goes from the caller
-    /// to `call` without a copy in between.
+    /// The envelope is handed on where it lies, in the caller's `env` slot, and taken out of it
+    /// by the pipeline (see [`Owned`]): passed by value, it would be copied into `call`'s
+    /// argument on the way. An empty slot (a message dispatched already) is an error.
+    /// Inlined, with the no-handler case out of line.
     #[inline]
     pub(crate) fn send_envelope<'a, C: Command>(
         &'a self,
-        env: Envelope<C>,
+        env: &mut Option<Envelope<C>>,
         stats: Option<&'a mut DispatchStats>,
     ) -> DispatchFuture<'a, Result<C::Output, Error>> {
-        match self.command_pipe::<C>() {
-            Some(pipe) => pipe.call(self, env, stats),
-            None => no_handler_future::<C, C::Output>(),
+        match (self.command_pipe::<C>(), Owned::new(env)) {
+            (Some(pipe), Some(env)) => pipe.call(self, env, stats),
+            (None, _) => no_handler_future::<C, C::Output>(),
+            (_, None) => taken_future(),
         }
     }
 
@@ -155,12 +158,13 @@ impl Runtime {
     #[inline]
     pub(crate) fn query_envelope<'a, Q: Query>(
         &'a self,
-        env: Envelope<Q>,
+        env: &mut Option<Envelope<Q>>,
         stats: Option<&'a mut DispatchStats>,
     ) -> DispatchFuture<'a, Result<Q::Output, Error>> {
-        match self.query_pipe::<Q>() {
-            Some(pipe) => pipe.call(self, env, stats),
-            None => no_handler_future::<Q, Q::Output>(),
+        match (self.query_pipe::<Q>(), Owned::new(env)) {
+            (Some(pipe), Some(env)) => pipe.call(self, env, stats),
+            (None, _) => no_handler_future::<Q, Q::Output>(),
+            (_, None) => taken_future(),
         }
     }
 
@@ -281,6 +285,15 @@ fn no_handler_future<'a, M: Message, T: Send + 'a>() -> DispatchFuture<'a, Resul
     DispatchFuture::from_or_box(std::future::ready(Err(no_handler::<M>())))
 }
 
+/// A dispatch whose envelope slot was empty: the message was handed to a pipeline already.
+#[cold]
+#[inline(never)]
+fn taken_future<'a, T: Send + 'a>() -> DispatchFuture<'a, Result<T, Error>> {
+    DispatchFuture::from_or_box(std::future::ready(Err(Error::internal(
+        "a message was dispatched twice from the same slot",
+    ))))
+}
+
 fn no_handler<M: Message>() -> Error {
     Error::no_handler(format!(
         "no handler for {} `{}` ({}): declare one with `#[{}_handler({})]` or register one with `Bus::builder().discover(false).register::<..>()`",
@@ -325,7 +338,7 @@ impl CommandContext {
         env.metadata.inherit(self.metadata());
         let runtime = Runtime::of(&self.runtime)?;
         // Pinned in place: see `Runtime::send_envelope`.
-        let dispatch = pin!(runtime.send_envelope(env, None));
+        let dispatch = pin!(runtime.send_envelope(&mut Some(env), None));
         dispatch.await
     }
 }
@@ -340,7 +353,7 @@ impl QueryContext {
         let mut env = message.into_envelope();
         env.metadata.inherit(self.metadata());
         let runtime = Runtime::of(&self.runtime)?;
-        let dispatch = pin!(runtime.query_envelope(env, None));
+        let dispatch = pin!(runtime.query_envelope(&mut Some(env), None));
         dispatch.await
     }
 }
@@ -355,7 +368,7 @@ impl EventContext {
         let mut env = message.into_envelope();
         env.metadata.inherit(self.metadata());
         let runtime = Runtime::of(&self.runtime)?;
-        let dispatch = pin!(runtime.send_envelope(env, None));
+        let dispatch = pin!(runtime.send_envelope(&mut Some(env), None));
         dispatch.await
     }
 }
