@@ -493,7 +493,8 @@ mod tests {
         );
 
         let mut slot = Some(value.clone());
-        drop(Owned::new(&mut slot).expect("a full slot"));
+        let untaken = Owned::new(&mut slot).expect("a full slot");
+        assert_eq!(**untaken.get(), 7);
         assert!(
             slot.is_some(),
             "an `Owned` dropped untaken leaves the value in its slot"
