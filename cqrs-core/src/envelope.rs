@@ -460,15 +460,9 @@ impl<'a, T> Owned<'a, T> {
     #[inline]
     #[allow(unsafe_code)]
     pub(crate) fn take(self) -> T {
-        // SAFETY: the slot holds a value (see `get`). It is read out bitwise, once, and the
-        // slot is then overwritten with `None` without dropping what was read, so the value
-        // has exactly one owner: the caller. (`Option::take` would copy the whole `Option`
-        // into a temporary first.)
-        unsafe {
-            let value = std::ptr::read(self.0.as_ref().unwrap_unchecked());
-            std::ptr::write(self.0, None);
-            value
-        }
+        // SAFETY: the slot holds a value (see `get`). (`unwrap_unchecked` rather than `expect`:
+        // the check and its panic message would be compiled into every pipeline's `call`.)
+        unsafe { self.0.take().unwrap_unchecked() }
     }
 }
 
