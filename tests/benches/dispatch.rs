@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 use validator::Validate;
 
 mod bare;
+mod floor;
 use bare::{Add, AddHandler};
+use floor::StackFloor;
 
 use support::Suite;
 use support::alloc::Counting;
@@ -149,6 +151,7 @@ fn commands(suite: &Suite, c: &mut Criterion) {
     any_floor.register(add_handler);
     let mut typed_floor = TypedFloor::default();
     typed_floor.register(add_handler);
+    let stack_floor = StackFloor::new(add_handler);
     // The peer: `mediator`'s async mediator, the same handler body behind `add_handler_fn`.
     // Its builder blocks in place, which only a multi-threaded runtime allows; its `send` takes
     // `&mut self`: one mediator, borrowed by each operation in turn.
@@ -168,6 +171,7 @@ fn commands(suite: &Suite, c: &mut Criterion) {
         assert_eq!(AddHandler.apply(add(3)).await.unwrap(), expected);
         assert_eq!(any_floor.send(add(3)).await.unwrap(), expected);
         assert_eq!(typed_floor.send(add(3)).await.unwrap(), expected);
+        assert_eq!(stack_floor.send(add(3)).await.unwrap(), expected);
         assert_eq!(bus.send(add(3)).await.unwrap(), expected);
         assert_eq!(peer_send(&peer, add(3)).await.unwrap(), expected);
     });
@@ -175,13 +179,20 @@ fn commands(suite: &Suite, c: &mut Criterion) {
     const DIRECT: &str = "direct call";
     const FLOOR: &str = "floor: TypeId map, boxed future";
     let mut g = suite.group(c, "command", &["vs direct call", "vs typed floor"]);
-    let (bus, any_floor, typed_floor) = (&bus, &any_floor, &typed_floor);
+    let (bus, any_floor, typed_floor, stack_floor) = (&bus, &any_floor, &typed_floor, &stack_floor);
     g.row(DIRECT, &[DIRECT, FLOOR], |i| async move {
         let _ = black_box(AddHandler.apply(add(i)).await);
     });
     g.row(FLOOR, &[DIRECT, FLOOR], |i| async move {
         let _ = black_box(typed_floor.send(add(i)).await);
     });
+    g.row(
+        "floor: one TypeId compare, future inline (StackFuture), no allocation",
+        &[DIRECT, FLOOR],
+        |i| async move {
+            let _ = black_box(stack_floor.send(add(i)).await);
+        },
+    );
     g.row(
         "floor: TypeId map, Box<dyn Any> in and out",
         &[DIRECT, FLOOR],

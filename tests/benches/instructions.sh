@@ -6,12 +6,12 @@
 # realloc and new; the bench itself is unchanged, no counting allocator in the profiled binary).
 #
 # Usage: [BIN=path] tests/benches/instructions.sh [N] [row...]
-#        (rows: direct bus es query hit publish; N: 10000)
+#        (rows: direct floor bus es query hit publish; N: 10000)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${1:-10000}
 shift || true
-ROWS=${*:-direct bus es query hit publish}
+ROWS=${*:-direct floor bus es query hit publish}
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
 # BIN=path runs a binary built before (a baseline's, say) instead of building this checkout's.
 BIN=${BIN:-$(cargo bench -p cqrs-tests --bench profile --no-run --message-format=json 2>/dev/null \

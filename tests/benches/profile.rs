@@ -8,7 +8,8 @@
 //! callgrind_annotate /tmp/cg.out | head -40
 //! ```
 //!
-//! The first argument picks the row (`direct`, `bus`, `es`: the event-sourced command of
+//! The first argument picks the row (`direct`, `floor`: the same handler behind the least a
+//! type-erased dispatch can do without allocating (`floor/mod.rs`), `bus`, `es`: the event-sourced command of
 //! `benches/event_sourced.rs`, a deposit into a new account, `query`: a query with no decorator,
 //! `hit`: the same through authorize, validate and a cache hit, `publish`: an event published to
 //! one handler), the second how many operations to run.
@@ -22,8 +23,10 @@ use cqrs_core::prelude::*;
 
 mod account;
 mod bare;
+mod floor;
 use account::{Deposit, DepositHandler};
 use bare::{Add, AddHandler};
+use floor::StackFloor;
 
 /// The `query` row: the same query with no decorator, its baseline.
 #[derive(Query, Debug, Clone, Hash, PartialEq, Eq)]
@@ -95,6 +98,9 @@ fn main() {
         .event_store(MemoryEventStore::new())
         .build()
         .expect("bus");
+    // The `floor` row: the least a type-erased dispatch can do without allocating (see
+    // `floor/mod.rs`), on the same handler.
+    let floor = StackFloor::new(|cmd: Add| AddHandler.apply(cmd));
     let principal = std::sync::Arc::new(Principal::new("reader").with_permissions(["user:read"]));
     runtime.block_on(async {
         let mut sum = 0u64;
@@ -133,6 +139,7 @@ fn main() {
             let cmd = black_box(Add { a: i, b: 7 });
             sum = sum.wrapping_add(match row.as_str() {
                 "direct" => AddHandler.apply(cmd).await.unwrap_or(0),
+                "floor" => floor.send(cmd).await.unwrap_or(0),
                 _ => bus.send(cmd).await.unwrap_or(0),
             });
         }
