@@ -20,6 +20,7 @@ use crate::Error;
 use crate::envelope::IntoEnvelope;
 use crate::message::{Command, Event, Message, MessageKind, Query};
 use crate::pipeline::cache::target::Invalidation as DropAnswers;
+use crate::pipeline::publish;
 use crate::pipeline::runtime::Runtime;
 
 pub use self::builder::BusBuilder;
@@ -223,7 +224,7 @@ impl Bus {
         async move {
             let inner = self.inner.get()?;
             // Pinned in place, not moved into this future's state: see `Runtime::send_envelope`.
-            pin!(inner.publish_envelope(event.into_envelope())).await
+            pin!(publish::envelope(&inner, event.into_envelope())).await
         }
     }
 

@@ -7,8 +7,7 @@
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::sync::Arc;
 
 use super::authorize::DynResourcePolicy;
@@ -18,12 +17,12 @@ use super::idempotency::IdempotencyLayer;
 use super::middleware::MiddlewareChain;
 use super::report::DispatchStats;
 use super::stores::Stores;
-use super::{CommandPipe, DispatchFuture, EventPipe, QueryPipe, publish};
+use super::{CommandPipe, DispatchFuture, EventPipe, QueryPipe};
 use crate::Error;
 use crate::context::{CommandContext, EventContext, QueryContext, RuntimePtr};
 use crate::envelope::{Envelope, IntoEnvelope, Owned};
 use crate::events::{EventDecoder, EventObserver, HandlerFailure};
-use crate::message::{Command, Event, Message, MessageKind, Query};
+use crate::message::{Command, Message, MessageKind, Query};
 
 /// The handlers of one event type.
 pub(crate) type EventHandlers = Box<[Box<dyn EventPipe>]>;
@@ -166,96 +165,6 @@ impl Runtime {
             (None, _) => no_handler_future::<Q, Q::Output>(),
             (_, None) => taken_future(),
         }
-    }
-
-    /// The delivery of one published event to its handlers (or, with a broker, to the outbox).
-    ///
-    /// A plain function returning an `async move` block rather than an `async fn`: an `async
-    /// fn` moves the envelope into a local of its body, one more copy per publish.
-    #[allow(clippy::manual_async_fn)] // deliberate: see above
-    #[inline]
-    pub(crate) fn publish_envelope<E: Event>(
-        &self,
-        env: Envelope<E>,
-    ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
-        async move {
-            if self.stores.transport.is_some() {
-                return self.publish_to_broker(env).await;
-            }
-            let failures = if self.observers.is_empty() {
-                // What `publish::deliver` does when there is no observer, with the event's type
-                // known here: no `dyn ErasedEvent` to ask for its slot and `Any`, and no future
-                // of `deliver`'s own around the handlers' (about 50 instructions per publish).
-                let mut failures = Vec::new();
-                for pipe in self.event_handlers(E::__slot()) {
-                    // Pinned where it is returned: see `publish::deliver`.
-                    let result = pin!(pipe.call(self, &env.message, &env.metadata)).await;
-                    if let Err(error) = result {
-                        let handler = pipe.handler_name();
-                        publish::failed(
-                            self,
-                            E::NAME,
-                            &env.metadata,
-                            handler,
-                            error,
-                            &mut failures,
-                        );
-                    }
-                }
-                failures
-            } else {
-                publish::deliver(self, &env.message, &env.metadata).await
-            };
-            if failures.is_empty() {
-                return Ok(());
-            }
-            Err(self.publish_failed::<E>(failures))
-        }
-    }
-
-    /// With a broker: the event goes through the outbox, like a command's events. Boxed and
-    /// out of line: its state (the outbox's transaction) stays out of every in-process publish.
-    #[cold]
-    #[inline(never)]
-    fn publish_to_broker<E: Event>(
-        &self,
-        env: Envelope<E>,
-    ) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + '_>> {
-        Box::pin(async move {
-            // The envelope's metadata is the event's own: as the "parent" the outbox derives it
-            // from, it keeps its correlation id, and its causation id (a root event is its own
-            // cause).
-            let mut emitted = crate::events::EmittedEvent::new(env.message);
-            emitted.id = env.metadata.message_id();
-            let mut parent = env.metadata;
-            parent.set_message_id(parent.causation_id().unwrap_or(emitted.id));
-            publish::through_outbox(self, vec![emitted], &parent).await
-        })
-    }
-
-    /// The error of a publish some handlers failed: the first failure stays the source.
-    #[cold]
-    #[inline(never)]
-    fn publish_failed<E: Event>(&self, failures: Vec<(&'static str, Error)>) -> Error {
-        let Some((_, first)) = failures.first() else {
-            return Error::internal("a publish failed with no failure recorded");
-        };
-        let total = self.event_handlers(E::__slot()).len();
-        let detail: Vec<String> = failures
-            .iter()
-            .map(|(h, e)| format!("`{h}`: {e}"))
-            .collect();
-        // The first failure stays the source, with its own causes (`find_source` reaches them).
-        Error::new(
-            first.status(),
-            format!(
-                "{} of {total} handlers of `{}` failed: {}",
-                failures.len(),
-                E::NAME,
-                detail.join("; ")
-            ),
-        )
-        .with_source(crate::StdErrorAdapter(first.clone()))
     }
 
     /// Drops cached answers here and in every process on the bus's invalidation channel.
