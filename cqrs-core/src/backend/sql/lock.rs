@@ -35,7 +35,8 @@ use futures_util::future::BoxFuture;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres};
 
-use super::tx::{SqlStore, SqlTransaction};
+use super::outbox::OutboxSettings;
+use super::tx::SqlTransaction;
 use super::{Tx, db_error};
 use crate::Error;
 use crate::pipeline::exclusive::{HeldLock, LockBackend, LockName};
@@ -192,7 +193,8 @@ async fn unlock(mut conn: Closing, key: AdvisoryKey) -> Result<(), Error> {
 /// Begins the transaction of an attempt on the connection that holds its lock: the
 /// transaction takes the connection and unlocks it once it has ended.
 pub(crate) fn begin_holding<'a>(
-    store: &'a SqlStore,
+    store: &'a dyn TransactionalStore,
+    outbox: OutboxSettings,
     isolation: Isolation,
     lock: &'a mut dyn HeldLock,
 ) -> BoxFuture<'a, Result<Box<dyn Transaction>, Error>> {
@@ -206,7 +208,6 @@ pub(crate) fn begin_holding<'a>(
             ));
         };
         let key = held.key;
-        let outbox = store.outbox;
         // In a task of its own: `sqlx::Transaction::begin` owns the connection while it runs,
         // and a caller dropped then (a timeout) must not drop a connection that holds the lock.
         // Once begun, the `LockedTransaction` unlocks whenever it is dropped.

@@ -15,10 +15,12 @@ pub(crate) mod outbox;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 pub(crate) mod relay;
+pub(crate) mod rows;
 pub(crate) mod schema;
 pub(crate) mod setup;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
+pub(crate) mod store;
 pub(crate) mod tx;
 
 use std::fmt;

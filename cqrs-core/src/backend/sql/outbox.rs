@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
+use super::rows::{ClaimedRow, OutboxRow};
 use super::{Database, Tx, now_ms};
 
 use crate::envelope::Metadata;
@@ -55,30 +56,6 @@ impl Default for OutboxSettings {
             batch: 100,
         }
     }
-}
-
-/// A row to write.
-pub(crate) struct OutboxRow {
-    pub(crate) id: Uuid,
-    pub(crate) event_name: &'static str,
-    pub(crate) payload: String,
-    pub(crate) metadata: String,
-    pub(crate) created_at_ms: i64,
-    /// The key whose events leave in order (`pipeline/transport.rs`).
-    pub(crate) partition_key: Option<String>,
-}
-
-/// A row the relay claimed.
-pub(crate) struct ClaimedRow {
-    pub(crate) id: Uuid,
-    pub(crate) event_name: String,
-    pub(crate) payload: String,
-    pub(crate) metadata: String,
-    pub(crate) created_at_ms: i64,
-    pub(crate) attempts: i64,
-    pub(crate) partition_key: Option<String>,
-    /// The order in which rows were written.
-    pub(crate) seq: i64,
 }
 
 fn json_error(e: serde_json::Error) -> Error {

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::tx::SqlStore;
+use super::store::SqlStore;
 use super::{idempotency, outbox, schema};
 use crate::bus::{Bus, BusRef};
 

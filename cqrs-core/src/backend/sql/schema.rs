@@ -3,17 +3,8 @@
 //! Every table is prefixed `cqrs_`. Times are milliseconds since the Unix epoch.
 
 use super::Database;
+use super::rows::Migration;
 use crate::Error;
-
-/// One migration: its version, what it does, and its SQL for each backend.
-pub(crate) struct Migration {
-    pub(crate) version: i64,
-    pub(crate) description: &'static str,
-    #[cfg(feature = "sqlite")]
-    pub(crate) sqlite: &'static str,
-    #[cfg(feature = "postgres")]
-    pub(crate) postgres: &'static str,
-}
 
 /// Every migration, oldest first. Never edit one that has shipped: add the next.
 pub(crate) const MIGRATIONS: &[Migration] = &[

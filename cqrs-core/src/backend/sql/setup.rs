@@ -9,7 +9,7 @@ use super::db_error;
 use super::events::SqlEventStore;
 use super::idempotency::SqlIdempotencyStore;
 use super::outbox::{self, OutboxSettings};
-use super::tx::SqlStore;
+use super::store::SqlStore;
 use super::{Database, relay, schema};
 use crate::Error;
 use crate::bus::backends::Backends;

@@ -3,8 +3,7 @@
 use sqlx::{SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
-use super::outbox::{ClaimedRow, OutboxRow};
-use super::schema::Migration;
+use super::rows::{ClaimedRow, Migration, OutboxRow};
 use super::{db_error, now_ms};
 use crate::Error;
 use crate::event_store::{RecordedEvent, Snapshot};

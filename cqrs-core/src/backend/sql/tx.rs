@@ -1,31 +1,20 @@
-//! A SQL database as the transaction layer's store: [`SqlStore`] begins transactions, and a
-//! running [`Tx`] writes the outbox and the idempotent reply before it commits. Also what a
-//! handler reaches its transaction through: `cx.tx::<DB>()` and `cx.any_tx()`.
+//! A running SQL transaction ([`SqlTransaction`], begun by the store in `store.rs`): it writes
+//! the outbox and the idempotent reply before it commits. Also what a handler reaches its
+//! transaction through: `cx.tx::<DB>()` and `cx.any_tx()`.
 
 use std::any::Any;
 
 use futures_util::future::BoxFuture;
 use uuid::Uuid;
 
+use super::Tx;
 use super::outbox::{self, OutboxSettings};
-use super::{Database, Tx};
 use crate::Error;
 use crate::context::{CommandContext, EventContext, TxSlot};
 use crate::envelope::Metadata;
 use crate::events::EmittedEvent;
-#[cfg(feature = "postgres")]
-use crate::pipeline::exclusive::HeldLock;
 use crate::pipeline::idempotency::IdempotencyKey;
-use crate::pipeline::transaction::{self, Isolation, Transaction, TransactionalStore};
-
-/// The bus's database, with the outbox settings its transactions write with.
-#[derive(Debug, Clone)]
-pub(crate) struct SqlStore {
-    pub(crate) db: Database,
-    pub(crate) outbox: OutboxSettings,
-    /// Wakes the relay when rows were committed for it (with a transport).
-    pub(crate) wake: std::sync::Arc<tokio::sync::Notify>,
-}
+use crate::pipeline::transaction::{self, Transaction};
 
 /// A running transaction and the outbox settings it writes rows with.
 pub(crate) struct SqlTransaction {
@@ -34,7 +23,6 @@ pub(crate) struct SqlTransaction {
 }
 
 impl SqlTransaction {
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn new(tx: Tx, outbox: OutboxSettings) -> Self {
         SqlTransaction { tx, outbox }
     }
@@ -43,53 +31,6 @@ impl SqlTransaction {
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn into_tx(self) -> Tx {
         self.tx
-    }
-}
-
-impl TransactionalStore for SqlStore {
-    fn begin(&self, isolation: Isolation) -> BoxFuture<'_, Result<Box<dyn Transaction>, Error>> {
-        Box::pin(async move {
-            let tx = self.db.begin(isolation).await?;
-            Ok(Box::new(SqlTransaction {
-                tx,
-                outbox: self.outbox,
-            }) as Box<dyn Transaction>)
-        })
-    }
-
-    /// On PostgreSQL, on the connection that holds the `#[exclusive]` lock (`lock.rs`).
-    #[cfg(feature = "postgres")]
-    fn begin_holding<'a>(
-        &'a self,
-        isolation: Isolation,
-        lock: &'a mut dyn HeldLock,
-    ) -> BoxFuture<'a, Result<Box<dyn Transaction>, Error>> {
-        super::lock::begin_holding(self, isolation, lock)
-    }
-
-    fn mark_delivered<'a>(&'a self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(outbox::mark_delivered(&self.db, ids))
-    }
-
-    fn retry_soon<'a>(&'a self, failed: &'a [(Uuid, String)]) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(async move {
-            for (id, error) in failed {
-                outbox::defer(&self.db, *id, 0, error).await?;
-            }
-            Ok(())
-        })
-    }
-
-    fn wake_relay(&self) {
-        self.wake.notify_one();
-    }
-
-    fn forget_handled<'a>(&'a self, handler: &'a str) -> BoxFuture<'a, Result<u64, Error>> {
-        Box::pin(super::inbox::forget(&self.db, handler))
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 
