@@ -19,7 +19,7 @@ use async_nats::jetstream::{self, AckKind};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use super::backend::{Group, NatsBackend};
+use super::state::{Group, NatsBackend};
 use super::{cloudevent, dead_letters};
 use crate::Error;
 use crate::bus::Shared;

@@ -17,8 +17,8 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::backend::{Group, NatsBackend};
 use super::names;
+use super::state::{Group, NatsBackend};
 use crate::bus::Bus;
 use crate::{Error, Status};
 

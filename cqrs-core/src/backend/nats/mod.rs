@@ -12,6 +12,7 @@
 //! | `mod.rs` | [`Nats`], the settings; `.nats(..)` on the builder |
 //! | `names.rs` | subjects, consumer names, partitions: the layout on the server |
 //! | `cloudevent.rs` | an event as a CloudEvent in binary mode (headers + JSON data) |
+//! | `state.rs` | what the running backend holds (settings, JetStream context, groups, tasks) |
 //! | `backend.rs` | the running backend: publishing, `bus.start()`, `bus.shutdown(..)` |
 //! | `setup.rs` | streams and consumers created or checked, clashes reported |
 //! | `consumer.rs` | the pull loops: an event to its handlers, ack, retry, park |
@@ -30,6 +31,7 @@ mod dead_letters;
 mod names;
 mod replay;
 mod setup;
+mod state;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -234,7 +236,7 @@ impl From<async_nats::Client> for Nats {
 /// What the builder was told (a second `.nats(..)` replaces the first).
 #[derive(Default)]
 struct NatsSettings {
-    backend: Option<Arc<backend::NatsBackend>>,
+    backend: Option<Arc<state::NatsBackend>>,
 }
 
 /// When the bus is built: a broker needs the database's outbox.
@@ -277,7 +279,7 @@ impl BusBuilder {
     /// [guide](crate::guide) for the layout on the server and what it guarantees.
     pub fn nats(mut self, nats: impl Into<Nats>) -> Self {
         let nats = nats.into();
-        let backend = Arc::new_cyclic(|me| backend::NatsBackend::new(nats, me.clone()));
+        let backend = Arc::new_cyclic(|me| state::NatsBackend::new(nats, me.clone()));
         self.backends.transport = Some(backend.clone());
         self.backends.settings::<NatsSettings>(finish).backend = Some(backend);
         self

@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
 
-use super::backend::{Group, NatsBackend};
 use super::names;
+use super::state::{Group, NatsBackend};
 use crate::Error;
 
 /// The event stream's description, which records the number of partitions.
