@@ -468,8 +468,14 @@
 //! 10 s by default). A holder that stalls longer than its lease (a long GC-like pause, a
 //! partition) can still be running when the next one starts; its writes elsewhere are told
 //! apart by [`cx.fencing_token()`](crate::CommandContext::fencing_token), a number that grows
-//! with each holder: store it with what you write and refuse a smaller one. On PostgreSQL the
-//! token comes from the sequence `cqrs_exclusive_fence`.
+//! with each holder: store it with what you write and refuse a smaller one. A
+//! `#[transactional]` command confirms its lease just before `COMMIT` (renewing it once
+//! more, one round trip): if it ran out while the handler ran, the transaction is rolled back
+//! and the command fails with `Conflict`, saying so; if Redis does not answer then, it fails
+//! with `Unavailable`, rolled back too. Without a transaction there is nothing to roll back:
+//! a lease found lost when the lock is freed is logged as an error. On PostgreSQL the token
+//! comes from the sequence `cqrs_exclusive_fence`, and the lock cannot run out while its
+//! session lives.
 //!
 //! **Waiting and failures.** A command whose key is held tries again after a jittered pause
 //! (2 ms doubling up to 50 ms) for up to 10 s

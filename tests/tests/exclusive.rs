@@ -470,6 +470,112 @@ async fn redis_down_fails_closed_with_unavailable_then_recovers() {
     assert_eq!(probe.balance.lock().unwrap()[&3], 10);
 }
 
+/// Writes a row in its transaction, then waits inside its handler until the test lets it go.
+#[derive(Command, Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Record {
+    key: String,
+}
+
+#[command_handler(Record)]
+#[transactional]
+#[exclusive(key = key)]
+struct RecordHandler {
+    gate: Arc<Gate>,
+}
+
+/// Where a `Record` handler says it is inside, and waits to be let go.
+#[derive(Default)]
+struct Gate {
+    inside: tokio::sync::Notify,
+    go: tokio::sync::Notify,
+}
+
+impl CommandHandler<Record> for RecordHandler {
+    async fn handle(&self, cmd: Record, cx: &mut CommandContext) -> Result<(), Error> {
+        sqlx::query("INSERT INTO recorded (key) VALUES (?)")
+            .bind(&cmd.key)
+            .execute(&mut **cx.tx::<sqlx::Sqlite>()?)
+            .await?;
+        self.gate.inside.notify_one();
+        self.gate.go.notified().await;
+        Ok(())
+    }
+}
+
+/// A lease that runs out while its handler runs (here: the test gives the key to another
+/// holder, as the lease's expiry and the next command would) fails the command with
+/// `Conflict` before `COMMIT`: its transaction is rolled back, not committed outside the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis: set CQRS_REDIS_URL"]
+async fn redis_a_lease_lost_while_the_handler_ran_rolls_its_transaction_back() {
+    let redis = TestRedis::new().await;
+    let db = TestDb::sqlite().await;
+    let gate = Arc::new(Gate::default());
+    let bus = db
+        .attach(Bus::builder().discover(false))
+        .register::<RecordHandler>()
+        .provide(gate.clone())
+        .redis(redis.client.clone())
+        .redis_prefix(redis.prefix.clone())
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+    db.execute("CREATE TABLE recorded (key TEXT NOT NULL)")
+        .await;
+    let record = || Record { key: "k".into() };
+
+    let send = tokio::spawn({
+        let bus = bus.clone();
+        async move { bus.send(record()).await }
+    });
+    gate.inside.notified().await;
+    let lease = format!("{}lock:", redis.prefix);
+    let keys = redis.keys().await;
+    let lease = keys
+        .iter()
+        .find(|k| k.starts_with(&lease))
+        .unwrap_or_else(|| panic!("no lease under {lease}: {keys:?}"));
+    let mut connection = redis
+        .client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = cqrs_core::redis::cmd("SET")
+        .arg(lease)
+        .arg("another-holder")
+        .arg("PX")
+        .arg(300)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    gate.go.notify_one();
+
+    let error = send.await.unwrap().unwrap_err();
+    assert_eq!(error.status(), Status::Conflict, "{error:#}");
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("ran out") && message.contains("rolled back"),
+        "the error says what happened: {message}"
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM recorded").await,
+        0,
+        "the row written outside the lock was rolled back"
+    );
+
+    // Once the other holder's lease has run out, the key is free and the next command commits.
+    let next = tokio::spawn({
+        let bus = bus.clone();
+        async move { bus.send(record()).await }
+    });
+    gate.inside.notified().await;
+    gate.go.notify_one();
+    next.await.unwrap().unwrap();
+    assert_eq!(db.count("SELECT COUNT(*) FROM recorded").await, 1);
+    redis.cleanup().await;
+    db.cleanup().await;
+}
+
 // ---- without a server ----------------------------------------------------------------------
 
 #[test]

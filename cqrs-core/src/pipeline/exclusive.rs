@@ -171,6 +171,13 @@ pub(crate) trait HeldLock: Send + 'static {
     fn fencing_token(&self) -> Option<u64>;
     /// Frees the lock.
     fn release(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>>;
+    /// Just before the attempt's transaction commits: an error when the lock may no longer be
+    /// this attempt's (a Redis lease that ran out while the handler ran), and the transaction
+    /// then rolls back instead. `None` for a lock that cannot be lost while it is held
+    /// (PostgreSQL's is the transaction's own session).
+    fn confirm(&mut self) -> Option<BoxFuture<'_, Result<(), Error>>> {
+        None
+    }
     /// The backend's own type (PostgreSQL hands the lock's connection to the transaction).
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     fn as_any_mut(&mut self) -> &mut dyn Any;

@@ -204,6 +204,10 @@ pub(crate) async fn finish<C: InTransaction>(
                 None => None,
             };
             cx.committing(&mut *tx, reply).await?;
+            if let Err(lost) = confirm_lock(cx).await {
+                let _ = tx.rollback().await;
+                return Err(lost);
+            }
             tx.commit().await
         }
         Err(error) if layer.rolls_back(error.status()) => {
@@ -213,6 +217,10 @@ pub(crate) async fn finish<C: InTransaction>(
             Err(error)
         }
         Err(error) => {
+            if let Err(lost) = confirm_lock(cx).await {
+                let _ = tx.rollback().await;
+                return Err(lost.context(format_args!("`{handler}` had returned: {error}")));
+            }
             if let Err(commit) = tx.commit().await {
                 // The caller gets the commit's failure (what happened to the work), and the
                 // handler's own error with it: neither is lost.
@@ -223,6 +231,20 @@ pub(crate) async fn finish<C: InTransaction>(
             }
             Err(error)
         }
+    }
+}
+
+/// An `#[exclusive]` attempt's lock, confirmed just before its transaction commits (see
+/// [`HeldLock::confirm`]): a Redis lease can run out while the handler runs, and committing
+/// then would write outside the lock.
+async fn confirm_lock<C: InTransaction>(cx: &mut C) -> Result<(), Error> {
+    match cx
+        .tx_slot()
+        .and_then(exclusive::held_mut)
+        .and_then(|lock| lock.confirm())
+    {
+        Some(confirm) => confirm.await,
+        None => Ok(()),
     }
 }
 

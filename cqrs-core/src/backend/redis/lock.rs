@@ -6,6 +6,9 @@
 //! - **Keep**: while the handler runs, a task renews the lease every third of it (`PEXPIRE`
 //!   only if the key still holds the token). A holder that dies stops renewing, and the key
 //!   expires within one lease: the next command on the key runs then.
+//! - **Confirm**: a `#[transactional]` command renews it once more just before `COMMIT`;
+//!   a lease that ran out (the key no longer holds the token) rolls the transaction back with
+//!   `Conflict` instead of committing work done outside the lock.
 //! - **Free**: delete the key only if it still holds the token (a script), so that a holder
 //!   whose lease ran out never frees the next holder's lock. A holder that finds its lease gone
 //!   says so in the log: another command on the key may have run meanwhile, which is what the
@@ -126,6 +129,7 @@ impl LockBackend for RedisLocks {
                 key,
                 token,
                 fence,
+                lease: self.lease,
                 renewal,
                 lost,
                 released: false,
@@ -140,29 +144,32 @@ impl LockBackend for RedisLocks {
 async fn renew(redis: Redis, key: String, token: String, lease: Duration, lost: Arc<AtomicBool>) {
     loop {
         tokio::time::sleep(lease / 3).await;
-        let renewed: Result<u64, Error> = async {
-            let mut conn = redis.connection().await?;
-            RENEW
-                .key(&key)
-                .arg(&token)
-                .arg(millis(lease))
-                .invoke_async(&mut conn)
-                .await
-                .map_err(redis_error)
-        }
-        .await;
-        match renewed {
-            Ok(0) => {
+        match renew_once(&redis, &key, &token, lease).await {
+            Ok(false) => {
                 lost.store(true, Ordering::SeqCst);
                 tracing::error!(target: "cqrs", key, "an `#[exclusive]` lease expired while its handler ran: another command on the key may run meanwhile (compare fencing tokens)");
                 return;
             }
-            Ok(_) => {}
+            Ok(true) => {}
             Err(error) => {
                 tracing::warn!(target: "cqrs", key, error = %format_args!("{error:#}"), "renewing an `#[exclusive]` lease failed; trying again");
             }
         }
     }
+}
+
+/// Extends the lease on `key` to a whole `lease` from now if it still holds `token`; whether
+/// it did.
+async fn renew_once(redis: &Redis, key: &str, token: &str, lease: Duration) -> Result<bool, Error> {
+    let mut conn = redis.connection().await?;
+    let renewed: u64 = RENEW
+        .key(key)
+        .arg(token)
+        .arg(millis(lease))
+        .invoke_async(&mut conn)
+        .await
+        .map_err(redis_error)?;
+    Ok(renewed != 0)
 }
 
 /// A lease held.
@@ -171,6 +178,7 @@ struct RedisLease {
     key: String,
     token: String,
     fence: u64,
+    lease: Duration,
     renewal: AbortHandle,
     lost: Arc<AtomicBool>,
     released: bool,
@@ -206,6 +214,31 @@ impl HeldLock for RedisLease {
                 "the lease of `#[exclusive]` lock `{key}` (fencing token {fence}) had expired before the handler finished: another command on the key may have run meanwhile"
             )))
         })
+    }
+
+    /// Renews the lease once more (a whole lease for the `COMMIT` to happen in), or says that
+    /// it ran out: the key then no longer holds this holder's token, and another command on
+    /// it may have run meanwhile. A Redis that does not answer cannot confirm it either.
+    fn confirm(&mut self) -> Option<BoxFuture<'_, Result<(), Error>>> {
+        Some(Box::pin(async move {
+            let still_held = !self.lost.load(Ordering::SeqCst)
+                && renew_once(&self.redis, &self.key, &self.token, self.lease)
+                    .await
+                    .map_err(|e| {
+                        e.context(format_args!(
+                            "confirming the lease of `#[exclusive]` lock `{}` before commit; the work was rolled back",
+                            self.key
+                        ))
+                    })?;
+            if still_held {
+                return Ok(());
+            }
+            self.lost.store(true, Ordering::SeqCst);
+            Err(Error::conflict(format!(
+                "the lease of `#[exclusive]` lock `{}` (fencing token {}) ran out while the handler ran, and another command on the key may have run meanwhile: the work was rolled back; send the command again",
+                self.key, self.fence
+            )))
+        }))
     }
 
     fn as_any_mut(&mut self) -> &mut dyn Any {
