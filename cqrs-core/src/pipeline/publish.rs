@@ -10,6 +10,9 @@
 //! With a transport (a broker, `pipeline/transport.rs`), nothing is delivered here: events not
 //! in the outbox yet are written to it in a transaction of their own, and the relay is woken
 //! to send them.
+//!
+//! `bus.publish(event)` is delivered here too ([`envelope`]): to every handler of its type the
+//! same way, except that a failure is the publish's own error (each handler still runs).
 
 use std::future::Future;
 use std::pin::{Pin, pin};
