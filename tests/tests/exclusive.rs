@@ -576,6 +576,52 @@ async fn redis_a_lease_lost_while_the_handler_ran_rolls_its_transaction_back() {
     db.cleanup().await;
 }
 
+/// Redis gone when the lease is to be confirmed before `COMMIT`: the lease cannot be vouched
+/// for, so the command fails with `Unavailable` and its transaction is rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis: set CQRS_REDIS_URL"]
+async fn redis_gone_before_commit_rolls_the_transaction_back_with_unavailable() {
+    // The test's own server, so that stopping it disturbs no other test.
+    let _ = std::env::var("CQRS_REDIS_URL").expect("this test needs Redis: set CQRS_REDIS_URL");
+    let mut server = OwnRedis::start();
+    let redis = TestRedis::at(&server.url()).await;
+    let db = TestDb::sqlite().await;
+    let gate = Arc::new(Gate::default());
+    let bus = db
+        .attach(Bus::builder().discover(false))
+        .register::<RecordHandler>()
+        .provide(gate.clone())
+        .redis(redis.client.clone())
+        .redis_prefix(redis.prefix.clone())
+        .build()
+        .unwrap();
+    bus.migrate().await.unwrap();
+    db.execute("CREATE TABLE recorded (key TEXT NOT NULL)")
+        .await;
+
+    let send = tokio::spawn({
+        let bus = bus.clone();
+        async move { bus.send(Record { key: "k".into() }).await }
+    });
+    gate.inside.notified().await;
+    server.stop();
+    gate.go.notify_one();
+
+    let error = send.await.unwrap().unwrap_err();
+    assert_eq!(error.status(), Status::Unavailable, "{error:#}");
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("confirming the lease") && message.contains("rolled back"),
+        "the error says what happened: {message}"
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM recorded").await,
+        0,
+        "nothing was committed without the lock"
+    );
+    db.cleanup().await;
+}
+
 // ---- without a server ----------------------------------------------------------------------
 
 #[test]
