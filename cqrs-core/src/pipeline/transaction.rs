@@ -204,11 +204,7 @@ pub(crate) async fn finish<C: InTransaction>(
                 None => None,
             };
             cx.committing(&mut *tx, reply).await?;
-            if let Err(lost) = confirm_lock(cx).await {
-                let _ = tx.rollback().await;
-                return Err(lost);
-            }
-            tx.commit().await
+            commit_confirmed(cx, tx).await
         }
         Err(error) if layer.rolls_back(error.status()) => {
             if let Err(rollback) = tx.rollback().await {
@@ -217,12 +213,9 @@ pub(crate) async fn finish<C: InTransaction>(
             Err(error)
         }
         Err(error) => {
-            if let Err(lost) = confirm_lock(cx).await {
-                let _ = tx.rollback().await;
-                return Err(lost.context(format_args!("`{handler}` had returned: {error}")));
-            }
-            if let Err(commit) = tx.commit().await {
-                // The caller gets the commit's failure (what happened to the work), and the
+            if let Err(commit) = commit_confirmed(cx, tx).await {
+                // The caller gets the commit's failure (what happened to the work: it failed,
+                // or the lock could not be confirmed and it was rolled back), and the
                 // handler's own error with it: neither is lost.
                 tracing::error!(target: "cqrs", handler, error = %format_args!("{commit:#}"), handler_error = %format_args!("{error:#}"), "commit after a non-rollback error failed");
                 return Err(commit.context(format_args!(
@@ -234,18 +227,24 @@ pub(crate) async fn finish<C: InTransaction>(
     }
 }
 
-/// An `#[exclusive]` attempt's lock, confirmed just before its transaction commits (see
+/// Commits, once the attempt's `#[exclusive]` lock, if it holds one, is confirmed (see
 /// [`HeldLock::confirm`]): a Redis lease can run out while the handler runs, and committing
-/// then would write outside the lock.
-async fn confirm_lock<C: InTransaction>(cx: &mut C) -> Result<(), Error> {
-    match cx
+/// then would write outside the lock, so the transaction is rolled back instead.
+async fn commit_confirmed<C: InTransaction>(
+    cx: &mut C,
+    tx: Box<dyn Transaction>,
+) -> Result<(), Error> {
+    let confirm = cx
         .tx_slot()
         .and_then(exclusive::held_mut)
-        .and_then(|lock| lock.confirm())
+        .and_then(|lock| lock.confirm());
+    if let Some(confirm) = confirm
+        && let Err(lost) = confirm.await
     {
-        Some(confirm) => confirm.await,
-        None => Ok(()),
+        let _ = tx.rollback().await;
+        return Err(lost);
     }
+    tx.commit().await
 }
 
 /// The isolation level of a `#[transactional]` handler.
