@@ -502,15 +502,9 @@ impl CommandHandler<Record> for RecordHandler {
     }
 }
 
-/// A lease that runs out while its handler runs (here: the test gives the key to another
-/// holder, as the lease's expiry and the next command would) fails the command with
-/// `Conflict` before `COMMIT`: its transaction is rolled back, not committed outside the lock.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs Redis: set CQRS_REDIS_URL"]
-async fn redis_a_lease_lost_while_the_handler_ran_rolls_its_transaction_back() {
-    let redis = TestRedis::new().await;
-    let db = TestDb::sqlite().await;
-    let gate = Arc::new(Gate::default());
+/// A bus on SQLite whose `#[exclusive]` locks are Redis leases (SQLite has none), with the
+/// `recorded` table `Record` writes to.
+async fn record_bus(redis: &TestRedis, db: &TestDb, gate: &Arc<Gate>) -> Bus {
     let bus = db
         .attach(Bus::builder().discover(false))
         .register::<RecordHandler>()
@@ -522,12 +516,27 @@ async fn redis_a_lease_lost_while_the_handler_ran_rolls_its_transaction_back() {
     bus.migrate().await.unwrap();
     db.execute("CREATE TABLE recorded (key TEXT NOT NULL)")
         .await;
-    let record = || Record { key: "k".into() };
+    bus
+}
 
-    let send = tokio::spawn({
-        let bus = bus.clone();
-        async move { bus.send(record()).await }
-    });
+/// A `Record` on key `k`, sent from a task of its own (its handler waits for the test).
+fn spawn_record(bus: &Bus) -> tokio::task::JoinHandle<Result<(), Error>> {
+    let bus = bus.clone();
+    tokio::spawn(async move { bus.send(Record { key: "k".into() }).await })
+}
+
+/// A lease that runs out while its handler runs (here: the test gives the key to another
+/// holder, as the lease's expiry and the next command would) fails the command with
+/// `Conflict` before `COMMIT`: its transaction is rolled back, not committed outside the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis: set CQRS_REDIS_URL"]
+async fn redis_a_lease_lost_while_the_handler_ran_rolls_its_transaction_back() {
+    let redis = TestRedis::new().await;
+    let db = TestDb::sqlite().await;
+    let gate = Arc::new(Gate::default());
+    let bus = record_bus(&redis, &db, &gate).await;
+
+    let send = spawn_record(&bus);
     gate.inside.notified().await;
     let lease = format!("{}lock:", redis.prefix);
     let keys = redis.keys().await;
@@ -564,10 +573,7 @@ async fn redis_a_lease_lost_while_the_handler_ran_rolls_its_transaction_back() {
     );
 
     // Once the other holder's lease has run out, the key is free and the next command commits.
-    let next = tokio::spawn({
-        let bus = bus.clone();
-        async move { bus.send(record()).await }
-    });
+    let next = spawn_record(&bus);
     gate.inside.notified().await;
     gate.go.notify_one();
     next.await.unwrap().unwrap();
@@ -587,22 +593,9 @@ async fn redis_gone_before_commit_rolls_the_transaction_back_with_unavailable() 
     let redis = TestRedis::at(&server.url()).await;
     let db = TestDb::sqlite().await;
     let gate = Arc::new(Gate::default());
-    let bus = db
-        .attach(Bus::builder().discover(false))
-        .register::<RecordHandler>()
-        .provide(gate.clone())
-        .redis(redis.client.clone())
-        .redis_prefix(redis.prefix.clone())
-        .build()
-        .unwrap();
-    bus.migrate().await.unwrap();
-    db.execute("CREATE TABLE recorded (key TEXT NOT NULL)")
-        .await;
+    let bus = record_bus(&redis, &db, &gate).await;
 
-    let send = tokio::spawn({
-        let bus = bus.clone();
-        async move { bus.send(Record { key: "k".into() }).await }
-    });
+    let send = spawn_record(&bus);
     gate.inside.notified().await;
     server.stop();
     gate.go.notify_one();
